@@ -1,0 +1,147 @@
+"""Qwen3-VL text decoder in Flax NNX (HF `Qwen3VLTextModel`): RMSNorm, per-head q/k RMSNorm before interleaved
+M-RoPE, GQA, SwiGLU, and DeepStack visual features added at visual positions after the first decoder layers.
+
+Decoder layers are stacked on a leading axis and scanned. DeepStack features enter the scan as a closed-over
+[n_deepstack, N_visual, D] array indexed by the layer number (layers past the last tap add nothing), so every
+layer runs the same scanned body. An optional KV cache ([L, B, S, K, hd]) is carried through the scan and
+updated in place, which is what the sampler and the SQR latent rollout use.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from vsr1_jax.models.qwen3_vl.config import TextConfig
+from vsr1_jax.models.qwen3_vl.layers import attention, linear, make_param, rms_norm
+from vsr1_jax.models.qwen3_vl.rope import apply_rope, mrope_cos_sin
+
+
+class KVCache(NamedTuple):
+    """k, v: [L, B, S, K, hd]; valid: [B, S] bool (a written, non-pad slot); index: scalar int32 next slot."""
+    k: jax.Array
+    v: jax.Array
+    valid: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def zeros(cls, cfg: TextConfig, batch: int, size: int, dtype) -> "KVCache":
+        shape = (cfg.num_hidden_layers, batch, size, cfg.num_key_value_heads, cfg.head_dim)
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, size), bool),
+                   jnp.zeros((), jnp.int32))
+
+
+class Visual(NamedTuple):
+    """Where visual tokens sit and their DeepStack features: idx/mask [B, T]; feats [n_deepstack, N_visual, D]."""
+    idx: jax.Array
+    mask: jax.Array
+    feats: jax.Array
+
+
+class TextModel(nnx.Module):
+    _LAYER_KEYS = ("input_norm", "q_kernel", "k_kernel", "v_kernel", "o_kernel", "q_norm", "k_norm",
+                   "post_norm", "gate_kernel", "up_kernel", "down_kernel")
+
+    def __init__(self, cfg: TextConfig, *, tie_word_embeddings: bool, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs | None = None):
+        self.cfg = cfg
+        D, L, I, hd = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.head_dim
+        Hq, K = cfg.num_attention_heads, cfg.num_key_value_heads
+        p = lambda shape, axes, init="normal": make_param(rngs, shape, axes, param_dtype, init,
+                                                          cfg.initializer_range)
+        self.embed = p((cfg.vocab_size, D), ("vocab", "embed"))
+        self.input_norm = p((L, D), ("layers", "norm"), "ones")
+        self.q_kernel = p((L, D, Hq * hd), ("layers", "embed", "q_heads"))
+        self.k_kernel = p((L, D, K * hd), ("layers", "embed", "kv_heads"))
+        self.v_kernel = p((L, D, K * hd), ("layers", "embed", "kv_heads"))
+        self.o_kernel = p((L, Hq * hd, D), ("layers", "q_heads", "embed"))
+        self.q_norm = p((L, hd), ("layers", "norm"), "ones")
+        self.k_norm = p((L, hd), ("layers", "norm"), "ones")
+        self.post_norm = p((L, D), ("layers", "norm"), "ones")
+        self.gate_kernel = p((L, D, I), ("layers", "embed", "mlp"))
+        self.up_kernel = p((L, D, I), ("layers", "embed", "mlp"))
+        self.down_kernel = p((L, I, D), ("layers", "mlp", "embed"))
+        self.final_norm = p((D,), ("norm",), "ones")
+        self.lm_head = None if tie_word_embeddings else p((D, cfg.vocab_size), ("embed", "vocab"))
+
+    def embed_tokens(self, ids, dtype):
+        return jnp.take(self.embed[...], ids, axis=0).astype(dtype)
+
+    def logits(self, h):
+        """h [..., D] (final-normed) -> logits [..., V] in float32."""
+        w = self.embed[...].T if self.lm_head is None else self.lm_head[...]
+        return jnp.einsum("...d,dv->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
+
+    def __call__(self, x, positions, attention_mask=None, *, cache: KVCache | None = None,
+                 visual: Visual | None = None, attn_impl: str = "xla", remat: str = "none"):
+        """x [B, T, D] input embeddings; positions [3, B, T]; attention_mask [B, T] (1 = real token).
+
+        Returns (pre_norm [B, T, D] = last decoder layer output, normed [B, T, D], new cache or None).
+        With a cache the T new tokens are written at `cache.index` and attend to every valid earlier slot.
+        """
+        cfg = self.cfg
+        B, T, _ = x.shape
+        dtype = x.dtype
+        Hq, K, hd = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        if attention_mask is None:
+            attention_mask = jnp.ones((B, T), bool)
+        attention_mask = attention_mask.astype(bool)
+        cos, sin = mrope_cos_sin(positions, hd, cfg.rope_theta, cfg.mrope_section)
+        # HF casts the tables to the activation dtype before rotating.
+        cos, sin = cos.astype(dtype)[:, :, None, :], sin.astype(dtype)[:, :, None, :]
+
+        if cache is None:
+            causal = jnp.tril(jnp.ones((T, T), bool))
+            mask = causal[None] & attention_mask[:, None, :]
+            start = None
+        else:
+            S = cache.k.shape[2]
+            start = cache.index
+            valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, start))
+            q_abs = start + jnp.arange(T)
+            mask = (jnp.arange(S)[None, :] <= q_abs[:, None])[None] & valid[:, None, :]
+        layers = {k: getattr(self, k)[...] for k in self._LAYER_KEYS}
+        eps = cfg.rms_norm_eps
+        n_ds = 0 if visual is None else visual.feats.shape[0]
+
+        def body(carry, xs):
+            h, kc, vc = carry
+            p, li = xs
+            y = rms_norm(h, p["input_norm"], eps)
+            q = rms_norm(linear(y, p["q_kernel"]).reshape(B, T, Hq, hd), p["q_norm"], eps)
+            k = rms_norm(linear(y, p["k_kernel"]).reshape(B, T, K, hd), p["k_norm"], eps)
+            v = linear(y, p["v_kernel"]).reshape(B, T, K, hd)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            if kc is not None:
+                kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype)[None], (li, 0, start, 0, 0))
+                vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype)[None], (li, 0, start, 0, 0))
+                k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False).astype(dtype)
+                v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
+            else:
+                k_all, v_all = k, v
+            o = attention(q, k_all, v_all, mask, impl=attn_impl)
+            h = h + linear(o.reshape(B, T, Hq * hd), p["o_kernel"])
+            y = rms_norm(h, p["post_norm"], eps)
+            y = jax.nn.silu(linear(y, p["gate_kernel"])) * linear(y, p["up_kernel"])
+            h = h + linear(y, p["down_kernel"])
+            if n_ds:
+                # DeepStack: add tap `li` at visual positions after decoder layer li (li < n_deepstack).
+                f = jax.lax.dynamic_index_in_dim(visual.feats, jnp.minimum(li, n_ds - 1), 0, keepdims=False)
+                add = jnp.take(f, visual.idx, axis=0).astype(dtype)
+                h = h + jnp.where((visual.mask & (li < n_ds))[..., None], add, jnp.zeros_like(add))
+            return (h, kc, vc), None
+
+        if remat == "full":
+            body = jax.checkpoint(body)
+        elif remat == "dots":
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        elif remat != "none":
+            raise ValueError(f"remat={remat!r}: expected 'none', 'full' or 'dots'")
+        kc = None if cache is None else cache.k
+        vc = None if cache is None else cache.v
+        (h, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (layers, jnp.arange(cfg.num_hidden_layers)))
+        normed = rms_norm(h, self.final_norm[...], eps)
+        new_cache = None if cache is None else KVCache(kc, vc, valid, start + T)
+        return h, normed, new_cache
