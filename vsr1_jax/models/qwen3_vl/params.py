@@ -171,3 +171,28 @@ def assemble(entries: list[Entry], shapes: dict, get_tensor, dtype=None, on_tens
         if on_tensor is not None:
             on_tensor(e)
     return out
+
+
+def load_flat(module, flat: dict, dtype=None) -> None:
+    """Set every nnx.Param of `module` from {path tuple: array} (all paths must be present)."""
+    import jax.numpy as jnp
+    from flax import nnx
+    state = nnx.to_flat_state(nnx.state(module, nnx.Param))
+    missing = [p for p, _ in state if tuple(str(x) for x in p) not in flat]
+    if missing:
+        raise KeyError(f"no values for parameters: {missing[:10]}{' …' if len(missing) > 10 else ''}")
+    for path, var in state:
+        v = flat[tuple(str(x) for x in path)]
+        var.set_value(jnp.asarray(v, dtype=dtype) if dtype is not None else jnp.asarray(v))
+    nnx.update(module, nnx.from_flat_state(state))
+
+
+def model_from_hf_state_dict(cfg: Qwen3VLConfig, state_dict: dict, *, dtype=None, prefix: str = ""):
+    """Build a `Qwen3VL` from an in-memory {hf_key: array} (tests, tools). Unknown keys are ignored here."""
+    from flax import nnx
+    from vsr1_jax.models.qwen3_vl.model import Qwen3VL, abstract_model
+    shapes = flat_shapes(abstract_model(cfg))
+    flat = assemble(list(expand(model_rules(cfg, prefix))), shapes, state_dict.__getitem__, dtype=dtype)
+    model = Qwen3VL(cfg, rngs=None) if dtype is None else Qwen3VL(cfg, param_dtype=dtype, rngs=None)
+    load_flat(model, flat)
+    return model
