@@ -1,0 +1,228 @@
+"""Fast generation for Qwen3-VL: multimodal prefill into a preallocated KV cache and a jitted `lax.while_loop`
+decode with greedy / temperature / top-k / top-p sampling, per-row EOS stop, and M-RoPE decode positions.
+
+Prompts are left-padded (as HF `generate` does), so every row writes its next token into the same cache slot and
+the decode position of a row is its own max prompt position + 1 + step (HF: cache position + rope delta).
+The loop also keeps, per row, the pre-norm hidden state of the last generated occurrence of a chosen token
+(the SQR `<REFINE>` readout) together with its cache slot and position, and hands back the cache so a caller
+can continue from input embeddings (the latent rollout).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.rope import get_rope_index
+from vsr1_jax.models.qwen3_vl.text import KVCache
+
+Grid = tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 1024       # eval default (eval_and_data.md §2.2); GRPO uses 768
+    temperature: float = 0.0         # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0                   # 0 = off
+    eos_ids: tuple[int, ...] = ()    # stop tokens (e.g. <|im_end|>, <|endoftext|>)
+    pad_id: int = 0                  # written after a row stopped
+
+
+class Prompts(NamedTuple):
+    """A left-padded batch ready for prefill (host arrays)."""
+    ids: np.ndarray          # [B, T] int32
+    mask: np.ndarray         # [B, T] int32
+    positions: np.ndarray    # [3, B, T] int32
+    next_pos: np.ndarray     # [B] int32: M-RoPE position of the first generated token
+    image_pixels: np.ndarray | None
+    image_grids: tuple
+    video_pixels: np.ndarray | None
+    video_grids: tuple
+
+
+class Generation(NamedTuple):
+    tokens: jax.Array        # [B, N] sampled ids (pad after a row stopped)
+    logprobs: jax.Array      # [B, N] log-prob of each sampled token under the (temperature-scaled) model
+    lengths: jax.Array       # [B] generated tokens, the stop token included
+    cache: KVCache           # prompt + fed tokens
+    next_pos: jax.Array      # [B] position the next token would take
+    capture_hidden: jax.Array  # [B, D] pre-norm hidden at the last generated `capture_id` (zeros if none)
+    capture_slot: jax.Array    # [B] its cache slot (-1 if none)
+    capture_pos: jax.Array     # [B] its M-RoPE position (-1 if none)
+
+
+def pack_prompts(seqs: Sequence[Sequence[int]], *, cfg, pad_id: int, length: int | None = None,
+                 image_pixels=None, image_grids=(), video_pixels=None, video_grids=()) -> Prompts:
+    """Left-pad token lists to `length` (default: the longest) and compute M-RoPE positions host-side."""
+    T = max(len(s) for s in seqs) if length is None else length
+    if any(len(s) > T for s in seqs):
+        raise ValueError(f"a prompt of {max(len(s) for s in seqs)} tokens is longer than the padded length {T}")
+    ids = np.full((len(seqs), T), pad_id, np.int32)
+    mask = np.zeros((len(seqs), T), np.int32)
+    for i, s in enumerate(seqs):
+        if len(s):
+            ids[i, T - len(s):] = s
+            mask[i, T - len(s):] = 1
+    pos, deltas = get_rope_index(ids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
+                                 spatial_merge_size=cfg.vision.spatial_merge_size, image_grid_thw=image_grids,
+                                 video_grid_thw=video_grids, attention_mask=mask)
+    next_pos = (mask.sum(1) + deltas).astype(np.int32)   # = max position + 1
+    return Prompts(ids, mask, pos, next_pos, image_pixels, tuple(map(tuple, image_grids)), video_pixels,
+                   tuple(map(tuple, video_grids)))
+
+
+def sample_logits(logits, key, sp: SamplingParams):
+    """logits [B, V] float32 -> (token [B], logprob [B]). Log-probs are of the temperature-scaled distribution."""
+    if sp.temperature == 0.0:
+        tok = jnp.argmax(logits, axis=-1)
+        lp = jax.nn.log_softmax(logits, axis=-1)
+        return tok.astype(jnp.int32), jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
+    scaled = logits / sp.temperature
+    lp = jax.nn.log_softmax(scaled, axis=-1)
+    filt = scaled
+    if sp.top_k:
+        kth = jax.lax.top_k(filt, sp.top_k)[0][:, -1:]
+        filt = jnp.where(filt < kth, -jnp.inf, filt)
+    if sp.top_p < 1.0:
+        order = jnp.argsort(-filt, axis=-1)
+        sorted_logits = jnp.take_along_axis(filt, order, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        remove = (jnp.cumsum(probs, axis=-1) - probs) > sp.top_p
+        sorted_logits = jnp.where(remove, -jnp.inf, sorted_logits)
+        filt = jnp.full_like(filt, -jnp.inf).at[jnp.arange(filt.shape[0])[:, None], order].set(sorted_logits)
+    tok = jax.random.categorical(key, filt, axis=-1).astype(jnp.int32)
+    return tok, jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
+
+
+class Sampler:
+    """Jitted prefill / decode around one model. The model is split once; params travel as jit arguments."""
+
+    def __init__(self, model: Qwen3VL, opts: RunOptions = RunOptions()):
+        self.cfg = model.cfg
+        self.opts = opts
+        self.graphdef, self.state = nnx.split(model)
+        self._prefill = jax.jit(self._prefill_impl, static_argnames=("image_grids", "video_grids", "cache_size"))
+        self._decode = jax.jit(self._decode_impl, static_argnames=("sp", "capture_id"), donate_argnames=("cache",))
+        self._extend = jax.jit(self._extend_impl, donate_argnames=("cache",))
+
+    def update_params(self, model_or_state):
+        self.state = model_or_state if not isinstance(model_or_state, nnx.Module) else nnx.state(model_or_state)
+
+    # ---- pure pieces ----------------------------------------------------------------------------------------------
+    def _prefill_impl(self, state, ids, positions, mask, image_pixels, video_pixels, *, image_grids, video_grids,
+                      cache_size):
+        model = nnx.merge(self.graphdef, state)
+        B = ids.shape[0]
+        cache = KVCache.zeros(self.cfg.text, B, cache_size, self.opts.jdtype)
+        x, visual = model.embed(ids, self.opts, image_pixels=image_pixels, image_grids=image_grids,
+                                video_pixels=video_pixels, video_grids=video_grids)
+        out = model.decode(x, positions, mask, opts=self.opts, cache=cache, visual=visual, logits="last")
+        return out.logits, out.cache, out.hidden_pre_norm[:, -1]
+
+    def _extend_impl(self, state, cache, x, positions, mask):
+        model = nnx.merge(self.graphdef, state)
+        return model.decode(x, positions, mask, opts=self.opts, cache=cache, logits="last")
+
+    def _decode_impl(self, state, cache, logits, next_pos, key, *, sp: SamplingParams, capture_id: int):
+        model = nnx.merge(self.graphdef, state)
+        B = logits.shape[0]
+        N = sp.max_new_tokens
+        D = self.cfg.text.hidden_size
+        eos = jnp.asarray(sp.eos_ids if sp.eos_ids else (-1,), jnp.int32)
+        init = dict(step=jnp.zeros((), jnp.int32), cache=cache, logits=logits, pos=next_pos.astype(jnp.int32),
+                    key=key, tokens=jnp.full((B, N), sp.pad_id, jnp.int32), logprobs=jnp.zeros((B, N), jnp.float32),
+                    done=jnp.zeros((B,), bool), lengths=jnp.zeros((B,), jnp.int32),
+                    cap_h=jnp.zeros((B, D), self.opts.jdtype), cap_slot=jnp.full((B,), -1, jnp.int32),
+                    cap_pos=jnp.full((B,), -1, jnp.int32))
+
+        def cond(s):
+            return (s["step"] < N) & ~jnp.all(s["done"])
+
+        def body(s):
+            key, sub = jax.random.split(s["key"])
+            tok, lp = sample_logits(s["logits"], sub, sp)
+            live = ~s["done"]
+            tok = jnp.where(live, tok, sp.pad_id)
+            step = s["step"]
+            tokens = jax.lax.dynamic_update_slice(s["tokens"], tok[:, None], (0, step))
+            logprobs = jax.lax.dynamic_update_slice(s["logprobs"], jnp.where(live, lp, 0.0)[:, None], (0, step))
+            lengths = jnp.where(live, step + 1, s["lengths"])
+            done = s["done"] | jnp.isin(tok, eos)
+            slot = s["cache"].index
+            x = model.text.embed_tokens(tok[:, None], self.opts.jdtype)
+            pos3 = jnp.broadcast_to(s["pos"][None, :, None], (3, B, 1))
+            out = model.decode(x, pos3, live[:, None], opts=self.opts, cache=s["cache"], logits="last")
+            hit = live & (tok == capture_id)
+            return dict(step=step + 1, cache=out.cache, logits=out.logits, pos=s["pos"] + 1, key=key, tokens=tokens,
+                        logprobs=logprobs, done=done, lengths=lengths,
+                        cap_h=jnp.where(hit[:, None], out.hidden_pre_norm[:, 0], s["cap_h"]),
+                        cap_slot=jnp.where(hit, slot, s["cap_slot"]), cap_pos=jnp.where(hit, s["pos"], s["cap_pos"]))
+
+        s = jax.lax.while_loop(cond, body, init)
+        return Generation(s["tokens"], s["logprobs"], s["lengths"], s["cache"], s["pos"], s["cap_h"],
+                          s["cap_slot"], s["cap_pos"])
+
+    # ---- public API ---------------------------------------------------------------------------------------------
+    def prefill(self, prompts: Prompts, cache_size: int):
+        """-> (logits of the first new token [B, V], cache, pre-norm hidden of the last prompt token [B, D])."""
+        T = prompts.ids.shape[1]
+        if T > cache_size:
+            raise ValueError(f"prompt length {T} exceeds the KV cache size {cache_size}; raise max_cache_length "
+                             "(or lower max_new_tokens / the video pixel budget)")
+        f = lambda a: None if a is None else jnp.asarray(a)
+        return self._prefill(self.state, jnp.asarray(prompts.ids), jnp.asarray(prompts.positions),
+                             jnp.asarray(prompts.mask), f(prompts.image_pixels), f(prompts.video_pixels),
+                             image_grids=prompts.image_grids, video_grids=prompts.video_grids, cache_size=cache_size)
+
+    def decode(self, cache, logits, next_pos, sp: SamplingParams, key=None, capture_id: int = -1) -> Generation:
+        self._check(sp, cache, logits.shape[0])
+        key = jax.random.key(0) if key is None else key
+        return self._decode(self.state, cache, logits, jnp.asarray(next_pos), key, sp=sp, capture_id=capture_id)
+
+    def generate(self, prompts: Prompts, sp: SamplingParams, key=None, *, group: int = 1, capture_id: int = -1,
+                 extra_slots: int = 0) -> Generation:
+        """Prefill once, broadcast to `group` samples per prompt (rows p*G .. p*G+G-1), then decode."""
+        cache_size = prompts.ids.shape[1] + sp.max_new_tokens + extra_slots
+        logits, cache, _ = self.prefill(prompts, cache_size)
+        next_pos = jnp.asarray(prompts.next_pos)
+        if group > 1:
+            logits, cache, next_pos = broadcast_group(logits, cache, next_pos, group)
+        return self.decode(cache, logits, next_pos, sp, key, capture_id)
+
+    def extend(self, cache: KVCache, x, positions, mask=None):
+        """Continue from input embeddings x [B, T, D] at explicit positions [3, B, T] (e.g. SQR latents)."""
+        if mask is None:
+            mask = jnp.ones(x.shape[:2], bool)
+        if x.shape[1] + int(cache.index) > cache.k.shape[2]:
+            raise ValueError(f"{x.shape[1]} more positions do not fit in the KV cache "
+                             f"({int(cache.index)} of {cache.k.shape[2]} slots used)")
+        return self._extend(self.state, cache, x, positions, mask)
+
+    def _check(self, sp: SamplingParams, cache: KVCache, batch: int):
+        V = self.cfg.text.vocab_size
+        bad = [e for e in sp.eos_ids if not 0 <= e < V]
+        if bad:
+            raise ValueError(f"stop token ids {bad} are outside the vocabulary (size {V})")
+        if not 0 <= sp.pad_id < V:
+            raise ValueError(f"pad_id {sp.pad_id} is outside the vocabulary (size {V})")
+        if sp.temperature < 0 or not 0 < sp.top_p <= 1 or sp.top_k < 0:
+            raise ValueError(f"invalid sampling parameters {sp}")
+        free = cache.k.shape[2] - int(cache.index)
+        if sp.max_new_tokens > free:
+            raise ValueError(f"max_new_tokens={sp.max_new_tokens} does not fit: the KV cache has {free} free slots")
+
+
+def broadcast_group(logits, cache: KVCache, next_pos, group: int):
+    """Repeat each prompt's prefill state `group` times along the batch (a prompt's samples are adjacent)."""
+    rep = functools.partial(jnp.repeat, repeats=group, total_repeat_length=None)
+    return (rep(logits, axis=0),
+            KVCache(rep(cache.k, axis=1), rep(cache.v, axis=1), rep(cache.valid, axis=0), cache.index),
+            rep(next_pos, axis=0))
