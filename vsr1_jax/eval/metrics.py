@@ -32,7 +32,7 @@ Row = Mapping[str, Any]
 
 
 # ------------------------------------------------------------------------------------------ scalar coercions
-def _is_int(v) -> bool:
+def is_int(v) -> bool:
     # bool is an int subclass in Python; a rank/index of True is never meant. np.integer is accepted so that
     # in-memory rows (before the JSONL round trip turns them into ints) score the same as read-back rows.
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
@@ -44,7 +44,7 @@ def _is_bool(v) -> bool:
 
 def as_rank(value) -> int | None:
     """A rank counts only if it is an integer > 0 (WTR L29-30); floats such as 3.0, None and -1 are dropped."""
-    return int(value) if _is_int(value) and int(value) > 0 else None
+    return int(value) if is_int(value) and int(value) > 0 else None
 
 
 def as_float(value) -> float:
@@ -116,7 +116,7 @@ def dedup_rows(rows: Iterable[Row]) -> list[Row]:
     for i, r in enumerate(rows):
         idx = r.get("index")
         qid = str(r.get("qid", "")).strip()
-        key = f"idx:{int(idx)}" if _is_int(idx) else (f"qid:{qid}" if qid else f"row:{i}")
+        key = f"idx:{int(idx)}" if is_int(idx) else (f"qid:{qid}" if qid else f"row:{i}")
         by_key[key] = r
     return list(by_key.values())
 
@@ -125,7 +125,7 @@ def max_turn_wtr(rows: Iterable[Row]) -> int:
     """WTR L90-96: max(1, every int ``max_turn``, every ``len(turns)``)."""
     mt = 1
     for r in rows:
-        if _is_int(r.get("max_turn")):
+        if is_int(r.get("max_turn")):
             mt = max(mt, int(r["max_turn"]))
         if isinstance(r.get("turns"), list):
             mt = max(mt, len(r["turns"]))
@@ -262,7 +262,7 @@ def verification_accuracy(rows: Sequence[Row]) -> dict:
 
 # ------------------------------------------------------------------------------------------ per-turn series (§1.6)
 def _pos_int(v) -> bool:
-    return _is_int(v) and int(v) > 0
+    return is_int(v) and int(v) > 0
 
 
 def extract_policy_turns(row: Row) -> list[dict]:
@@ -285,9 +285,9 @@ def extract_policy_turns(row: Row) -> list[dict]:
             if bool(t.get("refine_applied", False)):
                 if i + 1 < len(turns) and isinstance(turns[i + 1], dict) and _pos_int(turns[i + 1].get("rank")):
                     policy_rank = int(turns[i + 1]["rank"])
-                if not _pos_int(policy_rank) and _is_int(row.get("final_rank")):
+                if not _pos_int(policy_rank) and is_int(row.get("final_rank")):
                     policy_rank = int(row["final_rank"])
-            if not _pos_int(policy_rank) and _is_int(rank_before):
+            if not _pos_int(policy_rank) and is_int(rank_before):
                 policy_rank = int(rank_before)
         if not _pos_int(policy_rank):
             continue
@@ -339,7 +339,7 @@ def turn_series(rows: Sequence[Row]) -> dict:
     per_row = []
     max_turn = 1
     for r in rows:
-        if _is_int(r.get("max_turn")):
+        if is_int(r.get("max_turn")):
             max_turn = max(max_turn, int(r["max_turn"]))
         turns = extract_policy_turns(r)
         max_turn = max(max_turn, len(turns))
@@ -364,7 +364,9 @@ def turn_series(rows: Sequence[Row]) -> dict:
     return out
 
 
-def _series_metrics(series: dict, kind: str, ks, thresholds) -> dict[int, dict]:
+def series_metrics(series: dict, kind: str, ks: Sequence[int] = TOPK,
+                   thresholds: Sequence[float] = IOU_THRESHOLDS) -> dict[int, dict]:
+    """{t: {"retrieval", "temporal"}} from a turn_series() result; kind = "policy" or "strict"."""
     return {
         t: {
             "retrieval": retrieval_metrics(series[f"{kind}_ranks"][t], ks, with_median=True),
@@ -381,13 +383,13 @@ def policy_by_turn(rows: Sequence[Row], ks: Sequence[int] = TOPK,
 
     A query that stopped at turn n < t counts with its turn-n values, so policy@max_turn = the final values.
     """
-    return _series_metrics(turn_series(rows), "policy", ks, thresholds)
+    return series_metrics(turn_series(rows), "policy", ks, thresholds)
 
 
 def strict_by_turn(rows: Sequence[Row], ks: Sequence[int] = TOPK,
                    thresholds: Sequence[float] = IOU_THRESHOLDS) -> dict[int, dict]:
     """strict turn t: only queries that actually ran turn t (EVAL L1802-1809, REP L283-288)."""
-    return _series_metrics(turn_series(rows), "strict", ks, thresholds)
+    return series_metrics(turn_series(rows), "strict", ks, thresholds)
 
 
 def pick_turn(row: Row, turn_idx: int) -> Row:

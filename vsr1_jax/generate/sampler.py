@@ -105,9 +105,10 @@ def sample_logits(logits, key, sp: SamplingParams):
 class Sampler:
     """Jitted prefill / decode around one model. The model is split once; params travel as jit arguments."""
 
-    def __init__(self, model: Qwen3VL, opts: RunOptions = RunOptions()):
+    def __init__(self, model: Qwen3VL, opts: RunOptions = RunOptions(), mesh=None):
         self.cfg = model.cfg
         self.opts = opts
+        self.mesh = mesh  # when set, batches are split over the mesh's data and fsdp axes
         self.graphdef, self.state = nnx.split(model)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("image_grids", "video_grids", "cache_size"))
         self._decode = jax.jit(self._decode_impl, static_argnames=("sp", "capture_id"), donate_argnames=("cache",))
@@ -122,6 +123,11 @@ class Sampler:
         model = nnx.merge(self.graphdef, state)
         B = ids.shape[0]
         cache = KVCache.zeros(self.cfg.text, B, cache_size, self.opts.jdtype)
+        if self.mesh is not None:
+            from vsr1_jax import sharding
+            kv, valid = sharding.cache_shardings(self.mesh, self.cfg.text.num_key_value_heads)
+            wsc = jax.lax.with_sharding_constraint
+            cache = KVCache(wsc(cache.k, kv), wsc(cache.v, kv), wsc(cache.valid, valid), cache.index)
         x, visual = model.embed(ids, self.opts, image_pixels=image_pixels, image_grids=image_grids,
                                 video_pixels=video_pixels, video_grids=video_grids)
         out = model.decode(x, positions, mask, opts=self.opts, cache=cache, visual=visual, logits="last")
@@ -178,8 +184,14 @@ class Sampler:
             raise ValueError(f"prompt length {T} exceeds the KV cache size {cache_size}; raise max_cache_length "
                              "(or lower max_new_tokens / the video pixel budget)")
         f = lambda a: None if a is None else jnp.asarray(a)
-        return self._prefill(self.state, jnp.asarray(prompts.ids), jnp.asarray(prompts.positions),
-                             jnp.asarray(prompts.mask), f(prompts.image_pixels), f(prompts.video_pixels),
+        ids, pos, mask = jnp.asarray(prompts.ids), jnp.asarray(prompts.positions), jnp.asarray(prompts.mask)
+        if self.mesh is not None:
+            from vsr1_jax import sharding
+            sharding.check_batch(ids.shape[0], self.mesh)
+            ids = jax.device_put(ids, sharding.batch_sharding(self.mesh, 2))
+            mask = jax.device_put(mask, sharding.batch_sharding(self.mesh, 2))
+            pos = jax.device_put(pos, sharding.batch_sharding(self.mesh, 3, batch_axis=1))
+        return self._prefill(self.state, ids, pos, mask, f(prompts.image_pixels), f(prompts.video_pixels),
                              image_grids=prompts.image_grids, video_grids=prompts.video_grids, cache_size=cache_size)
 
     def decode(self, cache, logits, next_pos, sp: SamplingParams, key=None, capture_id: int = -1) -> Generation:

@@ -106,6 +106,12 @@ def _gt_rank_from_vectors(corpus, queries, gt_rows):
     return jnp.where(valid, r, -1)
 
 
+@jax.jit
+def _device_scores(corpus, queries):
+    q, valid = l2_normalize(queries)
+    return jnp.where(valid[..., None], corpus_scores(corpus, q), jnp.nan)
+
+
 def gt_rank_from_vectors(corpus: jax.Array, queries: jax.Array, gt_rows: jax.Array) -> jax.Array:
     """GT rank from corpus [N, D] (unit rows) + queries [B, D] (normalised here) + gt_rows [B] -> [B] i32."""
     _check_dims(corpus.shape[-1], queries)
@@ -277,8 +283,7 @@ class DeviceRetriever:
     def scores(self, queries):
         queries = jnp.asarray(queries)
         _check_dims(self.dim, queries)
-        q, valid = l2_normalize(queries)
-        return jnp.where(valid[..., None], corpus_scores(self.corpus, q), jnp.nan)
+        return _device_scores(self.corpus, queries)
 
     def rank(self, queries, gt_rows):
         return gt_rank_from_vectors(self.corpus, jnp.asarray(queries), gt_rows)
@@ -330,7 +335,7 @@ class FaissRetriever:
         return gt_rank(self.scores(queries), jnp.asarray(gt_rows))
 
     def doc_ids(self, rows):
-        return _doc_ids(self.id_map, rows)
+        return self.index.doc_ids(rows)
 
 
 def make_retriever(engine: str, segment_embeds, docid2row=None) -> Retriever:

@@ -232,14 +232,15 @@ PRESETS: dict[str, Qwen3VLConfig] = {
     "qwen3_vl_embedding_2b": _preset(TextConfig(hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
                                                 num_attention_heads=16, num_key_value_heads=8),
                                      _VISION_SMALL, True),
-    # Tiny configs for tests and the demo (the measured tiny config of qwen3_vl.md part B, token ids at the end
-    # of a 1024-row vocabulary so they agree with the tiny tokenizer's layout).
+    # Tiny config for tests and the demo (the measured tiny config of qwen3_vl.md part B). Token ids are those of
+    # `processing.tokenizer.build_tiny_tokenizer` (795 tokens; the 1024-row table is larger, as Qwen's 151936 is).
     "tiny": Qwen3VLConfig(
         text=TextConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, mrope_section=(4, 2, 2),
                         max_position_embeddings=4096),
         vision=VisionConfig(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                             num_position_embeddings=64, deepstack_visual_indexes=(0, 1)),
+        image_token_id=780, video_token_id=781, vision_start_token_id=777, vision_end_token_id=778,
         tie_word_embeddings=False,
     ),
 }
