@@ -13,6 +13,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vsr1_jax.models.qwen3_vl.layers import layer_norm, linear
@@ -93,3 +94,97 @@ class SQRHead(nnx.Module):
         """refine_append_input_projector: latents [..., D] -> embedder input embeddings [..., He] (float32)."""
         z = layer_norm(z.astype(jnp.float32), self.append_norm_scale[...], self.append_norm_bias[...], LN_EPS)
         return linear(z, self.append_kernel[...], self.append_bias[...])
+
+
+# ---- latent rollout (sqr_and_sft.md §2.3; decision 2 of the spec README) ----------------------------------------
+def invalidate_after(cache, slot):
+    """Drop cache slots after each row's `slot` (what follows the last <REFINE> is not part of the rollout)."""
+    from vsr1_jax.models.qwen3_vl.text import KVCache
+    keep = jnp.arange(cache.valid.shape[1])[None, :] <= slot[:, None]
+    return KVCache(cache.k, cache.v, cache.valid & keep, cache.index)
+
+
+def rollout_cached(model, head: SQRHead, cache, h_refine, refine_slot, refine_pos, *, opts, num_latents: int = 8):
+    """The 8-latent rollout as a KV-cached continuation.
+
+    z1 = project(pre-norm hidden at the last generated <REFINE>); then for k = 1..N-1 the input embedding
+    latent_input(z_k) is fed at M-RoPE position pos(<REFINE>) + k on all three axes and z_{k+1} = project(final-normed
+    hidden there). Equals the original's N-1 full re-forwards with the latents spliced after <REFINE> (causal
+    attention: later tokens never change earlier hidden states). cache holds the prompt and generated tokens;
+    refine_slot/refine_pos [B] locate the <REFINE> token. Returns (Z [B, N, D] float32, cache).
+    """
+    B = h_refine.shape[0]
+    cache = invalidate_after(cache, refine_slot)
+    z1 = head.project(h_refine)
+    Z = jnp.zeros((B, num_latents, z1.shape[-1]), jnp.float32).at[:, 0].set(z1)
+
+    def step(k, carry):
+        Z, cache = carry
+        z = jax.lax.dynamic_index_in_dim(Z, k - 1, 1, keepdims=False)
+        x = head.latent_input(z)[:, None, :].astype(opts.jdtype)
+        pos = jnp.broadcast_to((refine_pos + k)[None, :, None], (3, B, 1))
+        out = model.decode(x, pos, jnp.ones((B, 1), bool), opts=opts, cache=cache, logits="none")
+        znew = head.project(out.hidden[:, 0])
+        return jax.lax.dynamic_update_index_in_dim(Z, znew, k, 1), out.cache
+
+    Z, cache = jax.lax.fori_loop(1, num_latents, step, (Z, cache))
+    return Z, cache
+
+
+def rollout_reference(model, head: SQRHead, embeds, positions, mask, refine_index: int, *, opts, visual=None,
+                      num_latents: int = 8):
+    """The original's formulation for one row (TRN L481-656): N-1 full forwards with the latents spliced into the
+    sequence right after <REFINE> and later tokens shifted by k. embeds [1, T, H] (with visual features already
+    scattered), positions [3, 1, T], refine_index = position of the last <REFINE> in the row."""
+    ins = refine_index + 1
+    pre = model.decode(embeds, positions, mask, opts=opts, visual=visual, logits="none").hidden_pre_norm
+    zs = [head.project(pre[:, refine_index])]
+    for k in range(1, num_latents):
+        X = head.latent_input(jnp.stack(zs, 1)).astype(embeds.dtype)            # [1, k, H]
+        e = jnp.concatenate([embeds[:, :ins], X, embeds[:, ins:]], 1)
+        base = positions[..., ins - 1:ins]
+        lat_pos = base + jnp.arange(1, k + 1)[None, None, :]
+        p = jnp.concatenate([positions[..., :ins], lat_pos, positions[..., ins:] + k], -1)
+        m = jnp.concatenate([mask[:, :ins], jnp.ones((1, k), mask.dtype), mask[:, ins:]], 1)
+        vis = None
+        if visual is not None:  # shift visual bookkeeping with the tail
+            from vsr1_jax.models.qwen3_vl.text import Visual
+            pad_i = jnp.zeros((1, k), visual.idx.dtype)
+            vis = Visual(jnp.concatenate([visual.idx[:, :ins], pad_i, visual.idx[:, ins:]], 1),
+                         jnp.concatenate([visual.mask[:, :ins], jnp.zeros((1, k), bool), visual.mask[:, ins:]], 1),
+                         visual.feats)
+        h = model.decode(e, p, m, opts=opts, visual=vis, logits="none").hidden
+        zs.append(head.project(h[:, ins + k - 1]))
+    return jnp.stack(zs, 1)
+
+
+def splice_layout(token_lists, num_latents: int = 8, tail: int = 6, pad_id: int = 0):
+    """Host-side layout of the refined-query embedder input: each row's ids with N latent slots inserted before
+    the last min(tail, len) tokens (TRN L695-722), right-padded.
+
+    Returns ids [B, L], is_latent [B, L] bool, latent_index [B, L] int32, mask [B, L] int32."""
+    L = max(len(t) for t in token_lists) + num_latents
+    B = len(token_lists)
+    ids = np.full((B, L), pad_id, np.int32)
+    is_lat = np.zeros((B, L), bool)
+    lat_idx = np.zeros((B, L), np.int32)
+    mask = np.zeros((B, L), np.int32)
+    for b, t in enumerate(token_lists):
+        cut = len(t) - min(tail, len(t))
+        row = list(t[:cut]) + [pad_id] * num_latents + list(t[cut:])
+        ids[b, :len(row)] = row
+        is_lat[b, cut:cut + num_latents] = True
+        lat_idx[b, cut:cut + num_latents] = np.arange(num_latents)
+        mask[b, :len(row)] = 1
+    return ids, is_lat, lat_idx, mask
+
+
+def q_final(embedder_model, head: SQRHead, Z, ids, is_latent, latent_index, mask, *, opts):
+    """Refined query [B, D]: embedder text model on the query tokens with append_input(Z) spliced in (layout from
+    `splice_layout`), default 1-D positions, last position pooled, L2-normalised (TRN L658-750)."""
+    from vsr1_jax.models.embedder import embed_inputs_embeds
+    tok = embedder_model.text.embed_tokens(ids, opts.jdtype)
+    A = head.append_input(Z).astype(opts.jdtype)                           # [B, N, He]
+    lat = jnp.take_along_axis(A, latent_index[..., None], axis=1)
+    x = jnp.where(is_latent[..., None], lat, tok)
+    return embed_inputs_embeds(embedder_model, x, mask, opts=opts)
