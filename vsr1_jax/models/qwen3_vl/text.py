@@ -121,7 +121,8 @@ class TextModel(nnx.Module):
                 v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
             else:
                 k_all, v_all = k, v
-            o = attention(q, k_all, v_all, mask, impl=attn_impl)
+            # single-token decode steps read the cache with plain XLA attention; fused kernels pay off on prefill
+            o = attention(q, k_all, v_all, mask, impl=attn_impl if T > 1 else "xla")
             h = h + linear(o.reshape(B, T, Hq * hd), p["o_kernel"])
             y = rms_norm(h, p["post_norm"], eps)
             y = jax.nn.silu(linear(y, p["gate_kernel"])) * linear(y, p["up_kernel"])

@@ -156,14 +156,29 @@ class VisionModel(nnx.Module):
         return merged, deep
 
     def __call__(self, pixel_rows, grids: Sequence[Grid], **kw):
-        """Several items whose rows are concatenated in order: returns concatenated merged and deepstack features."""
-        merged, deep, off = [], [], 0
-        for g in grids:
-            n = int(np.prod(g))
-            m, d = self.encode(pixel_rows[off:off + n], tuple(int(v) for v in g), **kw)
+        """Several items whose rows are concatenated in order: returns concatenated merged and deepstack features.
+
+        Consecutive items with the same grid are encoded together (vmapped), so a batch of equal-size videos costs
+        one trace, not one per video.
+        """
+        grids = [tuple(int(v) for v in g) for g in grids]
+        merged, deep, off, i = [], [], 0, 0
+        while i < len(grids):
+            j = i
+            while j < len(grids) and grids[j] == grids[i]:
+                j += 1
+            g, r, n = grids[i], j - i, int(np.prod(grids[i]))
+            rows = pixel_rows[off:off + r * n]
+            if r == 1:
+                m, d = self.encode(rows, g, **kw)
+            else:
+                m, d = jax.vmap(lambda px: self.encode(px, g, **kw))(rows.reshape(r, n, -1))
+                m = m.reshape(-1, m.shape[-1])
+                d = jnp.moveaxis(d, 0, 1).reshape(d.shape[1], -1, d.shape[-1])
             merged.append(m)
             deep.append(d)
-            off += n
+            off += r * n
+            i = j
         if off != pixel_rows.shape[0]:
             raise ValueError(f"grids cover {off} pixel rows but {pixel_rows.shape[0]} were given")
         return jnp.concatenate(merged, 0), jnp.concatenate(deep, 1)

@@ -1,0 +1,105 @@
+"""Data defaults of the original VideoSearch-R1 (layout, SFT / GRPO / eval pipelines), each citing its spec line.
+Spec pages (shared/spec/): E = eval_and_data.md, S = sqr_and_sft.md, G = grpo.md, ENVMD = environment.md."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_data_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    # --- where the prepared data lives ------------------------------------------------------------------------
+    c.root = ""  # <root>/<dataset>/…; given by the user, nothing is downloaded (README decision 10)
+    c.dataset = "charades-sta"  # one of the dataset dirs (E §0: scripts/common/env.bash L53-63)
+    c.datasets = ("activitynet", "charades-sta", "didemo")  # E §0
+    c.train_split = "train"  # E §3 layout
+    c.eval_split = "test"  # test = ActivityNet val_2, DiDeMo test, Charades test (E §3.1)
+    c.retrieval_dim = 2048  # Qwen3-VL-Embedding-2B; informative: D is read from the .npy files (S §1, MAIN L445-467)
+    c.seed = 42  # SEED=42: eval (E §0, TCK L143-180), SFT (S §8, VS), GRPO augment seed (G §5, DD:59-61)
+
+    # --- loader (grain) ---------------------------------------------------------------------------------------
+    c.loader = ml_collections.ConfigDict()
+    c.loader.worker_count = 0  # grain worker processes; >0 needs absl flags, handled in pipelines (ENVMD §5)
+    c.loader.worker_buffer_size = 1  # per-worker prefetch (grain MultiprocessingOptions default)
+    c.loader.read_threads = 1  # grain ReadOptions threads; 1 keeps 2-core machines responsive (port choice)
+    c.loader.prefetch_buffer_size = 8  # grain ReadOptions buffer (port choice)
+
+    # --- Stage-1 SFT ------------------------------------------------------------------------------------------
+    c.sft = ml_collections.ConfigDict()
+    c.sft.file = "sft_data/train_oneturn.json"  # E §3.8 (convert_match_grounding_to_oneturn.py L324-344)
+    c.sft.per_device_batch_size = 1  # VS L52-54 (S §8)
+    c.sft.gradient_accumulation_steps = 1  # VS L52-54 (S §8)
+    c.sft.num_epochs = 1  # VS L55 (S §8)
+    c.sft.shuffle = True  # HF Trainer's default random sampler, seeded by seed 42 (S §8)
+    c.sft.only_neg = False  # both matched and not-matched items (VS L126-129; S §8)
+    c.sft.model_max_length = 46384  # collator truncation in training (VS L44; S §6.2)
+    # Bucketed padding: few compiled shapes; the last bucket is the original max length (S §6.2). A 64-frame
+    # 384×512 video is ~6.1k visual tokens, total ~7k (S §2.4 shape trace).
+    c.sft.buckets = (2048, 4096, 6144, 8192, 12288, 16384, 24576, 32768, 46384)
+    c.sft.negative_pool_size = 24  # InfoNCE K = 24 negatives (VS L118; S §5)
+    c.sft.hard_negatives_file = "train/hard_negatives.json"  # E §3.7
+    c.sft.hard_negative_refresh_steps = 1  # online refresh every step (VS L141; S §5)
+    c.sft.random_negative_seed = 42  # random fill of the negative pool, random.Random(42) (TRN L1036-1057; S §5)
+    c.sft.ambiguous_negative_margin = 0.0005  # drop n if cos(q,n) ≥ cos(q,pos) − 0.0005 (VS L119-120; S §5)
+
+    # --- Stage-2 GRPO -----------------------------------------------------------------------------------------
+    c.grpo = ml_collections.ConfigDict()
+    c.grpo.file = "grpo_data/train.minimal_top1.jsonl"  # G §5
+    c.grpo.stats_file = "grpo_data/stats.minimal_top1.json"  # G §5
+    c.grpo.num_generations = 8  # G = 8 (S2:256, S2:395; G §3.1)
+    c.grpo.per_device_batch_size = 2  # completions per micro-batch (S2:250; G §3.1)
+    c.grpo.repeat_each = 8  # = num_generations: RepeatSampler mini_repeat_count (TR:1284-1318; G §3.1)
+    # Completions per generation round = PDTBS · NPROC · steps_per_generation; on 1 GPU spg is raised to 4, so
+    # 2 · 1 · 4 = 8 = 1 prompt × G (S2:332-341; G §3.1 "→ 1 GPU"). The pipeline's batch_size is this number.
+    c.grpo.generation_batch_size = 8
+    c.grpo.num_epochs = 1  # S2:252 (G §3.1)
+    c.grpo.max_prompt_length = 4096  # S2:254 (G §3.1)
+    c.grpo.max_completion_length = 768  # S2:255 (G §3.1)
+    c.grpo.prompt_buckets = (1024, 2048, 3072, 4096)  # last = max_prompt_length (G §3.1)
+    c.grpo.hard_negative_topk = 24  # HARD_NEGATIVE_TOPK (S2:102; G §4)
+    c.grpo.hard_negative_depth = 200  # FAISS search depth of the builder (S2:103, BM:211-212; G §2.3)
+    c.grpo.augment_match_to_balance = True  # AUGMENT_MATCH_TO_BALANCE=1 (DD:59-61; G §5)
+    c.grpo.target_match_ratio = 1.0  # TARGET_MATCH_RATIO (DD:59-61; G §5)
+    c.grpo.augment_seed = 42  # DD:59-61 (G §5)
+    c.grpo.drop_missing_video_npy = True  # BV --drop-missing-video-npy default 1 (G §5)
+
+    # --- evaluation -------------------------------------------------------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.max_samples = 0  # 0 = all; MAX_SAMPLES prefix after limit ratio (EVAL L2139-2148; E §2 step 1)
+    c.eval.limit_ratio = 1.0  # EVAL_LIMIT_RATIO; < 1 samples with random.Random(seed) (EVAL L2139-2148)
+    c.eval.num_shards = 1  # NUM_PROCESSES_PER_GPU=1 × EVAL_GPUS=0 (inference.bash L116-121; E §0)
+    c.eval.batch_size = 1  # VLLM_MAX_NUM_SEQS=1, VLLM_EVAL_BATCH_SIZE=0 → 1 (TCK L143-180; E §2.2)
+    c.eval.max_turn = 2  # MAX_TURN=2 from inference.bash (L116-121; E §0)
+    c.eval.topk = (1, 5, 10, 100)  # TOPK=1,5,10,100 (TCK L143-180; E §1.4)
+    c.eval.iou_thresholds = (0.3, 0.5, 0.7)  # IOU_THRESHOLDS (TCK L143-180; E §1.3)
+    c.eval.model_max_length = 20384  # MODEL_MAX_LENGTH (TCK L143-180; E §0)
+    c.eval.max_new_tokens = 1024  # EXTERNAL_EVAL_MAX_NEW_TOKENS (TCK L157; E §2.2)
+    c.eval.prompt_buckets = (2048, 4096, 8192, 12288, 16384, 20384)  # last = model_max_length (E §0)
+    c.eval.query_meta_duplicates = "last"  # later duplicate query text overwrites (EVAL L858-867; E §2 step 3)
+
+    # --- offline builders (what the prepared files were made with; used by the synthetic/real build steps) -----
+    c.build = ml_collections.ConfigDict()
+    c.build.hard_negative_topk_pool = 50  # TOPK_POOL (08_build_hard_negatives.bash L20-21; E §3.7)
+    c.build.hard_negative_max = 50  # MAX_NEGATIVES (08_build_hard_negatives.bash L20-21; E §3.7)
+    c.build.top1_pool_match = 1000  # 1000 match samples (05_build_top1_pool.bash L30-31; E §3.8)
+    c.build.top1_pool_not_match = 1000  # 1000 not_match samples (05_build_top1_pool.bash L30-31; E §3.8)
+    c.build.top1_pool_seed = 42  # 05_build_top1_pool.bash L30-31 (E §3.8)
+    c.build.query_shuffle_seed = 0  # queries shuffled with seed 0 (prepare_activitynet_segments.py L137-139; E §3.2)
+    c.build.query_embed_batch_size = 32  # embed_queries batch (S §4; E §3.3)
+    c.build.segment_embed_batch_size = 8  # SEGMENT_BATCH_SIZE (02_embed_segments.bash L44-61; E §3.5)
+    c.build.video_fps = 1.0  # VIDEO_FPS (04_extract_*_npy.bash L13-20; E §3.4)
+    c.build.video_max_frames = 64  # VIDEO_MAXLEN (04_extract_*_npy.bash L13-20; E §3.4)
+    c.build.video_max_pixels = 200704  # 256·28² (04_extract_*_npy.bash L13-20; E §3.4)
+    c.build.video_min_pixels = 256  # VIDEO_MIN_PIXELS (04_extract_*_npy.bash L13-20; E §3.4)
+    c.build.embed_sample_fps = 1.0  # SAMPLE_FPS for video embeddings (02_embed_segments.bash L44-61; E §3.5)
+    c.build.embed_max_frames = 64  # SAMPLE_MAX_FRAMES (02_embed_segments.bash L44-61; E §3.5)
+    c.build.embed_instruction = "Represent the user's input"  # _dataset_defaults.bash L77-79 (E §0)
+    # rows the teacher cut at max_tokens are dropped (06_convert_to_train_oneturn.bash L20; E §3.8)
+    c.build.sft_exclude_finish_reasons = ("length",)
+    c.build.sft_balance_seed = 42  # convert_match_grounding_to_oneturn.py --balance_seed default
+
+    # --- tensorflow-datasets export ---------------------------------------------------------------------------
+    c.tfds = ml_collections.ConfigDict()
+    c.tfds.data_dir = ""  # where ArrayRecord shards go (tfds_builder.build)
+    c.tfds.embed_frames = False  # reference videos by id (port choice, tfds_builder module docstring)
+    return c
