@@ -10,7 +10,6 @@ can continue from input embeddings (the latent rollout).
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -234,7 +233,7 @@ class Sampler:
 
 def broadcast_group(logits, cache: KVCache, next_pos, group: int):
     """Repeat each prompt's prefill state `group` times along the batch (a prompt's samples are adjacent)."""
-    rep = functools.partial(jnp.repeat, repeats=group, total_repeat_length=None)
-    return (rep(logits, axis=0),
-            KVCache(rep(cache.k, axis=1), rep(cache.v, axis=1), rep(cache.valid, axis=0), cache.index),
-            rep(next_pos, axis=0))
+    # jnp.copy keeps group == 1 from aliasing buffers that the decode step donates
+    rep = lambda x, axis: jnp.copy(jnp.repeat(x, group, axis=axis))
+    return (rep(logits, 0), KVCache(rep(cache.k, 1), rep(cache.v, 1), rep(cache.valid, 0), jnp.copy(cache.index)),
+            rep(next_pos, 0))

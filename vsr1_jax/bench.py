@@ -1,0 +1,363 @@
+"""Throughput and parity figures on whatever accelerator is present: `python -m vsr1_jax.bench --what=...`.
+
+  forward  prefill of a ~8k-token video prompt (tokens/s, MFU), next to HF PyTorch (sdpa) on the same GPU
+  decode   ~2k-token video prompt, 256 new tokens, batch 1/8/64: tokens/s, step latency, HF generate, HBM roofline
+  sqr      the 7-step cached latent rollout vs the original's 7 full re-forwards (video re-encoded each time)
+  parity   max relative logit error vs HF on a video prompt, fp32 and bf16
+
+Models are the real configs with random weights (HF initialises, both sides use the same tensors). Imports stay
+off grain/faiss/ml_collections so this runs on a bare accelerator machine with jax + torch + transformers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset
+from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.rope import get_rope_index, token_types
+
+H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM datasheet
+
+
+def _torch_device():
+    try:
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
+
+
+DEVICE = _torch_device()
+# fused attention where the platform has it
+ATTN = "cudnn" if jax.default_backend() == "gpu" else "xla"
+
+
+def log(*a):
+    print(*a, flush=True, file=sys.stderr)
+
+
+# ---- inputs ----------------------------------------------------------------------------------------------------
+def video_prompt(cfg: Qwen3VLConfig, groups: int, h: int, w: int, text_before=64, text_after=32, seed=0):
+    """Token ids laid out like a processed video prompt (timestamp, vision_start, pads, vision_end per 2-frame
+    group) and random pixel rows. h, w in patches (multiples of 2)."""
+    rng = np.random.RandomState(seed)
+    per = h * w // cfg.vision.merge_unit
+    hi = min(5000, cfg.text.vocab_size // 2)
+    ids = list(rng.randint(1, hi, size=text_before))
+    for g in range(groups):
+        ids += [int(rng.randint(1, hi)), cfg.vision_start_token_id] + [cfg.video_token_id] * per + [
+            cfg.vision_end_token_id]
+    ids += list(rng.randint(1, hi, size=text_after))
+    grid = (groups, h, w)
+    px = rng.randn(groups * h * w, cfg.vision.patch_dim).astype(np.float32)
+    return np.asarray([ids], np.int32), grid, px
+
+
+def timeit(fn, n=5, warmup=1):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+# ---- models ----------------------------------------------------------------------------------------------------
+def hf_and_ours(cfg: Qwen3VLConfig, dtype: str, seed=0, with_hf=True):
+    """A random HF model on the GPU and our model with the same tensors."""
+    import torch
+    from transformers import Qwen3VLConfig as HFConfig, Qwen3VLForConditionalGeneration
+    from vsr1_jax.models.qwen3_vl.params import model_from_hf_state_dict
+    torch.manual_seed(seed)
+    tdt = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
+    hcfg = HFConfig(**cfg.to_hf_dict())
+    t = time.perf_counter()
+    with torch.device(DEVICE):
+        hf = Qwen3VLForConditionalGeneration._from_config(hcfg, dtype=tdt, attn_implementation="sdpa").eval()
+    sd = {k: v.detach().float().cpu().numpy() for k, v in hf.state_dict().items()}
+    ours = model_from_hf_state_dict(cfg, sd, dtype=jnp.dtype(dtype))
+    del sd
+    log(f"built HF + ours ({dtype}) in {time.perf_counter() - t:.1f}s")
+    if not with_hf:
+        del hf
+        _empty_cache()
+        hf = None
+    return hf, ours
+
+
+def _empty_cache():
+    import torch
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _sync():
+    import torch
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def hf_inputs(cfg, ids, grid, px, dtype):
+    import torch
+    return dict(input_ids=torch.tensor(ids, dtype=torch.long, device=DEVICE),
+                mm_token_type_ids=torch.tensor(token_types(ids, cfg.image_token_id, cfg.video_token_id),
+                                               device=DEVICE),
+                pixel_values_videos=torch.tensor(px, device=DEVICE).to(dtype),
+                video_grid_thw=torch.tensor([grid], device=DEVICE))
+
+
+# ---- FLOPs -----------------------------------------------------------------------------------------------------
+def prefill_flops(cfg: Qwen3VLConfig, T: int, grid) -> float:
+    """Matmul FLOPs of one prefill (causal attention counted at half), vision included, LM head on 1 token."""
+    t, v = cfg.text, cfg.vision
+    D, I, L, hd, Hq, K = t.hidden_size, t.intermediate_size, t.num_hidden_layers, t.head_dim, t.num_attention_heads, \
+        t.num_key_value_heads
+    per_tok = 2 * (D * Hq * hd + 2 * D * K * hd + Hq * hd * D + 3 * D * I)
+    text = L * (per_tok * T + 2 * T * T * Hq * hd)  # QK^T and PV, causal half: 2 * (2 T^2 Hq hd) / 2
+    gt, gh, gw = grid
+    n, hw, d, vi = gt * gh * gw, gh * gw, v.hidden_size, v.intermediate_size
+    vis = 2 * n * v.patch_dim * d + v.depth * (2 * n * (4 * d * d + 2 * d * vi) + 4 * gt * hw * hw * d)
+    d4 = d * v.merge_unit
+    mergers = (1 + len(v.deepstack_visual_indexes)) * 2 * (n // v.merge_unit) * (d4 * d4 + d4 * D)
+    return float(text + vis + mergers + 2 * D * t.vocab_size)
+
+
+# ---- benchmarks --------------------------------------------------------------------------------------------------
+def bench_parity(cfg, groups=8, h=28, w=32):
+    import torch
+    ids, grid, px = video_prompt(cfg, groups, h, w, seed=1)
+    pos, _ = get_rope_index(ids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
+                            video_grid_thw=[grid])
+    res = {"tokens": int(ids.shape[1]), "grid": list(grid)}
+    for dtype in ("float32", "bfloat16"):
+        prev = jax.config.jax_default_matmul_precision
+        if dtype == "float32":  # full fp32 matmuls on both sides (no TF32)
+            jax.config.update("jax_default_matmul_precision", "highest")
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+        hf, ours = hf_and_ours(cfg, dtype)
+        with torch.no_grad():
+            ref = hf(**hf_inputs(cfg, ids, grid, px, getattr(torch, dtype))).logits.float().cpu().numpy()[0]
+        del hf
+        _empty_cache()
+        opts = RunOptions(dtype=dtype)
+        f = jax.jit(lambda m, i, p, x: m(i, p, opts=opts, video_pixels=x, video_grids=(grid,)).logits)
+        out = np.asarray(f(ours, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(px)))[0]
+        rel = float(np.abs(out - ref).max() / np.abs(ref).max())
+        agree = float((out.argmax(-1) == ref.argmax(-1)).mean())
+        res[dtype] = {"max_rel_logit_err": rel, "argmax_agreement": agree}
+        log(f"parity {dtype}: max|Δ|/max|ref| = {rel:.3e}, argmax agreement {agree:.4f}")
+        del ours
+        jax.config.update("jax_default_matmul_precision", prev)
+    return res
+
+
+def bench_forward(cfg, groups=36, h=28, w=32, with_hf=True):
+    import torch
+    ids, grid, px = video_prompt(cfg, groups, h, w)
+    T = ids.shape[1]
+    pos, _ = get_rope_index(ids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
+                            video_grid_thw=[grid])
+    hf, ours = hf_and_ours(cfg, "bfloat16", with_hf=with_hf)
+    res = {"tokens": int(T), "grid": list(grid), "flops": prefill_flops(cfg, T, grid)}
+    for impl in ("cudnn", "xla"):
+        opts = RunOptions(dtype="bfloat16", attn_impl=impl, vision_attn_impl=impl)
+        f = jax.jit(lambda m, i, p, x: m(i, p, opts=opts, video_pixels=x, video_grids=(grid,), logits="last").logits)
+        args = (ours, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(px, jnp.bfloat16))
+        try:
+            t = timeit(lambda: f(*args).block_until_ready())
+        except Exception as e:  # noqa: BLE001 - report and go on with the other kernel
+            log(f"forward {impl}: failed: {type(e).__name__}: {str(e)[:300]}")
+            continue
+        res[f"ours_{impl}"] = {"seconds": t, "tokens_per_s": T / t, "mfu": res["flops"] / t / H100_BF16_PEAK}
+        log(f"ours ({impl}): {t * 1e3:.1f} ms, {T / t:,.0f} tok/s, MFU {res['flops'] / t / H100_BF16_PEAK:.1%}")
+    if hf is not None:
+        inp = hf_inputs(cfg, ids, grid, px, torch.bfloat16)
+
+        def run():
+            with torch.no_grad():
+                hf(**inp, logits_to_keep=1)
+            _sync()
+        t = timeit(run)
+        res["hf_sdpa"] = {"seconds": t, "tokens_per_s": T / t, "mfu": res["flops"] / t / H100_BF16_PEAK}
+        log(f"HF sdpa: {t * 1e3:.1f} ms, {T / t:,.0f} tok/s")
+        best = min(v["seconds"] for k, v in res.items() if k.startswith("ours_"))
+        res["speedup_vs_hf"] = t / best
+    return res
+
+
+def copy_bandwidth():
+    x = jnp.ones((1024, 1024, 1024), jnp.bfloat16)  # 2 GiB
+    f = jax.jit(lambda a: a + 1)
+    t = timeit(lambda: f(x).block_until_ready(), n=10)
+    return 2 * x.nbytes / t
+
+
+def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, with_hf=True):
+    import torch
+    from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
+    ids, grid, px = video_prompt(cfg, groups, h, w, seed=2)
+    T = ids.shape[1]
+    hf, ours = hf_and_ours(cfg, "bfloat16", with_hf=with_hf)
+    bw = copy_bandwidth()
+    res = {"prompt_tokens": int(T), "new_tokens": new_tokens, "copy_bandwidth_Bps": bw}
+    log(f"measured copy bandwidth {bw / 1e12:.2f} TB/s")
+    tc = cfg.text
+    weight_bytes = 2 * (tc.num_hidden_layers * (tc.hidden_size * (tc.num_attention_heads + 2 * tc.num_key_value_heads)
+                                               * tc.head_dim + tc.num_attention_heads * tc.head_dim * tc.hidden_size
+                                               + 3 * tc.hidden_size * tc.intermediate_size)
+                        + tc.vocab_size * tc.hidden_size)
+    kv_per_tok = 2 * tc.num_hidden_layers * 2 * tc.num_key_value_heads * tc.head_dim
+    sampler = Sampler(ours, RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN))
+    p = pack_prompts([list(ids[0])], cfg=cfg, pad_id=0, video_pixels=px.astype(np.float32), video_grids=[grid])
+    sp = SamplingParams(max_new_tokens=new_tokens, eos_ids=(), pad_id=0)
+    for B in batches:
+        logits, cache, _ = sampler.prefill(p, T + new_tokens)
+        from vsr1_jax.generate.sampler import broadcast_group
+        lg, c, npos = broadcast_group(logits, cache, jnp.asarray(p.next_pos), B)
+        jax.block_until_ready(c)
+
+        def run():
+            lg2, c2, np2 = broadcast_group(logits, cache, jnp.asarray(p.next_pos), B)
+            g = sampler.decode(c2, lg2, np2, sp)
+            g.tokens.block_until_ready()
+            return g
+        g = run()  # compile
+        assert int(np.asarray(g.lengths).min()) == new_tokens
+        t = timeit(run, n=3, warmup=0)
+        bcast = timeit(lambda: jax.block_until_ready(broadcast_group(logits, cache, jnp.asarray(p.next_pos), B)), n=3)
+        t = max(t - bcast, 1e-9)
+        step = t / new_tokens
+        avg_len = T + new_tokens / 2
+        roof = (weight_bytes + B * avg_len * kv_per_tok) / bw
+        r = {"tokens_per_s": B * new_tokens / t, "step_ms": step * 1e3, "roofline_step_ms": roof * 1e3,
+             "fraction_of_roofline": roof / step}
+        log(f"ours B={B}: {r['tokens_per_s']:,.0f} tok/s, step {r['step_ms']:.2f} ms, "
+            f"roofline {r['roofline_step_ms']:.2f} ms ({r['fraction_of_roofline']:.0%})")
+        del cache, c, lg
+        if hf is not None:
+            inp = hf_inputs(cfg, np.repeat(ids, B, 0), (grid[0] * 1, grid[1], grid[2]), np.concatenate([px] * B),
+                            torch.bfloat16)
+            inp["video_grid_thw"] = inp["video_grid_thw"].repeat(B, 1)
+
+            def gen():
+                with torch.no_grad():
+                    hf.generate(**inp, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+                _sync()
+
+            def pre():
+                with torch.no_grad():
+                    hf(**inp, logits_to_keep=1)
+                _sync()
+            try:
+                tg = timeit(gen, n=1, warmup=1)
+                tp = timeit(pre, n=2, warmup=0)
+                r["hf_generate_s"] = tg
+                r["hf_decode_tokens_per_s"] = B * new_tokens / max(tg - tp, 1e-9)
+                r["speedup_vs_hf_decode"] = r["tokens_per_s"] / r["hf_decode_tokens_per_s"]
+                log(f"HF B={B}: generate {tg:.1f}s (prefill {tp:.2f}s), decode {r['hf_decode_tokens_per_s']:,.0f} tok/s"
+                    f" -> ours x{r['speedup_vs_hf_decode']:.1f}")
+            except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                r["hf_error"] = f"OOM: {str(e)[:200]}"
+                log(f"HF B={B}: OOM")
+            _empty_cache()
+        res[f"batch_{B}"] = r
+    return res
+
+
+def bench_sqr(cfg, groups=28, h=28, w=32, reps=3):
+    from flax import nnx
+    from vsr1_jax.generate.sampler import Sampler, pack_prompts
+    from vsr1_jax.models import sqr as S
+    ids, grid, px = video_prompt(cfg, groups, h, w, seed=3)
+    refine = 151669 if cfg.text.vocab_size > 151669 else cfg.text.vocab_size - 1
+    ids = np.concatenate([ids, [[9, 10, refine]]], 1).astype(np.int32)
+    T = ids.shape[1]
+    ridx = T - 1
+    pos, _ = get_rope_index(ids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
+                            video_grid_thw=[grid])
+    _, ours = hf_and_ours(cfg, "bfloat16", with_hf=False)
+    opts = RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN)
+    head = S.SQRHead(S.SQRConfig(policy_hidden=cfg.text.hidden_size, zero_init_refine=False), rngs=nnx.Rngs(0))
+    sampler = Sampler(ours, opts)
+    p = pack_prompts([list(ids[0])], cfg=cfg, pad_id=0, video_pixels=px, video_grids=[grid])
+    logits, cache, h_last = sampler.prefill(p, T + 8)
+    jax.block_until_ready(cache)
+    rpos = jnp.asarray(pos[0, :, ridx])
+    cached = jax.jit(lambda m, hd, c, h: S.rollout_cached(m, hd, c, h, jnp.asarray([ridx]), rpos, opts=opts),
+                     donate_argnums=())
+    t_cached = timeit(lambda: jax.block_until_ready(cached(ours, head, cache, h_last)), n=reps)
+
+    # The original runs 7 full VLM forwards (video re-encoded each time) on the sequence with k = 1..7 latents
+    # spliced after <REFINE>; time one such forward at the mean length (k = 4) and count it 7 times.
+    k = 4
+
+    def spliced_forward(m, hd, i, pp, x):
+        e, vis = m.embed(i, opts, video_pixels=x, video_grids=(grid,))
+        X = hd.latent_input(jnp.ones((1, k, hd.cfg.retrieval_dim), jnp.float32)).astype(e.dtype)
+        e = jnp.concatenate([e, X], 1)
+        pp = jnp.concatenate([pp, pp[..., -1:] + jnp.arange(1, k + 1)], -1)
+        from vsr1_jax.models.qwen3_vl.text import Visual
+        vis = Visual(jnp.pad(vis.idx, ((0, 0), (0, k))), jnp.pad(vis.mask, ((0, 0), (0, k))), vis.feats)
+        return m.decode(e, pp, jnp.ones(e.shape[:2], bool), opts=opts, visual=vis, logits="none").hidden[:, -1]
+    ref_fn = jax.jit(spliced_forward)
+    args = (ours, head, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(px, jnp.bfloat16))
+    t_one = timeit(lambda: jax.block_until_ready(ref_fn(*args)), n=reps)
+    t_orig = 7 * t_one
+    res = {"prompt_tokens": int(T), "cached_rollout_s": t_cached, "one_full_forward_s": t_one,
+           "reforward_rollout_s": t_orig, "speedup": t_orig / t_cached}
+    log(f"SQR rollout: cached {t_cached * 1e3:.1f} ms vs 7 re-forwards {t_orig * 1e3:.1f} ms (x{t_orig / t_cached:.1f})")
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--what", default="forward", help="comma list of forward,decode,sqr,parity (or all)")
+    ap.add_argument("--preset", default="qwen3_vl_2b")
+    ap.add_argument("--no-hf", action="store_true", help="skip the HF PyTorch baselines")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench_<what>.json")
+    ap.add_argument("--batches", default="1,8,64")
+    ap.add_argument("--frames-hw", default="", help="override video size as GROUPS,H,W in patches (smoke tests)")
+    ap.add_argument("--new-tokens", type=int, default=256)
+    args = ap.parse_args(argv)
+    cfg = get_preset(args.preset)
+    whats = ["parity", "forward", "decode", "sqr"] if args.what == "all" else args.what.split(",")
+    log(f"devices: {jax.devices()}")
+    for what in whats:
+        t = time.perf_counter()
+        size = {}
+        if args.frames_hw:
+            g, h, w = (int(x) for x in args.frames_hw.split(","))
+            size = dict(groups=g, h=h, w=w)
+        if what == "forward":
+            res = bench_forward(cfg, with_hf=not args.no_hf, **size)
+        elif what == "decode":
+            res = bench_decode(cfg, batches=tuple(int(b) for b in args.batches.split(",")), with_hf=not args.no_hf,
+                               new_tokens=args.new_tokens, **size)
+        elif what == "sqr":
+            res = bench_sqr(cfg, **size)
+        elif what == "parity":
+            res = bench_parity(cfg, **size)
+        else:
+            raise SystemExit(f"unknown --what={what!r}")
+        res.update(preset=args.preset, device=str(jax.devices()[0].device_kind), wall_s=time.perf_counter() - t,
+                   jax=jax.__version__)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, f"bench_{what}.json"), "w") as f:
+            json.dump(res, f, indent=2)
+        print(json.dumps({what: res}, indent=1), flush=True)
+
+
+if __name__ == "__main__":
+    main()
