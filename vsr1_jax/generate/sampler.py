@@ -179,6 +179,9 @@ class Sampler:
     def prefill(self, prompts: Prompts, cache_size: int):
         """-> (logits of the first new token [B, V], cache, pre-norm hidden of the last prompt token [B, D])."""
         T = prompts.ids.shape[1]
+        if self.opts.attn_impl == "cudnn" and not np.all(prompts.mask):
+            raise ValueError("attn_impl='cudnn' prefill needs unpadded prompts (the sampler left-pads); use "
+                             "attn_impl='xla' for batches of unequal prompt lengths")
         if T > cache_size:
             raise ValueError(f"prompt length {T} exceeds the KV cache size {cache_size}; raise max_cache_length "
                              "(or lower max_new_tokens / the video pixel budget)")

@@ -25,7 +25,9 @@ Grid = tuple[int, int, int]
 class RunOptions:
     """How to compute (not what): dtypes, attention kernel, rematerialisation."""
     dtype: str = "float32"          # activation / compute dtype ("bfloat16" on accelerators)
-    attn_impl: str = "xla"          # "xla" (einsum, any backend) or "cudnn" (fused, GPU bf16)
+    # "xla" (einsum, any backend, any padding) or "cudnn" (fused causal flash kernel, GPU bf16/fp16): with "cudnn",
+    # multi-token calls must have right-padded (or unpadded) rows starting at cache slot 0; decode steps use XLA.
+    attn_impl: str = "xla"
     vision_attn_impl: str = "xla"
     remat: str = "none"             # "none" | "full" | "dots" (decoder layers)
 

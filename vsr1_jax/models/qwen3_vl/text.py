@@ -104,6 +104,7 @@ class TextModel(nnx.Module):
             mask = (jnp.arange(S)[None, :] <= q_abs[:, None])[None] & valid[:, None, :]
         layers = {k: getattr(self, k)[...] for k in self._LAYER_KEYS}
         eps = cfg.rms_norm_eps
+        q_len = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
         n_ds = 0 if visual is None else visual.feats.shape[0]
 
         def body(carry, xs):
@@ -121,8 +122,13 @@ class TextModel(nnx.Module):
                 v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
             else:
                 k_all, v_all = k, v
-            # single-token decode steps read the cache with plain XLA attention; fused kernels pay off on prefill
-            o = attention(q, k_all, v_all, mask, impl=attn_impl if T > 1 else "xla")
+            if attn_impl == "cudnn" and T > 1:
+                # Fused causal kernel with per-row lengths: skips the masked half instead of applying a dense mask.
+                # Valid only for right-padded (or unpadded) rows written from slot 0 (see RunOptions.attn_impl).
+                o = jax.nn.dot_product_attention(q, k_all, v_all, is_causal=True, query_seq_lengths=q_len,
+                                                 key_value_seq_lengths=q_len, implementation="cudnn")
+            else:  # single-token decode steps read the cache with plain XLA attention
+                o = attention(q, k_all, v_all, mask, impl="xla")
             h = h + linear(o.reshape(B, T, Hq * hd), p["o_kernel"])
             y = rms_norm(h, p["post_norm"], eps)
             y = jax.nn.silu(linear(y, p["gate_kernel"])) * linear(y, p["up_kernel"])
