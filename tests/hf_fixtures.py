@@ -60,3 +60,59 @@ def save_tiny(path: str, model, *, dtype: str = "float32", max_shard_size=None, 
 
 def random_pixels(grid, seed=0):
     return np.random.RandomState(seed).randn(int(np.prod(grid)), 1536).astype(np.float32)
+
+
+# Released VideoSearch-R1 layout (spec README decision 8, sqr_and_sft.md §2.1, §3, §10 item 8).
+RELEASED_D = 48  # refine_projector output dim D; differs from the hidden size 64 so a missed transpose shows
+
+
+def refine_tensors(H: int, D: int, He: int, seed: int = 0) -> dict:
+    """Random `refine_*` tensors of a released policy in torch layout (Linear (out, in), LayerNorm (n,))."""
+    rs = np.random.RandomState(seed)
+    r = lambda *s: (0.1 * rs.randn(*s)).astype(np.float32)  # noqa: E731
+    return {
+        "refine_projector.0.weight": r(D, H), "refine_projector.0.bias": r(D),
+        "refine_projector.1.weight": 1 + r(D), "refine_projector.1.bias": r(D),
+        "refine_projector.3.weight": r(D, D), "refine_projector.3.bias": r(D),
+        "refine_gate.weight": r(1, H), "refine_gate.bias": r(1),
+        "refine_latent_input_projector.0.weight": 1 + r(D), "refine_latent_input_projector.0.bias": r(D),
+        "refine_latent_input_projector.1.weight": r(H, D), "refine_latent_input_projector.1.bias": r(H),
+        "refine_append_input_projector.0.weight": 1 + r(D), "refine_append_input_projector.0.bias": r(D),
+        "refine_append_input_projector.1.weight": r(He, D), "refine_append_input_projector.1.bias": r(He),
+    }
+
+
+def make_released_fixture(path: str, *, seed: int = 0, dtype: str = "float32") -> dict:
+    """A tiny released-VideoSearch-R1-style folder at `path`.
+
+    Policy: tied tiny Qwen3-VL whose vocabulary is the tiny tokenizer's (len(tokenizer), `<REFINE>` last) with the
+    `refine_*` tensors added to its safetensors; tokenizer files (with `<REFINE>`), generation/preprocessor configs;
+    `query_embedder/`: a separate tiny Qwen3-VL (own seed) with the tokenizer without `<REFINE>`.
+    Returns {"policy", "embedder" (HF models), "refine" ({key: np.ndarray}), "tokenizer", "vocab_size"}.
+    """
+    import safetensors.torch
+    import torch
+    from vsr1_jax.processing.tokenizer import build_tiny_tokenizer
+
+    os.makedirs(path, exist_ok=True)
+    tok = build_tiny_tokenizer(out_dir=path, with_refine=True)
+    vocab = len(tok)
+    ids = tuple(tok.convert_tokens_to_ids(t) for t in
+                ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"))
+    policy = tiny_hf_model(seed, tie=True, vocab_size=vocab, ids=ids)
+    save_tiny(path, policy, dtype=dtype)
+    weights = os.path.join(path, "model.safetensors")
+    sd = safetensors.torch.load_file(weights)
+    refine = refine_tensors(policy.config.text_config.hidden_size, RELEASED_D,
+                            policy.config.text_config.hidden_size, seed=seed + 7)
+    sd.update({k: torch.from_numpy(v).to(getattr(torch, dtype)) for k, v in refine.items()})
+    safetensors.torch.save_file(sd, weights, metadata={"format": "pt"})
+    with open(os.path.join(path, "preprocessor_config.json"), "w") as f:
+        json.dump({"processor_class": "Qwen3VLProcessor", "patch_size": 16, "merge_size": 2}, f)
+
+    emb_dir = os.path.join(path, "query_embedder")
+    os.makedirs(emb_dir, exist_ok=True)
+    build_tiny_tokenizer(out_dir=emb_dir, with_refine=False)
+    embedder = tiny_hf_model(seed + 100, tie=True, vocab_size=vocab, ids=ids)
+    save_tiny(emb_dir, embedder, dtype=dtype)
+    return {"policy": policy, "embedder": embedder, "refine": refine, "tokenizer": tok, "vocab_size": vocab}

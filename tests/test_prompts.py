@@ -37,18 +37,46 @@ def _hf_processor_block(grid, fps, indices):
 
 # ---------------------------------------------------------------------------------------------------- prompts
 
-def test_system_prompts():
-    sft, ev, grpo = P.sft_system_prompt(), P.eval_system_prompt(), P.grpo_system_prompt()
-    for text in (sft, ev, grpo):
-        assert text.count("<REFINE>") == 4  # grpo.md §1.1: the literal appears 4 times
-        assert "<answer>matched</answer> <start>START_TIME_IN_SECONDS</start> <end>END_TIME_IN_SECONDS</end> " \
-               "<REFINE>" in text
-        assert "<answer>not_matched</answer> <REFINE>" in text
-        assert "<think>" in text and "{" not in text
-    assert "special token <REFINE>" in sft and "special token(s)" not in sft
-    assert "special token(s) <REFINE>" in ev
-    custom = P.eval_system_prompt("<RF>")
-    assert custom.count("<RF>") == 4 and "<REFINE>" not in custom
+# The original texts, copied here independently of prompts.py (mlvlab/VideoSearch-R1 @ 8903eb8):
+# convert_match_grounding_to_oneturn.py L11-23 `SYSTEM_PROMPT` (= build_verified_search_minimal_top1.py L20-32).
+ORIGINAL_SFT_PROMPT = (
+    "You are a video retrieval assistant. Your task is to analyze a retrieved video against the user query. "
+    "Inside <think>...</think>, perform a step by step comparison between the query requirements and the visible "
+    "evidence in the video. Identify whether a scene corresponding to the query appears in the video and determine "
+    "the exact time span where it occurs. If a scene corresponding to the query appears in the video, output "
+    "strictly in the following format: <answer>matched</answer> <start>START_TIME_IN_SECONDS</start> "
+    "<end>END_TIME_IN_SECONDS</end> <REFINE>. Even if matched, you must still append the special token <REFINE> at "
+    "the very end to allow further latent refinement. If no scene corresponding to the query appears in the video, "
+    "output strictly: <answer>not_matched</answer> <REFINE>. In this case, the <REFINE> token is required to "
+    "initiate a latent query update. You must always append the special token <REFINE> at the very end of the "
+    "output. Do not invent details beyond what is visible. Be concise inside <think>. Do not output anything "
+    "outside the specified tags."
+)
+# eval_verified_test_rerank_temporal_grounding.py L63-75 and data_rl.py L59-73, formatted with refine_suffix.
+ORIGINAL_EVAL_PROMPT = (
+    "You are a video retrieval assistant. Your task is to analyze a retrieved video against the user query. "
+    "Inside <think>...</think>, perform a step by step comparison between the query requirements and the visible "
+    "evidence in the video. Identify whether a scene corresponding to the query appears in the video and determine "
+    "the exact time span where it occurs. If a scene corresponding to the query appears in the video, output "
+    "strictly in the following format: <answer>matched</answer> <start>START_TIME_IN_SECONDS</start> "
+    "<end>END_TIME_IN_SECONDS</end> <REFINE>. Even if matched, you must still append the special token(s) <REFINE> "
+    "at the very end to allow further latent refinement. If no scene corresponding to the query appears in the "
+    "video, output strictly: <answer>not_matched</answer> <REFINE>. In this case, the special token(s) are "
+    "required to initiate a latent query update. You must always append the special token(s) <REFINE> at the very "
+    "end of the output. Do not invent details beyond what is visible. Be concise inside <think>. Do not output "
+    "anything outside the specified tags."
+)
+
+
+def test_system_prompts_are_the_original_text():
+    assert P.sft_system_prompt() == ORIGINAL_SFT_PROMPT
+    assert P.eval_system_prompt() == ORIGINAL_EVAL_PROMPT
+    assert P.grpo_system_prompt() == ORIGINAL_EVAL_PROMPT
+    assert P.sft_system_prompt().count("<REFINE>") == 5
+    assert P.eval_system_prompt().count("<REFINE>") == 4  # grpo.md §1.1: the literal appears 4 times
+    for make, original in ((P.sft_system_prompt, ORIGINAL_SFT_PROMPT), (P.eval_system_prompt, ORIGINAL_EVAL_PROMPT)):
+        custom = make("<RF>")
+        assert custom == original.replace("<REFINE>", "<RF>") and "{" not in custom
 
 
 def test_messages_structure():
@@ -68,9 +96,12 @@ def test_messages_structure():
                                                         {"type": "video"}]
 
 
+# _format_seconds (convert_match_grounding_to_oneturn.py L98-102), including its quirk: values within 1e-6 but not
+# 1e-9 of an integer lose the decimal point ("60", "0").
 @pytest.mark.parametrize("value,text", [(12, "12.0"), (12.0, "12.0"), (12.5, "12.5"), (0, "0.0"),
                                         (3.14159265, "3.141593"), (100.25, "100.25"), (7.1000004, "7.1"),
-                                        (1e-7, "0.0"), (59.9999999, "60.0")])
+                                        (12.0000000001, "12.0"), (-0.0, "0.0"), (-2.5, "-2.5"),
+                                        (1e-7, "0"), (59.9999999, "60")])
 def test_format_seconds(value, text):
     assert P.format_seconds(value) == text
 
@@ -85,6 +116,15 @@ def test_assistant_targets():
         P.assistant_target(P.MATCHED, "x")
     with pytest.raises(ValueError):
         P.assistant_target("maybe", "x")
+    # _normalize_reasoning + default sentences (convert_match_grounding_to_oneturn.py L89-95, L206-225)
+    assert P.assistant_target(P.NOT_MATCHED, "Reasoning:  a\n\n b\t c ") == \
+        "<think> a b c </think> <answer>not_matched</answer> <REFINE>"
+    assert P.assistant_target(P.MATCHED, "   ", 0, 2.5) == (
+        "<think> The retrieved video contains the key query-required visual events and timing cues. </think> "
+        "<answer>matched</answer> <start>0.0</start> <end>2.5</end> <REFINE>")
+    assert P.assistant_target(P.NOT_MATCHED, "") == (
+        "<think> The retrieved video does not satisfy the query-required visual evidence. </think> "
+        "<answer>not_matched</answer> <REFINE>")
 
 
 # ---------------------------------------------------------------------------------------------------- chat rendering

@@ -147,7 +147,7 @@ def check_batch(batch: int, mesh, what: str = "batch") -> None:
 
 
 def cache_shardings(mesh, num_kv_heads: int):
-    """(k/v [L, B, S, K, hd], valid [B, S]) shardings: batch over data/fsdp, KV heads over tensor when they divide."""
+    """(k/v [L, B, K, S, hd], valid [B, S]) shardings: batch over data/fsdp, KV heads over tensor when they divide."""
     b = batch_sharding(mesh, 5, batch_axis=1).spec[1]
     t = "tensor" if mesh.shape["tensor"] > 1 and num_kv_heads % mesh.shape["tensor"] == 0 else None
-    return NamedSharding(mesh, P(None, b, None, t, None)), NamedSharding(mesh, P(b, None))
+    return NamedSharding(mesh, P(None, b, t, None, None)), NamedSharding(mesh, P(b, None))

@@ -215,9 +215,9 @@ class Sampler:
         """Continue from input embeddings x [B, T, D] at explicit positions [3, B, T] (e.g. SQR latents)."""
         if mask is None:
             mask = jnp.ones(x.shape[:2], bool)
-        if x.shape[1] + int(cache.index) > cache.k.shape[2]:
+        if x.shape[1] + int(cache.index) > cache.k.shape[3]:
             raise ValueError(f"{x.shape[1]} more positions do not fit in the KV cache "
-                             f"({int(cache.index)} of {cache.k.shape[2]} slots used)")
+                             f"({int(cache.index)} of {cache.k.shape[3]} slots used)")
         return self._extend(self.state, cache, x, positions, mask)
 
     def _check(self, sp: SamplingParams, cache: KVCache, batch: int):
@@ -229,7 +229,7 @@ class Sampler:
             raise ValueError(f"pad_id {sp.pad_id} is outside the vocabulary (size {V})")
         if sp.temperature < 0 or not 0 < sp.top_p <= 1 or sp.top_k < 0:
             raise ValueError(f"invalid sampling parameters {sp}")
-        free = cache.k.shape[2] - int(cache.index)
+        free = cache.k.shape[3] - int(cache.index)
         if sp.max_new_tokens > free:
             raise ValueError(f"max_new_tokens={sp.max_new_tokens} does not fit: the KV cache has {free} free slots")
 

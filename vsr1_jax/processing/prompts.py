@@ -2,12 +2,10 @@
 
 Pure Python + numpy (no JAX): everything here runs host-side in the data pipeline and the agent loop.
 
-Wording. The spec (shared/spec/) paraphrases the original system prompts instead of quoting them, so the
-exact wording of the three system prompts below is *reconstructed from the spec's paraphrase*
-(sqr_and_sft.md §3; eval_and_data.md §2 step 3b; grpo.md §1.1 step 1). Every rule the spec states is in
-them (think first, the two exact answer formats, `<REFINE>` appended even when matched, always last, no
-invented details, nothing outside the tags), but the sentences are not the original's. To reproduce a released
-checkpoint's behaviour exactly, pass the original text through the `system_prompt=` parameters.
+Wording. The three system prompts are the original's text verbatim (mlvlab/VideoSearch-R1 at 8903eb8, files and
+lines cited at each constant), with the refine token as the `{refine}` field, so `*_system_prompt()` returns the
+original string exactly; `_format_seconds`, the user turn and the SFT assistant target follow
+convert_match_grounding_to_oneturn.py as well.
 """
 from __future__ import annotations
 
@@ -36,34 +34,51 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 # --------------------------------------------------------------------------------------------------------------
-# System prompts (reconstructed wording, see the module docstring). `{refine}` is the refine token.
+# System prompts: the original's text verbatim. `{refine}` is the refine token (the original hard-codes "<REFINE>"
+# in the SFT text and formats `{refine_suffix}` into the eval/GRPO text).
 # --------------------------------------------------------------------------------------------------------------
 
-# SFT data: preprocess/dataset_generation/convert_match_grounding_to_oneturn.py L11-23 ("special token <REFINE>").
+# SFT data: preprocess/dataset_generation/convert_match_grounding_to_oneturn.py L11-23 (`SYSTEM_PROMPT`). The GRPO
+# data builder's `problem` prefix is the same text (build_verified_search_minimal_top1.py L20-32,
+# `SFT_EVAL_REFINE_SYSTEM_PROMPT`). Five refine tokens, "special token <REFINE>" (singular).
 SFT_SYSTEM_PROMPT_TEMPLATE = (
-    "You are a video retrieval assistant. You are given a text query and one retrieved video.\n"
-    "First, think inside <think> </think>: compare the requirements of the query with the visible evidence in "
-    "the video, step by step.\n"
-    "Then decide whether a scene that matches the query appears in the video and, if it does, its exact time "
-    "span.\n"
-    "If the scene appears, output exactly: <answer>matched</answer> <start>START_TIME_IN_SECONDS</start> "
-    "<end>END_TIME_IN_SECONDS</end> {refine}\n"
-    "Even when the video is matched, still append {refine} at the very end for further latent refinement.\n"
-    "If the scene does not appear, output exactly: <answer>not_matched</answer> {refine}\n"
-    "Always end your response with the special token {refine}; it starts the latent query update.\n"
-    "Do not invent details that are not visible in the video. Keep the reasoning inside <think> concise, and "
-    "write nothing outside the tags."
+    "You are a video retrieval assistant. Your task is to analyze a retrieved video against the user query. "
+    "Inside <think>...</think>, perform a step by step comparison between the query requirements and the visible "
+    "evidence in the video. "
+    "Identify whether a scene corresponding to the query appears in the video and determine the exact time span "
+    "where it occurs. "
+    "If a scene corresponding to the query appears in the video, output strictly in the following format: "
+    "<answer>matched</answer> <start>START_TIME_IN_SECONDS</start> <end>END_TIME_IN_SECONDS</end> {refine}. "
+    "Even if matched, you must still append the special token {refine} at the very end to allow further latent "
+    "refinement. "
+    "If no scene corresponding to the query appears in the video, output strictly: "
+    "<answer>not_matched</answer> {refine}. "
+    "In this case, the {refine} token is required to initiate a latent query update. "
+    "You must always append the special token {refine} at the very end of the output. "
+    "Do not invent details beyond what is visible. Be concise inside <think>. "
+    "Do not output anything outside the specified tags."
 )
 
-# Evaluation: EVAL (eval_verified_test_rerank_temporal_grounding.py) L63-75. Same text as SFT except
-# "special token(s)" (eval_and_data.md §3.8, last bullet).
-EVAL_SYSTEM_PROMPT_TEMPLATE = SFT_SYSTEM_PROMPT_TEMPLATE.replace(
-    "the special token {refine}", "the special token(s) {refine}"
+# Evaluation: scripts/internal/stage1/eval_verified_test_rerank_temporal_grounding.py L63-75
+# (`SYSTEM_PROMPT_TEMPLATE`, formatted with refine_suffix=<REFINE> by `_make_system_prompt`). Differs from the SFT
+# text in "special token(s)" and in "the special token(s) are required" (no token there): four refine tokens.
+EVAL_SYSTEM_PROMPT_TEMPLATE = (
+    "You are a video retrieval assistant. Your task is to analyze a retrieved video against the user query. "
+    "Inside <think>...</think>, perform a step by step comparison between the query requirements and the visible "
+    "evidence in the video. Identify whether a scene corresponding to the query appears in the video and determine "
+    "the exact time span where it occurs. If a scene corresponding to the query appears in the video, output "
+    "strictly in the following format: <answer>matched</answer> <start>START_TIME_IN_SECONDS</start> "
+    "<end>END_TIME_IN_SECONDS</end> {refine}. Even if matched, you must still append the special token(s) "
+    "{refine} at the very end to allow further latent refinement. If no scene corresponding to the query "
+    "appears in the video, output strictly: <answer>not_matched</answer> {refine}. In this case, the "
+    "special token(s) are required to initiate a latent query update. You must always append the special token(s) "
+    "{refine} at the very end of the output. Do not invent details beyond what is visible. Be concise inside "
+    "<think>. Do not output anything outside the specified tags."
 )
 
-# GRPO: videosearch_r1/utils/data_rl.py L59-90, `SFT_EVAL_REFINE_SYSTEM_PROMPT_TEMPLATE` with `{refine_suffix}`
-# (style "sft_eval", grpo.md §1.1 step 1). The spec describes it with the same rules as the eval prompt and with
-# `<REFINE>` 4 times, which the eval wording above satisfies, so the style is taken literally: same text.
+# GRPO: videosearch_r1/utils/data_rl.py L59-73 (`SFT_EVAL_REFINE_SYSTEM_PROMPT_TEMPLATE`, used with
+# SEARCH_SYSTEM_PROMPT_STYLE=sft_eval and refine_suffix <REFINE>, grpo.md §1.1 step 1). Its literals split
+# differently, but the concatenated string is identical to the eval template (tests pin both texts).
 GRPO_SYSTEM_PROMPT_TEMPLATE = EVAL_SYSTEM_PROMPT_TEMPLATE
 
 
@@ -160,30 +175,49 @@ def build_grpo_messages(query: str, *, system_prompt: str | None = None, refine_
 def format_seconds(value: float) -> str:
     """Seconds as the SFT targets print them (`_format_seconds`, convert_match_grounding_to_oneturn.py L98-102).
 
-    `12` -> `12.0`, `12.5` -> `12.5`, `3.14159265` -> `3.141593`: six decimals, trailing zeros stripped, at least one
-    decimal kept.
+    Within 1e-9 of an integer: `12.0`. Otherwise six decimals with trailing zeros and then a trailing "." stripped:
+    `12.5`, `3.141593`, and (the original's quirk, kept) `60` for 59.9999999 and `0` for 1e-7, whose six-decimal
+    form is a whole number.
     """
-    text = f"{float(value):.6f}".rstrip("0")
-    if text.endswith("."):
-        text += "0"
-    return text
+    x = float(value)
+    if abs(x - round(x)) < 1e-9:
+        return f"{int(round(x))}.0"
+    return f"{x:.6f}".rstrip("0").rstrip(".") or "0.0"
+
+
+# The original's fallbacks when the teacher gave no reasoning (convert_match_grounding_to_oneturn.py L206-225).
+DEFAULT_MATCHED_REASONING = "The retrieved video contains the key query-required visual events and timing cues."
+DEFAULT_NOT_MATCHED_REASONING = "The retrieved video does not satisfy the query-required visual evidence."
+
+
+def normalize_reasoning(text: str) -> str:
+    """`_normalize_reasoning` (convert_match_grounding_to_oneturn.py L89-95): strip, drop a leading
+    "reasoning:" (any case), collapse every whitespace run to one space."""
+    text = str(text or "").strip()
+    if text.lower().startswith("reasoning:"):
+        text = text.split(":", 1)[1].strip()
+    return " ".join(text.split())
 
 
 def assistant_target(answer: str, reasoning: str, start: float | None = None, end: float | None = None, *,
                      refine_token: str = REFINE_TOKEN) -> str:
-    """The SFT assistant text (convert_match_grounding_to_oneturn.py L206-225).
+    """The SFT assistant text (`_build_assistant_content`, convert_match_grounding_to_oneturn.py L206-225).
 
     matched:     `<think> {reasoning} </think> <answer>matched</answer> <start>{s}</start> <end>{e}</end> <REFINE>`
     not matched: `<think> {reasoning} </think> <answer>not_matched</answer> <REFINE>`
+    The reasoning is normalised as the original does (`normalize_reasoning`); empty reasoning becomes the original's
+    default sentence for that answer.
     """
-    head = f"<think> {reasoning.strip()} </think> "
+    reasoning = normalize_reasoning(reasoning)
     if answer == MATCHED:
         if start is None or end is None:
             raise ValueError("a matched target needs start and end seconds")
-        return (f"{head}<answer>{MATCHED}</answer> <start>{format_seconds(start)}</start> "
+        reasoning = reasoning or DEFAULT_MATCHED_REASONING
+        return (f"<think> {reasoning} </think> <answer>{MATCHED}</answer> <start>{format_seconds(start)}</start> "
                 f"<end>{format_seconds(end)}</end> {refine_token}")
     if answer == NOT_MATCHED:
-        return f"{head}<answer>{NOT_MATCHED}</answer> {refine_token}"
+        reasoning = reasoning or DEFAULT_NOT_MATCHED_REASONING
+        return f"<think> {reasoning} </think> <answer>{NOT_MATCHED}</answer> {refine_token}"
     raise ValueError(f"answer must be {MATCHED!r} or {NOT_MATCHED!r}, got {answer!r}")
 
 
@@ -764,13 +798,14 @@ def last_refine_positions(ids: Any, refine_id: int, gen_start: Any, *, lengths: 
 
 
 __all__ = [
-    "EMBEDDER_EMPTY_QUERY", "EMBEDDER_INSTRUCTION", "EMBEDDER_MAX_LENGTH", "EVAL_SYSTEM_PROMPT_TEMPLATE",
-    "GRPO_INFORMATION_TEMPLATE", "GRPO_SYSTEM_PROMPT_TEMPLATE", "MATCHED", "NOT_MATCHED", "SFT_SYSTEM_PROMPT_TEMPLATE",
-    "UNKNOWN", "USER_TURN_TEMPLATE", "VIDEO_MARKER", "EncodedChat", "assistant_target", "build_eval_messages",
-    "build_grpo_messages", "build_sft_messages", "embedder_messages", "embedder_query_ids", "encode_chat",
-    "encode_prompt", "eval_system_prompt", "expand_video_placeholders", "format_seconds", "group_timestamps",
-    "grpo_system_prompt", "has_refine", "has_think", "has_time_tags", "last_refine_position",
-    "last_refine_positions", "normalize_instruction", "parse_answer_eval", "parse_answer_reward", "parse_span_eval",
+    "DEFAULT_MATCHED_REASONING", "DEFAULT_NOT_MATCHED_REASONING", "EMBEDDER_EMPTY_QUERY", "EMBEDDER_INSTRUCTION",
+    "EMBEDDER_MAX_LENGTH", "EVAL_SYSTEM_PROMPT_TEMPLATE", "EncodedChat", "GRPO_INFORMATION_TEMPLATE",
+    "GRPO_SYSTEM_PROMPT_TEMPLATE", "MATCHED", "NOT_MATCHED", "SFT_SYSTEM_PROMPT_TEMPLATE", "UNKNOWN",
+    "USER_TURN_TEMPLATE", "VIDEO_MARKER", "assistant_target", "build_eval_messages", "build_grpo_messages",
+    "build_sft_messages", "embedder_messages", "embedder_query_ids", "encode_chat", "encode_prompt",
+    "eval_system_prompt", "expand_video_placeholders", "format_seconds", "group_timestamps", "grpo_system_prompt",
+    "has_refine", "has_think", "has_time_tags", "last_refine_position", "last_refine_positions",
+    "normalize_instruction", "normalize_reasoning", "parse_answer_eval", "parse_answer_reward", "parse_span_eval",
     "parse_span_reward", "refine_positions", "render_chat", "render_prompt_text", "sanitize_completion",
     "sft_system_prompt", "split_video_markers", "timestamps_from_seconds", "user_turn", "video_item",
     "video_token_count",

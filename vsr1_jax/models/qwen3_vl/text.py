@@ -3,8 +3,8 @@ M-RoPE, GQA, SwiGLU, and DeepStack visual features added at visual positions aft
 
 Decoder layers are stacked on a leading axis and scanned. DeepStack features enter the scan as a closed-over
 [n_deepstack, N_visual, D] array indexed by the layer number (layers past the last tap add nothing), so every
-layer runs the same scanned body. An optional KV cache ([L, B, S, K, hd]) is carried through the scan and
-updated in place, which is what the sampler and the SQR latent rollout use.
+layer runs the same scanned body. An optional KV cache ([L, B, K, S, hd]: heads before slots, the layout the
+decode-step attention reads without a transpose) is carried through the scan and updated in place, which is what the sampler and the SQR latent rollout use.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from vsr1_jax.models.qwen3_vl.config import TextConfig
@@ -19,8 +20,19 @@ from vsr1_jax.models.qwen3_vl.layers import attention, linear, make_param, rms_n
 from vsr1_jax.models.qwen3_vl.rope import apply_rope, mrope_cos_sin
 
 
+def cached_attention(q, k, v, mask):
+    """q [B, T, H, hd] against a cache k/v [B, K, S, hd] with mask [B, T, S]; fp32 softmax."""
+    B, T, H, D = q.shape
+    K = k.shape[1]
+    qg = q.reshape(B, T, K, H // K, D)
+    logits = jnp.einsum("btkgd,bksd->bkgts", qg, k, preferred_element_type=jnp.float32) / np.sqrt(D)
+    logits = jnp.where(mask[:, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(B, T, H, D)
+
+
 class KVCache(NamedTuple):
-    """k, v: [L, B, S, K, hd]; valid: [B, S] bool (a written, non-pad slot); index: scalar int32 next slot."""
+    """k, v: [L, B, K, S, hd]; valid: [B, S] bool (a written, non-pad slot); index: scalar int32 next slot."""
     k: jax.Array
     v: jax.Array
     valid: jax.Array
@@ -28,7 +40,7 @@ class KVCache(NamedTuple):
 
     @classmethod
     def zeros(cls, cfg: TextConfig, batch: int, size: int, dtype) -> "KVCache":
-        shape = (cfg.num_hidden_layers, batch, size, cfg.num_key_value_heads, cfg.head_dim)
+        shape = (cfg.num_hidden_layers, batch, cfg.num_key_value_heads, size, cfg.head_dim)
         return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch, size), bool),
                    jnp.zeros((), jnp.int32))
 
@@ -97,7 +109,7 @@ class TextModel(nnx.Module):
             mask = causal[None] & attention_mask[:, None, :]
             start = None
         else:
-            S = cache.k.shape[2]
+            S = cache.k.shape[3]
             start = cache.index
             valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, start))
             q_abs = start + jnp.arange(T)
@@ -116,19 +128,21 @@ class TextModel(nnx.Module):
             v = linear(y, p["v_kernel"]).reshape(B, T, K, hd)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             if kc is not None:
-                kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype)[None], (li, 0, start, 0, 0))
-                vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype)[None], (li, 0, start, 0, 0))
-                k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False).astype(dtype)
-                v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
-            else:
-                k_all, v_all = k, v
+                kt, vt = k.astype(kc.dtype).transpose(0, 2, 1, 3), v.astype(vc.dtype).transpose(0, 2, 1, 3)
+                kc = jax.lax.dynamic_update_slice(kc, kt[None], (li, 0, 0, start, 0))
+                vc = jax.lax.dynamic_update_slice(vc, vt[None], (li, 0, 0, start, 0))
             if attn_impl == "cudnn" and T > 1:
                 # Fused causal kernel with per-row lengths: skips the masked half instead of applying a dense mask.
-                # Valid only for right-padded (or unpadded) rows written from slot 0 (see RunOptions.attn_impl).
-                o = jax.nn.dot_product_attention(q, k_all, v_all, is_causal=True, query_seq_lengths=q_len,
+                # Valid only for right-padded (or unpadded) rows written from slot 0 (see RunOptions.attn_impl), so
+                # the new keys are all the keys there are.
+                o = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=q_len,
                                                  key_value_seq_lengths=q_len, implementation="cudnn")
-            else:  # single-token decode steps read the cache with plain XLA attention
-                o = attention(q, k_all, v_all, mask, impl="xla")
+            elif kc is not None:
+                k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False).astype(dtype)   # [B, K, S, hd]
+                v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
+                o = cached_attention(q, k_all, v_all, mask)
+            else:
+                o = attention(q, k, v, mask, impl="xla")
             h = h + linear(o.reshape(B, T, Hq * hd), p["o_kernel"])
             y = rms_norm(h, p["post_norm"], eps)
             y = jax.nn.silu(linear(y, p["gate_kernel"])) * linear(y, p["up_kernel"])

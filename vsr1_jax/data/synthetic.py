@@ -1,0 +1,749 @@
+"""A procedural VideoSearch-R1 corpus (coloured shapes moving over plain backgrounds) written in the exact prepared
+layout with the original pipeline's builders, so every pipeline, demo and test runs without downloads."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import random
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from vsr1_jax.data import layout as L
+from vsr1_jax.processing import prompts as P
+
+
+# How the corpus is made. Each video shows one or two *events*: a shape of some colour that appears at `start`
+# seconds, moves in one direction along one lane and is gone after `end` seconds (frames at 1 fps, frame i = second
+# i; the shape is drawn in frames start..end inclusive), plus optionally a static distractor of another colour.
+# Every query names all deciding attributes (colour, shape, direction, lane, background) and an event's attribute
+# tuple is unique in its split, so a query is satisfied by exactly one video, while near-duplicate events (one
+# attribute changed) make retrieval imperfect. The steps after rendering are the original's (spec eval_and_data.md
+# §3, grpo.md §5): query/video embeddings with the caller's embedder, FAISS index, hard negatives
+# (build_hard_negatives_npy.py), the top-1 pool with templated "teacher" reasoning and its one-turn SFT conversion
+# (build_top1_pool.py, convert_match_grounding_to_oneturn.py), the GRPO rows + stats
+# (build_verified_search_minimal_top1.py). numpy only: no JAX model code is imported here.
+
+
+class Embedder(Protocol):
+    """The search engine: unit-norm float32 rows [N, D] for texts and for uint8 [T, H, W, 3] videos."""
+
+    def embed_texts(self, texts: list[str], batch_size: int = 32) -> np.ndarray: ...
+
+    def embed_videos(self, videos: list[np.ndarray], batch_size: int = 8) -> np.ndarray: ...
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Plan: what each video shows
+# ---------------------------------------------------------------------------------------------------------------
+ATTRS = ("shape", "color", "direction", "lane")  # per event; the background is per video
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A shape moving during [start, end] seconds (frames start..end inclusive)."""
+
+    shape: str
+    color: str
+    direction: str
+    lane: str
+    start: int
+    end: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Distractor:
+    """A static shape present in every frame; its colour differs from the video's events."""
+
+    shape: str
+    color: str
+    cx: float
+    cy: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticVideo:
+    video_id: str
+    num_frames: int
+    background: str
+    events: tuple[Event, ...]
+    distractor: Distractor | None
+
+    @property
+    def duration(self) -> float:
+        return float(self.num_frames)  # 1 fps: T frames cover T seconds
+
+
+def _key(ev: Event | Mapping[str, str], background: str) -> tuple:
+    get = ev.get if isinstance(ev, Mapping) else lambda k: getattr(ev, k)
+    return tuple(get(a) for a in ATTRS) + (background,)
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return str(options[int(rng.integers(len(options)))])
+
+
+def _spans(rng: np.random.Generator, num_frames: int, n_events: int, cfg) -> list[tuple[int, int]]:
+    """Non-overlapping [start, end] frame spans, each end - start in [min_span_sec, max_span_frac * (T - 1)]."""
+    min_len = int(cfg.video.min_span_sec)
+    max_len = max(min_len, int(math.floor(cfg.video.max_span_frac * (num_frames - 1))))
+    if n_events == 1:
+        segments = [(0, num_frames - 1)]
+    else:  # split the timeline at a cut so both halves can hold a span; at least one empty frame between them
+        cut = int(rng.integers(min_len + 1, num_frames - min_len - 1))
+        segments = [(0, cut - 1), (cut + 1, num_frames - 1)]
+    spans = []
+    for a, b in segments:
+        length = int(rng.integers(min_len, min(max_len, b - a) + 1))
+        start = int(rng.integers(a, b - length + 1))
+        spans.append((start, start + length))
+    return spans
+
+
+def plan_split(cfg, split: str) -> list[SyntheticVideo]:
+    """The videos of one split, deterministic in (cfg.seed, split). Raises if the attribute space is too small for
+    unique event tuples."""
+    split_cfg = cfg[split]
+    rng = np.random.default_rng([int(cfg.seed), ("train", "test").index(split)])
+    attrs = cfg.attributes
+    options = {"shape": tuple(attrs.shapes), "color": tuple(attrs.colors.keys()),
+               "direction": tuple(attrs.directions), "lane": tuple(attrs.lanes)}
+    backgrounds = tuple(attrs.backgrounds.keys())
+    rgbs = [tuple(int(x) for x in v) for v in list(attrs.colors.values()) + list(attrs.backgrounds.values())]
+    if set(options["color"]) & set(backgrounds) or len(set(rgbs)) != len(rgbs) or \
+            any(len(v) != 3 or not all(0 <= x <= 255 for x in v) for v in rgbs):
+        raise ValueError("shape and background colours need distinct names and distinct RGB triples in 0..255 "
+                         "(a shape's pixels are found by exact colour)")
+    capacity = math.prod(len(v) for v in options.values()) * len(backgrounds)
+    if len(options["color"]) < 2:
+        raise ValueError("at least two shape colours are needed (distractors take another colour than the events)")
+    lo, hi = int(cfg.video.min_frames), int(cfg.video.max_frames)
+    if lo % 2 or hi % 2 or lo < int(cfg.video.min_span_sec) + 1 or hi < lo:
+        raise ValueError(f"frame counts must be even with min_frames <= max_frames and room for a span of "
+                         f"{cfg.video.min_span_sec} s; got {lo}..{hi}")
+    used: set[tuple] = set()
+    made: list[tuple[Event, str]] = []  # (event, background) of this split, for near-duplicates
+    combos = [dict(zip(ATTRS, c)) for c in itertools.product(*(options[a] for a in ATTRS))]
+    videos = []
+    for i in range(int(split_cfg.num_videos)):
+        num_frames = 2 * int(rng.integers(lo // 2, hi // 2 + 1))
+        background = _pick(rng, backgrounds)
+        two = num_frames >= 2 * (int(cfg.video.min_span_sec) + 2) and rng.random() < cfg.video.two_event_prob
+        spans = _spans(rng, num_frames, 2 if two else 1, cfg)
+        events: list[Event] = []
+        for start, end in spans:
+            taken_colors = {e.color for e in events}  # one colour per event in a video: pixels identify the event
+            free = [c for c in combos if _key(c, background) not in used and c["color"] not in taken_colors]
+            if not free:
+                raise ValueError(f"split {split!r} needs more unique events than the {capacity} attribute "
+                                 "combinations allow; add attribute values or make fewer videos")
+            same_bg = [e for e, bg in made if bg == background]
+            near = []
+            if same_bg and rng.random() < cfg.difficulty.overlap_prob:
+                # near-duplicate: an earlier event on the same background with exactly one attribute changed
+                base = same_bg[int(rng.integers(len(same_bg)))]
+                near = [c for c in free if sum(c[a] != getattr(base, a) for a in ATTRS) == 1]
+            pool = near or free
+            ev = Event(start=start, end=end, **pool[int(rng.integers(len(pool)))])
+            used.add(_key(ev, background))
+            made.append((ev, background))
+            events.append(ev)
+        distractor = None
+        if rng.random() < cfg.video.distractor_prob:
+            free = [c for c in options["color"] if c not in {e.color for e in events}]
+            if free:
+                size = float(cfg.video.shape_size)
+                distractor = Distractor(
+                    shape=_pick(rng, options["shape"]), color=_pick(rng, free),
+                    cx=float(rng.uniform(size, cfg.video.width - size)),
+                    cy=float(rng.uniform(size, cfg.video.height - size)))
+        videos.append(SyntheticVideo(video_id=f"syn_{split}_{i:04d}", num_frames=num_frames, background=background,
+                                     events=tuple(events), distractor=distractor))
+    return videos
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------------------------
+def _lane_center(lane: str, lanes: Sequence[str], extent: int) -> float:
+    """Lanes split the cross axis evenly: first / middle / last third (rows for horizontal motion, columns for
+    vertical motion)."""
+    k = list(lanes).index(lane)
+    return extent * (k + 0.5) / len(lanes)
+
+
+def event_center(ev: Event, frame: int, cfg) -> tuple[float, float]:
+    """(cx, cy) of the event's shape at `frame` (start <= frame <= end): linear motion edge to edge."""
+    h, w, size = int(cfg.video.height), int(cfg.video.width), float(cfg.video.shape_size)
+    frac = (frame - ev.start) / max(ev.end - ev.start, 1)
+    lo_x, hi_x = size / 2 + 1, w - size / 2 - 1
+    lo_y, hi_y = size / 2 + 1, h - size / 2 - 1
+    if ev.direction in ("left", "right"):
+        cy = _lane_center(ev.lane, cfg.attributes.lanes, h)
+        cx = hi_x + (lo_x - hi_x) * frac if ev.direction == "left" else lo_x + (hi_x - lo_x) * frac
+    else:
+        cx = _lane_center(ev.lane, cfg.attributes.lanes, w)
+        cy = hi_y + (lo_y - hi_y) * frac if ev.direction == "up" else lo_y + (hi_y - lo_y) * frac
+    return cx, cy
+
+
+def _shape_mask(shape: str, cx: float, cy: float, size: float, h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5  # pixel centres
+    r = size / 2
+    if shape == "circle":
+        return (x - cx) ** 2 + (y - cy) ** 2 <= r * r
+    if shape == "square":
+        return (np.abs(x - cx) <= r * 0.85) & (np.abs(y - cy) <= r * 0.85)
+    if shape == "triangle":  # apex up: half-width grows linearly from the apex to the base
+        t = (y - (cy - r)) / (2 * r)
+        return (t >= 0) & (t <= 1) & (np.abs(x - cx) <= r * t)
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def render_video(video: SyntheticVideo, cfg) -> np.ndarray:
+    """uint8 [T, H, W, 3]: plain background, the distractor in every frame, each event's shape in its span (drawn
+    last, so it is never hidden). Colours are exact (no anti-aliasing): a shape's pixels are found by RGB value."""
+    h, w, size = int(cfg.video.height), int(cfg.video.width), float(cfg.video.shape_size)
+    colors, backgrounds = cfg.attributes.colors, cfg.attributes.backgrounds
+    frames = np.empty((video.num_frames, h, w, 3), np.uint8)
+    frames[:] = np.asarray(backgrounds[video.background], np.uint8)
+    if video.distractor is not None:
+        d = video.distractor
+        frames[:, _shape_mask(d.shape, d.cx, d.cy, size, h, w)] = np.asarray(colors[d.color], np.uint8)
+    for ev in video.events:
+        for t in range(ev.start, ev.end + 1):
+            cx, cy = event_center(ev, t, cfg)
+            frames[t, _shape_mask(ev.shape, cx, cy, size, h, w)] = np.asarray(colors[ev.color], np.uint8)
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Text: queries, captions, templated reasoning
+# ---------------------------------------------------------------------------------------------------------------
+_DIRECTION = {"left": "to the left", "right": "to the right", "up": "upward", "down": "downward"}
+_LANE_H = {"first": "along the top", "middle": "through the middle", "last": "along the bottom"}
+_LANE_V = {"first": "on the left side", "middle": "through the center", "last": "on the right side"}
+# Every template names all deciding attributes, so each query has exactly one matching video in its split.
+QUERY_TEMPLATES = (
+    "a {color} {shape} moves {direction} {lane} on a {background} background",
+    "on a {background} background, a {color} {shape} appears and moves {direction} {lane}",
+    "the {color} {shape} slides {direction} {lane} over a plain {background} background",
+    "a {color} {shape} travels {direction} {lane} against a {background} backdrop",
+)
+
+
+def _lane_words(ev: Event | Mapping[str, str]) -> str:
+    get = ev.get if isinstance(ev, Mapping) else lambda k: getattr(ev, k)
+    table = _LANE_H if get("direction") in ("left", "right") else _LANE_V
+    return table.get(get("lane"), get("lane"))
+
+
+def _words(ev: Event) -> dict[str, str]:
+    return {"color": ev.color, "shape": ev.shape, "direction": _DIRECTION.get(ev.direction, ev.direction),
+            "lane": _lane_words(ev)}
+
+
+def _what(ev: Event) -> str:
+    w = _words(ev)
+    return f"a {w['color']} {w['shape']} moving {w['direction']} {w['lane']}"
+
+
+def _when(ev: Event) -> str:
+    return f"from {P.format_seconds(ev.start)} to {P.format_seconds(ev.end)} seconds"
+
+
+def _seen(video: SyntheticVideo) -> str:
+    parts = [f"{_what(ev)} {_when(ev)}" for ev in video.events]
+    text = f"The video has a {video.background} background and shows " + " and ".join(parts) + "."
+    if video.distractor is not None:
+        text += f" A {video.distractor.color} {video.distractor.shape} stays still in every frame."
+    return text
+
+
+def matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo) -> str:
+    """Teacher-style reasoning for a video that contains the queried event: what is seen, and when."""
+    ask = f"The query asks for {_what(query_event)} on a {query_background} background."
+    return (f"{ask} {_seen(video)} The {query_event.color} {query_event.shape} has the queried colour, shape, "
+            f"direction and position on the queried background, so the scene matches {_when(query_event)}.")
+
+
+def not_matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo) -> str:
+    """Teacher-style reasoning for a video without the queried event: what is seen and which attributes differ."""
+    ask = f"The query asks for {_what(query_event)} on a {query_background} background."
+    want = _key(query_event, query_background)
+
+    def agree(ev: Event) -> int:
+        return sum(a == b for a, b in zip(_key(ev, video.background), want))
+
+    best = max(video.events, key=agree)  # the closest candidate in the video
+    diffs = []
+    qw, bw = _words(query_event), _words(best)
+    for name, label in (("color", "colour"), ("shape", "shape"), ("direction", "direction"), ("lane", "position")):
+        if getattr(best, name) != getattr(query_event, name):
+            diffs.append(f"{label} ({bw[name]}, not {qw[name]})")
+    if video.background != query_background:
+        diffs.append(f"background ({video.background}, not {query_background})")
+    if not diffs:  # impossible by construction: event tuples are unique in a split
+        raise AssertionError(f"video {video.video_id} contains the queried event; it cannot be a negative")
+    diff_text = diffs[0] if len(diffs) == 1 else ", ".join(diffs[:-1]) + " and " + diffs[-1]
+    still = ""
+    d = video.distractor
+    if d is not None and (d.color, d.shape) == (query_event.color, query_event.shape):
+        still = f" The {d.color} {d.shape} in the video stays still; it does not move {qw['direction']}."
+    return (f"{ask} {_seen(video)} The closest moving candidate, the {best.color} {best.shape}, differs in "
+            f"{diff_text}.{still} No {query_event.color} {query_event.shape} moving {qw['direction']} "
+            f"{qw['lane']} on a {query_background} background appears, so the video does not match the query.")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Build
+# ---------------------------------------------------------------------------------------------------------------
+# The npy meta's extraction time is fixed so that the same seed gives byte-identical files.
+FIXED_EXTRACT_UTC = "1970-01-01T00:00:00Z"
+
+
+@dataclasses.dataclass
+class SyntheticBuild:
+    """What `build_synthetic_dataset` made: the paths, the per-split plans (ground truth for tests/demos), counts,
+    and the validation report of the written dataset."""
+
+    paths: L.PreparedPaths
+    plans: dict[str, list[SyntheticVideo]]
+    counts: dict[str, Any]
+    report: L.ValidationReport
+
+
+@dataclasses.dataclass
+class _Query:
+    desc_id: int
+    video: SyntheticVideo
+    event: Event
+    text: str
+    cog_desc: str
+    score: float
+
+
+def _progress(cfg) -> Callable[[str], None]:
+    t0 = time.perf_counter()
+
+    def log(msg: str) -> None:
+        if cfg.progress:
+            print(f"[synthetic {time.perf_counter() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+    return log
+
+
+def _queries_for(videos: list[SyntheticVideo], per_event: int, rng: np.random.Generator,
+                 first_desc_id: int) -> list[_Query]:
+    if not 1 <= per_event <= len(QUERY_TEMPLATES):
+        raise ValueError(f"queries_per_event must be in 1..{len(QUERY_TEMPLATES)}, got {per_event}")
+    out = []
+    for video in videos:
+        for ev in video.events:
+            for k in rng.permutation(len(QUERY_TEMPLATES))[:per_event]:
+                text = QUERY_TEMPLATES[int(k)].format(background=video.background, **_words(ev))
+                out.append(_Query(desc_id=first_desc_id + len(out), video=video, event=ev, text=text,
+                                  cog_desc=f"a {ev.shape} moves {_DIRECTION[ev.direction]}",
+                                  score=round(float(rng.uniform(0.6, 1.0)), 4)))
+    if len({q.text for q in out}) != len(out):  # unique tuples + distinct templates make this impossible
+        raise AssertionError("duplicate query texts")
+    return out
+
+
+def _embed(fn, items: list, batch_size: int, n_expected: int, what: str) -> np.ndarray:
+    out = np.asarray(fn(items, batch_size=batch_size), dtype=np.float32)
+    if out.ndim != 2 or out.shape[0] != n_expected or not np.isfinite(out).all():
+        raise ValueError(f"embedder returned {what} embeddings of shape {out.shape} (finite: "
+                         f"{bool(np.isfinite(out).all())}); expected [{n_expected}, D] finite rows")
+    return out
+
+
+def _rank_order(scores: np.ndarray) -> np.ndarray:
+    """Descending, ties to the lower row (the eval's argmax picks the first index, EVAL L3280)."""
+    return np.argsort(-scores, axis=-1, kind="stable")
+
+
+def _rel(paths: L.PreparedPaths, path: Path) -> str:
+    # Paths inside files are relative to the dataset dir: absolute ones would differ between build roots and break
+    # byte-identical output for equal seeds (consumers look videos up by id first, video.py VideoMeta.lookup).
+    return str(Path(path).relative_to(paths.dataset_dir))
+
+
+def _write_split(paths: L.PreparedPaths, split: str, videos: list[SyntheticVideo], queries: list[_Query], cfg,
+                 embedder: Embedder, log) -> tuple[np.ndarray, np.ndarray, list[L.QueryMetaRow], dict[str, int]]:
+    """Raw annotation, npy + meta, query and video embeddings, docid2row, index for one split."""
+    frames = []
+    npy_meta = []
+    for i, v in enumerate(videos):
+        arr = render_video(v, cfg)
+        npy = L.write_video_npy(paths.video_npy(split, v.video_id), arr)
+        frames.append(arr)
+        n = v.num_frames
+        # extract_npy.py L201-218 fields; the "source" is the rendering itself at 1 fps (so indices = seconds)
+        npy_meta.append(L.VideoNpyMeta(
+            source_video_path=f"synthetic://{split}/{v.video_id}", source_total_frames=n,
+            source_duration_sec=v.duration, raw_fps=1.0, target_sample_fps=1.0, target_max_frames=64,
+            requested_indices_src=list(range(n)), sampled_indices_src=list(range(n)),
+            sampled_timestamps_sec=[float(t) for t in range(n)], sampled_frames_before_even_pad=n,
+            even_pad_applied=False, output_num_frames=n, output_height=int(arr.shape[1]),
+            output_width=int(arr.shape[2]), output_dtype="uint8", extract_utc=FIXED_EXTRACT_UTC,
+            video_id=v.video_id, output_npy_path=_rel(paths, npy)))
+        if cfg.progress_every and (i + 1) % int(cfg.progress_every) == 0:
+            log(f"{split}: rendered {i + 1}/{len(videos)} videos")
+    L.write_video_npy_meta(paths.video_npy_meta(split), npy_meta)
+
+    # raw_annotation: the VERIFIED FIG fields, grouped by video (eval_and_data.md §3.1)
+    L.write_raw_annotation(paths.raw_annotation(split), [
+        L.RawAnnotationRow(video=q.video.video_id, time=[float(q.event.start), float(q.event.end)],
+                           desc_id=q.desc_id, duration=q.video.duration, cog_desc=q.cog_desc, fig_desc=q.text,
+                           fig_desc_score=q.score) for q in queries])
+
+    # query rows shuffled with seed 0 (prepare_activitynet_segments.py L109-124, L137-139)
+    meta = [L.QueryMetaRow(qid=f"{q.desc_id}_fig", query=q.text, pos_doc_id=q.video.video_id, weight=1.0,
+                           fig_score=q.score) for q in queries]
+    random.Random(int(cfg.build.query_shuffle_seed)).shuffle(meta)
+    log(f"{split}: embedding {len(meta)} queries")
+    q_emb = _embed(embedder.embed_texts, [m.query for m in meta], int(cfg.embed.text_batch_size), len(meta),
+                   "query")
+    L.write_embeddings(paths.query_embeddings(split), q_emb)
+    L.write_query_meta(paths.query_meta(split), meta)
+
+    # One call per frame count: equal-length videos share a patch grid, so the embedder fills whole batches of one
+    # compiled shape; progress is reported after each group (the slow step with a real or tiny model).
+    v_emb = None
+    done = 0
+    for n in sorted({v.num_frames for v in videos}):
+        idx = [i for i, v in enumerate(videos) if v.num_frames == n]
+        part = _embed(embedder.embed_videos, [frames[i] for i in idx], int(cfg.embed.video_batch_size), len(idx),
+                      "video")
+        if v_emb is None:
+            v_emb = np.zeros((len(videos), part.shape[1]), np.float32)
+        v_emb[idx] = part
+        done += len(idx)
+        log(f"{split}: embedded {done}/{len(videos)} videos")
+    if v_emb.shape[1] != q_emb.shape[1]:
+        raise ValueError(f"query embeddings are {q_emb.shape[1]}-d but video embeddings {v_emb.shape[1]}-d")
+    docid2row = {v.video_id: i for i, v in enumerate(videos)}
+    L.write_embeddings(paths.segment_embeds(split), v_emb)
+    L.write_docid2row(paths.docid2row(split), docid2row)
+    # embed_segments.py meta row: whole video as one doc, frames at 1 fps (eval_and_data.md §3.5)
+    L.write_video_embed_meta(paths.video_embed_meta(split), [
+        L.VideoEmbedMeta(doc_id=v.video_id, video_id=v.video_id,
+                         video_path=_rel(paths, paths.video_npy(split, v.video_id)), start=0.0, end=v.duration,
+                         duration=v.duration,
+                         info={"backend": "synthetic", "fps": 1.0, "num_total": v.num_frames, "start_idx": 0,
+                               "end_idx": v.num_frames - 1, "idxs": list(range(v.num_frames)), "frame_size": 0,
+                               "sample_fps": 1.0, "max_frames": 64, "sampled_frames": v.num_frames,
+                               "sampling_control": {}})
+        for v in videos])
+    L.write_faiss_index(paths.faiss_index(split), v_emb)
+    L.write_id_map(paths.id_map(split), L.id_map_from_docid2row(docid2row))
+    return L.l2_normalize_rows(q_emb), L.l2_normalize_rows(v_emb), meta, docid2row
+
+
+def _hard_negatives(meta, order, doc_ids, cfg) -> dict[str, list[str]]:
+    """build_hard_negatives_npy.py L116-154: top-TOPK_POOL by cosine, positive and duplicates skipped, ≤ MAX."""
+    pool, cap = int(cfg.build.hard_negative_topk_pool), int(cfg.build.hard_negative_max)
+    out = {}
+    for i, m in enumerate(meta):
+        negs: list[str] = []
+        for r in order[i, :pool]:
+            d = doc_ids[int(r)]
+            if d != m.pos_doc_id and d not in negs:
+                negs.append(d)
+            if len(negs) >= cap:
+                break
+        out[m.qid] = negs
+    return out
+
+
+def _sft(paths, meta, q2event, scores, order, doc_ids, docid2row, video_by_id, cfg,
+         log) -> tuple[list[dict], list[dict]]:
+    """Top-1 pool (build_top1_pool.py L464-485) + templated teacher fields (generate_match_grounding.py L561-589),
+    and their one-turn conversion (convert_match_grounding_to_oneturn.py L300-344)."""
+    rows = {"match": [], "not_match": []}
+    for i, m in enumerate(meta):
+        top1 = doc_ids[int(order[i, 0])]
+        rows["match" if top1 == m.pos_doc_id else "not_match"].append((i, top1, 1, None))
+    # up to 1000 + 1000, sampled with seed 42 (05_build_top1_pool.bash L30-31), kept in query order
+    rng = random.Random(int(cfg.build.top1_pool_seed))
+    for label, cap in (("match", cfg.build.top1_pool_match), ("not_match", cfg.build.top1_pool_not_match)):
+        if len(rows[label]) > int(cap):
+            rows[label] = sorted(rng.sample(rows[label], int(cap)))
+    n_top1_match = len(rows["match"])
+    added = 0
+    if cfg.sft.augment_match_to_balance and rows["not_match"]:
+        # synthetic-only (configs/_synthetic.py): show the GT video for some misses, as GRPO's builder balances
+        need = max(0, int(math.ceil(len(rows["not_match"]) * float(cfg.sft.target_match_ratio))) - n_top1_match)
+        aug_rng = random.Random(int(cfg.sft.augment_seed))
+        picked: list = []
+        while len(picked) < need:
+            cycle = list(rows["not_match"])
+            aug_rng.shuffle(cycle)
+            picked.extend(cycle[:need - len(picked)])
+        for i, top1, _, _ in picked:
+            pos = meta[i].pos_doc_id
+            rank = int(np.flatnonzero(order[i] == docid2row[pos])[0]) + 1
+            rows["match"].append((i, pos, rank, top1))
+        added = len(picked)
+    pool = sorted(rows["match"] + rows["not_match"], key=lambda r: (r[0], r[2]))
+
+    reasoning_rows, items = [], []
+    for i, shown, rank, source_top1 in pool:
+        m = meta[i]
+        video, ev = q2event[m.qid]
+        shown_video = video_by_id[shown]
+        is_match = shown == m.pos_doc_id
+        text = (matched_reasoning(ev, video.background, shown_video) if is_match
+                else not_matched_reasoning(ev, video.background, shown_video))
+        pair_id = f"{m.qid}::{shown}"
+        row = {
+            "pair_id": pair_id, "qid": m.qid, "query": m.query, "query_index": i, "query_pos_doc_id": m.pos_doc_id,
+            "fig_score": m.fig_score, "top1_doc_id": shown, "top1_score": float(scores[i, docid2row[shown]]),
+            "top1_rank": rank, "gold_label": "match" if is_match else "not_match", "top1_video_id": shown,
+            "top1_video_path": _rel(paths, paths.video_npy("train", shown)), "top1_start": 0.0,
+            "top1_end": shown_video.duration, "top1_duration": shown_video.duration,
+            "gt_video_id": m.pos_doc_id, "gt_video_path": _rel(paths, paths.video_npy("train", m.pos_doc_id)),
+            "gt_start": float(ev.start), "gt_end": float(ev.end), "gt_duration": float(ev.end - ev.start),
+            "model_label": "matched" if is_match else "not_matched", "model_reasoning": text,
+            "model_temporal_grounding": f"{P.format_seconds(ev.start)} - {P.format_seconds(ev.end)}" if is_match
+            else "",
+            "model_temporal_start": float(ev.start) if is_match else None,
+            "model_temporal_end": float(ev.end) if is_match else None,
+            "model_think": text, "model_finish_reason": "stop", "model_error": None, "parsed_ok": True,
+            "model_gold_consistent": True,
+        }
+        if source_top1 is not None:
+            row.update(augmentation_type="gt_video_positive", source_top1_doc_id=source_top1)
+        reasoning_rows.append(row)
+        answer = P.MATCHED if is_match else P.NOT_MATCHED
+        target = P.assistant_target(answer, text, float(ev.start), float(ev.end)) if is_match \
+            else P.assistant_target(answer, text)
+        gold = "pos" if is_match else "neg"
+        items.append({
+            "qid": m.qid, "query": m.query,
+            "messages": [{"role": "system", "content": P.sft_system_prompt()},
+                         {"role": "user", "content": P.USER_TURN_TEMPLATE.format(query=m.query)},
+                         {"role": "assistant", "content": target}],
+            "videos": [f"{shown}.npy"],
+            "meta": {"source": "pairs_with_reasoning", "gold_label": gold, "video_id": shown,
+                     "query_pos_video_id": m.pos_doc_id, "pair_id": pair_id, "episode_type": "T1",
+                     "num_negs": 0 if is_match else 1, "top1_video_id": shown, "top1_gold_label": gold},
+        })
+    log(f"sft: {len(items)} items ({n_top1_match} top-1 matches, {len(rows['not_match'])} misses, "
+        f"{added} GT-video positives added)")
+    return reasoning_rows, items
+
+
+def _grpo(paths, raw_rows, meta, q_emb, v_emb, doc_ids, dataset, cfg) -> tuple[list[dict], dict]:
+    """build_verified_search_minimal_top1.py `build_dataset` (L236-478) on the in-memory matrices."""
+    g = cfg.grpo
+    topk, depth_cfg = int(g.hard_negative_topk), int(g.hard_negative_depth)
+    text2row = L.query_text_map(meta, duplicates="first")  # BV `_load_query_meta`: first occurrence wins
+    stats: dict[str, Any] = {
+        "dataset_name": dataset, "raw_annotation": _rel(paths, paths.raw_annotation("train")),
+        "rows_total": 0, "rows_written": 0, "rows_matched": 0, "rows_not_matched": 0, "rows_written_raw": 0,
+        "rows_matched_raw": 0, "rows_not_matched_raw": 0, "drop_empty_query_or_gt": 0, "drop_query_missing_meta": 0,
+        "drop_invalid_qrow": 0, "drop_empty_top1": 0, "drop_missing_video_npy": 0,
+        "augment_match_to_balance": int(bool(g.augment_match_to_balance)),
+        "target_match_ratio": float(g.target_match_ratio), "augment_seed": int(g.augment_seed),
+        "rows_augmented_match_added": 0, "rows_augmented_match_target": 0, "rows_augmented_match_candidates": 0,
+        "rows_augmented_drop_missing_gt_npy": 0, "rows_augmented_drop_missing_gt_time": 0,
+        "hard_negative_topk": topk, "hard_negative_depth": depth_cfg, "hard_negative_avg_count": 0.0,
+    }
+    depth = max(1, depth_cfg, topk + 1)
+    problem_prefix = P.sft_system_prompt()  # BV L20-32 is the SFT text verbatim
+    rows = []
+    for ex in raw_rows:
+        stats["rows_total"] += 1
+        query, gt_video = ex.query_text, str(ex.video or "").strip()
+        gt_time = _normalize_time_span(ex.time)
+        gt_duration = _positive_or_none(ex.duration)
+        if not query or not gt_video:
+            stats["drop_empty_query_or_gt"] += 1
+            continue
+        q_row = text2row.get(query)
+        if q_row is None:
+            stats["drop_query_missing_meta"] += 1
+            continue
+        scores = v_emb @ q_emb[q_row]
+        top = _rank_order(scores)[:depth]
+        top1 = doc_ids[int(top[0])]
+        if not paths.video_npy_exists("train", top1):
+            stats["drop_missing_video_npy"] += 1
+            continue
+        neg_ids, neg_scores, neg_ranks = [], [], []
+        for rank, r in enumerate(top.tolist(), start=1):
+            d = doc_ids[r]
+            if d == gt_video or d in neg_ids:
+                continue
+            neg_ids.append(d)
+            neg_scores.append(float(scores[r]))
+            neg_ranks.append(rank)
+            if len(neg_ids) >= topk:
+                break
+        is_match = top1 == gt_video
+        rows.append({
+            "problem_id": -1, "qid": meta[q_row].qid, "problem": f"{problem_prefix}\n\nQuery:\n{query}",
+            "data_type": "video", "problem_type": "multiple choice",
+            "options": ["<answer>matched</answer>", "<answer>not_matched</answer><REFINE>"],
+            "solution": "<answer>matched</answer>" if is_match else "<answer>not_matched</answer><REFINE>",
+            "path": f"{top1}.npy", "data_source": f"Verified-Search-Minimal-Top1-{dataset}", "query": query,
+            "gt_video": gt_video, "gt_time": gt_time, "gt_duration": gt_duration, "retrieved_video": top1,
+            "label": "matched" if is_match else "not_matched", "hard_negative_ids": neg_ids,
+            "hard_negative_scores": neg_scores, "hard_negative_ranks": neg_ranks, "is_augmented": False,
+        })
+    n_match = sum(r["label"] == "matched" for r in rows)
+    n_not = sum(r["label"] == "not_matched" for r in rows)
+    stats.update(rows_written_raw=len(rows), rows_matched_raw=n_match, rows_not_matched_raw=n_not)
+
+    if g.augment_match_to_balance and g.target_match_ratio > 0.0 and n_not > 0:
+        target = int(math.ceil(n_not * float(g.target_match_ratio)))
+        stats["rows_augmented_match_target"] = target
+        need = max(0, target - n_match)
+        if need > 0:
+            candidates = []
+            for r in rows:
+                if r["label"] != "not_matched":
+                    continue
+                if not paths.video_npy_exists("train", r["gt_video"]):
+                    stats["rows_augmented_drop_missing_gt_npy"] += 1
+                    continue
+                if _matched_solution(r["gt_time"], r["gt_duration"]) is None:
+                    stats["rows_augmented_drop_missing_gt_time"] += 1
+                    continue
+                candidates.append(r)
+            stats["rows_augmented_match_candidates"] = len(candidates)
+            if candidates:
+                rng = random.Random(int(g.augment_seed))
+                selected: list[dict] = []
+                while len(selected) < need:  # shuffled cycles: with replacement across cycles (BV L430-436)
+                    cycle = list(candidates)
+                    rng.shuffle(cycle)
+                    selected.extend(cycle[:need - len(selected)])
+                aug_rows = []
+                for src in selected:
+                    aug = dict(src)
+                    aug.update(problem_id=-1, solution=_matched_solution(src["gt_time"], src["gt_duration"]),
+                               path=f"{src['gt_video']}.npy", retrieved_video=src["gt_video"], label="matched",
+                               is_augmented=True, augmentation_type="gt_video_positive",
+                               source_label="not_matched", source_retrieved_video=src["retrieved_video"])
+                    aug_rows.append(aug)
+                stats["rows_augmented_match_added"] = len(aug_rows)
+                rows.extend(aug_rows)
+    for i, r in enumerate(rows):
+        r["problem_id"] = i
+    stats.update(rows_written=len(rows), rows_matched=sum(r["label"] == "matched" for r in rows),
+                 rows_not_matched=sum(r["label"] == "not_matched" for r in rows))
+    if rows:
+        stats["hard_negative_avg_count"] = sum(len(r["hard_negative_ids"]) for r in rows) / float(len(rows))
+    return rows, stats
+
+
+def _normalize_time_span(raw: Any) -> list[float] | None:
+    """BV `_normalize_time_span`: [start, end] finite with end > start, else None."""
+    if not isinstance(raw, (list, tuple)) or len(raw) < 2:
+        return None
+    try:
+        s, e = float(raw[0]), float(raw[1])
+    except (TypeError, ValueError):
+        return None
+    if not (math.isfinite(s) and math.isfinite(e)) or e <= s:
+        return None
+    return [s, e]
+
+
+def _positive_or_none(raw: Any) -> float | None:
+    """BV `_normalize_duration`: a finite duration > 0, else None."""
+    try:
+        d = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return d if math.isfinite(d) and d > 0 else None
+
+
+def _matched_solution(gt_time: list[float] | None, gt_duration: float | None) -> str | None:
+    """BV `_format_matched_solution_with_time`: the GT span (else [0, duration]) with 2 decimals; None when neither
+    exists (BV then writes a span-less solution and skips the row)."""
+    if gt_time is None:
+        if gt_duration is None:
+            return None
+        gt_time = [0.0, float(gt_duration)]
+    return f"<answer>matched</answer><start>{gt_time[0]:.2f}</start><end>{gt_time[1]:.2f}</end><REFINE>"
+
+
+def build_synthetic_dataset(root, dataset: str = "synthetic", cfg=None, *, embedder: Embedder,
+                            overwrite: bool = False) -> SyntheticBuild:
+    """Write `<root>/<dataset>/` in the prepared layout and validate it (raises PreparedDataError if invalid).
+
+    Args:
+      root: parent folder of the dataset folder.
+      dataset: dataset folder name.
+      cfg: `configs._synthetic.get_synthetic_config()` (the default) or a modified copy.
+      embedder: the search engine, e.g. `vsr1_jax.agent.embedding.default_embedder()` (a tiny *random* Qwen3-VL:
+        retrieval is then near chance, which exercises every file and the matched/not-matched balancing but not
+        retrieval quality) or a real Qwen3-VL-Embedding behind `TextVideoEmbedder`.
+      overwrite: replace an existing non-empty dataset folder (otherwise FileExistsError).
+    """
+    if cfg is None:
+        from configs._synthetic import get_synthetic_config  # repo-root package, as scripts run from the root
+
+        cfg = get_synthetic_config()
+    paths = L.PreparedPaths(root, dataset)
+    if paths.dataset_dir.exists() and any(paths.dataset_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{paths.dataset_dir} exists and is not empty; pass overwrite=True to replace it")
+        shutil.rmtree(paths.dataset_dir)
+    log = _progress(cfg)
+    plans = {split: plan_split(cfg, split) for split in L.SPLITS}
+    counts: dict[str, Any] = {}
+    first_desc_id = 0
+    per_split = {}
+    for split in L.SPLITS:
+        rng = np.random.default_rng([int(cfg.seed), ("train", "test").index(split), 1])
+        queries = _queries_for(plans[split], int(cfg[split].queries_per_event), rng, first_desc_id)
+        first_desc_id += len(queries)
+        log(f"{split}: {len(plans[split])} videos, {sum(len(v.events) for v in plans[split])} events, "
+            f"{len(queries)} queries")
+        q_emb, v_emb, meta, docid2row = _write_split(paths, split, plans[split], queries, cfg, embedder, log)
+        per_split[split] = (queries, q_emb, v_emb, meta, docid2row)
+        counts[f"{split}/videos"] = len(plans[split])
+        counts[f"{split}/queries"] = len(queries)
+
+    queries, q_emb, v_emb, meta, docid2row = per_split["train"]
+    doc_ids = L.id_map_from_docid2row(docid2row)
+    scores = q_emb @ v_emb.T
+    order = _rank_order(scores)
+    counts["train/top1_hits"] = int(sum(doc_ids[int(order[i, 0])] == m.pos_doc_id for i, m in enumerate(meta)))
+    log(f"train: top-1 retrieval hits {counts['train/top1_hits']}/{len(meta)}; writing hard negatives")
+    L.write_hard_negatives(paths.hard_negatives, _hard_negatives(meta, order, doc_ids, cfg))
+
+    q2event = {f"{q.desc_id}_fig": (q.video, q.event) for q in queries}
+    video_by_id = {v.video_id: v for v in plans["train"]}
+    reasoning_rows, items = _sft(paths, meta, q2event, scores, order, doc_ids, docid2row, video_by_id, cfg,
+                                 log)
+    L.write_sft_reasoning(paths.sft_reasoning, reasoning_rows)
+    L.write_sft_items(paths.sft_oneturn, items)
+    counts["sft/items"] = len(items)
+
+    raw_rows = L.read_raw_annotation(paths.raw_annotation("train"))
+    grpo_rows, stats = _grpo(paths, raw_rows, meta, q_emb, v_emb, doc_ids, dataset, cfg)
+    L.write_grpo_rows(paths.grpo_rows, grpo_rows)
+    L.write_grpo_stats(paths.grpo_stats, stats)
+    counts["grpo/rows"] = len(grpo_rows)
+    log(f"grpo: {stats['rows_written']} rows ({stats['rows_matched']} matched, {stats['rows_not_matched']} not, "
+        f"{stats['rows_augmented_match_added']} augmented); validating")
+
+    report = L.validate_dataset(paths)
+    report.raise_if_errors()
+    log(f"done: {paths.dataset_dir}")
+    return SyntheticBuild(paths=paths, plans=plans, counts=counts, report=report)
+
+
+__all__ = ["Distractor", "Embedder", "Event", "FIXED_EXTRACT_UTC", "QUERY_TEMPLATES", "SyntheticBuild",
+           "SyntheticVideo", "build_synthetic_dataset", "event_center", "matched_reasoning", "not_matched_reasoning",
+           "plan_split", "render_video"]
