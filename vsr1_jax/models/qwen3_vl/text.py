@@ -162,7 +162,10 @@ class TextModel(nnx.Module):
             raise ValueError(f"remat={remat!r}: expected 'none', 'full' or 'dots'")
         kc = None if cache is None else cache.k
         vc = None if cache is None else cache.v
-        (h, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (layers, jnp.arange(cfg.num_hidden_layers)))
+        # Single-token steps unroll the layer loop: a rolled loop costs a device->host predicate sync per layer and
+        # dynamic cache indexing that forces copies; prefill keeps the compact rolled scan.
+        (h, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (layers, jnp.arange(cfg.num_hidden_layers)),
+                                      unroll=cfg.num_hidden_layers if (T == 1 and cache is not None) else 1)
         normed = rms_norm(h, self.final_norm[...], eps)
         new_cache = None if cache is None else KVCache(kc, vc, valid, start + T)
         return h, normed, new_cache
