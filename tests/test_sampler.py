@@ -130,3 +130,16 @@ def test_bad_inputs_are_named(tiny_pair):
     logits, cache, _ = s.prefill(p, p.ids.shape[1] + 2)
     with pytest.raises(ValueError, match="does not fit"):
         s.decode(cache, logits, p.next_pos, SamplingParams(max_new_tokens=10, eos_ids=(EOS,)))
+
+
+def test_host_loop_equals_while_loop(tiny_pair):
+    _, model, cfg = tiny_pair
+    _, p = _prompts([[3, ("video", (2, 4, 4)), 4], [9]], cfg)
+    sp = SamplingParams(max_new_tokens=9, temperature=1.0, top_k=20, eos_ids=(EOS,), pad_id=PAD)
+    a = Sampler(model).generate(p, sp, jax.random.key(3), capture_id=5)
+    b = Sampler(model, loop="host", check_every=4).generate(p, sp, jax.random.key(3), capture_id=5)
+    for x, y in zip(a, b):
+        if isinstance(x, jax.Array):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+    with pytest.raises(ValueError, match="expected 'while' or 'host'"):
+        Sampler(model, loop="scan")

@@ -219,34 +219,47 @@ def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, 
                                                + 3 * tc.hidden_size * tc.intermediate_size)
                         + tc.vocab_size * tc.hidden_size)
     kv_per_tok = 2 * tc.num_hidden_layers * 2 * tc.num_key_value_heads * tc.head_dim
-    sampler = Sampler(ours, RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN))
+    opts = RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN)
+    samplers = {loop: Sampler(ours, opts, loop=loop) for loop in ("host", "while")}
+    sampler = samplers["host"]
     p = pack_prompts([list(ids[0])], cfg=cfg, pad_id=0, video_pixels=px.astype(np.float32), video_grids=[grid])
     sp = SamplingParams(max_new_tokens=new_tokens, eos_ids=(), pad_id=0)
+    from vsr1_jax.generate.sampler import broadcast_group
+    if hf is not None:  # keep the GPU for our run; HF comes back for its own
+        hf.to("cpu")
+        _empty_cache()
     for B in batches:
         logits, cache, _ = sampler.prefill(p, T + new_tokens)
-        from vsr1_jax.generate.sampler import broadcast_group
-        lg, c, npos = broadcast_group(logits, cache, jnp.asarray(p.next_pos), B)
-        jax.block_until_ready(c)
-
-        def run():
-            lg2, c2, np2 = broadcast_group(logits, cache, jnp.asarray(p.next_pos), B)
-            g = sampler.decode(c2, lg2, np2, sp)
-            g.tokens.block_until_ready()
-            return g
-        g = run()  # compile
-        assert int(np.asarray(g.lengths).min()) == new_tokens
-        t = timeit(run, n=3, warmup=0)
+        r = {}
         bcast = timeit(lambda: jax.block_until_ready(broadcast_group(logits, cache, jnp.asarray(p.next_pos), B)), n=3)
-        t = max(t - bcast, 1e-9)
-        step = t / new_tokens
-        avg_len = T + new_tokens / 2
-        roof = (weight_bytes + B * avg_len * kv_per_tok) / bw
-        r = {"tokens_per_s": B * new_tokens / t, "step_ms": step * 1e3, "roofline_step_ms": roof * 1e3,
-             "fraction_of_roofline": roof / step}
-        log(f"ours B={B}: {r['tokens_per_s']:,.0f} tok/s, step {r['step_ms']:.2f} ms, "
-            f"roofline {r['roofline_step_ms']:.2f} ms ({r['fraction_of_roofline']:.0%})")
-        del cache, c, lg
-        if hf is not None:
+        for loop, smp in samplers.items():
+            def run():
+                lg2, c2, np2 = broadcast_group(logits, cache, jnp.asarray(p.next_pos), B)
+                g = smp.decode(c2, lg2, np2, sp)
+                g.tokens.block_until_ready()
+                return g
+            try:
+                g = run()  # compile
+                assert int(np.asarray(g.lengths).min()) == new_tokens
+                del g
+                t = max(timeit(run, n=3, warmup=0) - bcast, 1e-9)
+            except Exception as e:  # noqa: BLE001 - e.g. out of memory for one loop kind
+                r[f"{loop}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+                log(f"ours B={B} loop={loop}: {r[f'{loop}_error']}")
+                continue
+            step = t / new_tokens
+            avg_len = T + new_tokens / 2
+            roof = (weight_bytes + B * avg_len * kv_per_tok) / bw
+            r[loop] = {"tokens_per_s": B * new_tokens / t, "step_ms": step * 1e3, "roofline_step_ms": roof * 1e3,
+                       "fraction_of_roofline": roof / step}
+            log(f"ours B={B} loop={loop}: {B * new_tokens / t:,.0f} tok/s, step {step * 1e3:.2f} ms, "
+                f"roofline {roof * 1e3:.2f} ms ({roof / step:.0%})")
+        best = max((r[k] for k in ("host", "while") if k in r), key=lambda v: v["tokens_per_s"], default=None)
+        if best is not None:
+            r.update(best)
+        del cache
+        if hf is not None and "tokens_per_s" in r:
+            hf.to(DEVICE)
             inp = hf_inputs(cfg, np.repeat(ids, B, 0), (grid[0] * 1, grid[1], grid[2]), np.concatenate([px] * B),
                             torch.bfloat16)
             inp["video_grid_thw"] = inp["video_grid_thw"].repeat(B, 1)
@@ -271,6 +284,7 @@ def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, 
             except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
                 r["hf_error"] = f"OOM: {str(e)[:200]}"
                 log(f"HF B={B}: OOM")
+            hf.to("cpu")
             _empty_cache()
         res[f"batch_{B}"] = r
     return res

@@ -104,13 +104,22 @@ def sample_logits(logits, key, sp: SamplingParams):
 class Sampler:
     """Jitted prefill / decode around one model. The model is split once; params travel as jit arguments."""
 
-    def __init__(self, model: Qwen3VL, opts: RunOptions = RunOptions(), mesh=None):
+    def __init__(self, model: Qwen3VL, opts: RunOptions = RunOptions(), mesh=None, *, loop: str = "while",
+                 check_every: int = 16):
+        """loop: "while" runs the decode as one jitted `lax.while_loop`; "host" dispatches one jitted, donated step
+        per token from Python (asynchronously; rows' stop state is read every `check_every` steps). Same results;
+        on GPUs "host" avoids the while loop's per-iteration predicate sync and cache copies."""
+        if loop not in ("while", "host"):
+            raise ValueError(f"loop={loop!r}: expected 'while' or 'host'")
+        self.loop, self.check_every = loop, int(check_every)
         self.cfg = model.cfg
         self.opts = opts
         self.mesh = mesh  # when set, batches are split over the mesh's data and fsdp axes
         self.graphdef, self.state = nnx.split(model)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("image_grids", "video_grids", "cache_size"))
         self._decode = jax.jit(self._decode_impl, static_argnames=("sp", "capture_id"), donate_argnames=("cache",))
+        self._init = jax.jit(self._init_impl, static_argnames=("sp",), donate_argnames=("cache",))
+        self._step = jax.jit(self._step_impl, static_argnames=("sp", "capture_id"), donate_argnames=("s",))
         self._extend = jax.jit(self._extend_impl, donate_argnames=("cache",))
 
     def update_params(self, model_or_state):
@@ -136,44 +145,44 @@ class Sampler:
         model = nnx.merge(self.graphdef, state)
         return model.decode(x, positions, mask, opts=self.opts, cache=cache, logits="last")
 
-    def _decode_impl(self, state, cache, logits, next_pos, key, *, sp: SamplingParams, capture_id: int):
-        model = nnx.merge(self.graphdef, state)
-        B = logits.shape[0]
-        N = sp.max_new_tokens
-        D = self.cfg.text.hidden_size
-        eos = jnp.asarray(sp.eos_ids if sp.eos_ids else (-1,), jnp.int32)
-        init = dict(step=jnp.zeros((), jnp.int32), cache=cache, logits=logits, pos=next_pos.astype(jnp.int32),
+    def _init_impl(self, cache, logits, next_pos, key, *, sp: SamplingParams):
+        B, N, D = logits.shape[0], sp.max_new_tokens, self.cfg.text.hidden_size
+        return dict(step=jnp.zeros((), jnp.int32), cache=cache, logits=logits, pos=next_pos.astype(jnp.int32),
                     key=key, tokens=jnp.full((B, N), sp.pad_id, jnp.int32), logprobs=jnp.zeros((B, N), jnp.float32),
                     done=jnp.zeros((B,), bool), lengths=jnp.zeros((B,), jnp.int32),
                     cap_h=jnp.zeros((B, D), self.opts.jdtype), cap_slot=jnp.full((B,), -1, jnp.int32),
                     cap_pos=jnp.full((B,), -1, jnp.int32))
 
-        def cond(s):
-            return (s["step"] < N) & ~jnp.all(s["done"])
+    def _step_impl(self, state, s, *, sp: SamplingParams, capture_id: int):
+        """One decode step: sample from the current logits, record, feed the token, get the next logits."""
+        model = nnx.merge(self.graphdef, state)
+        B = s["logits"].shape[0]
+        eos = jnp.asarray(sp.eos_ids if sp.eos_ids else (-1,), jnp.int32)
+        key, sub = jax.random.split(s["key"])
+        tok, lp = sample_logits(s["logits"], sub, sp)
+        live = ~s["done"]
+        tok = jnp.where(live, tok, sp.pad_id)
+        step = s["step"]
+        tokens = jax.lax.dynamic_update_slice(s["tokens"], tok[:, None], (0, step))
+        logprobs = jax.lax.dynamic_update_slice(s["logprobs"], jnp.where(live, lp, 0.0)[:, None], (0, step))
+        lengths = jnp.where(live, step + 1, s["lengths"])
+        done = s["done"] | jnp.isin(tok, eos)
+        slot = s["cache"].index
+        x = model.text.embed_tokens(tok[:, None], self.opts.jdtype)
+        pos3 = jnp.broadcast_to(s["pos"][None, :, None], (3, B, 1))
+        out = model.decode(x, pos3, live[:, None], opts=self.opts, cache=s["cache"], logits="last")
+        hit = live & (tok == capture_id)
+        return dict(step=step + 1, cache=out.cache, logits=out.logits, pos=s["pos"] + 1, key=key, tokens=tokens,
+                    logprobs=logprobs, done=done, lengths=lengths,
+                    cap_h=jnp.where(hit[:, None], out.hidden_pre_norm[:, 0], s["cap_h"]),
+                    cap_slot=jnp.where(hit, slot, s["cap_slot"]), cap_pos=jnp.where(hit, s["pos"], s["cap_pos"]))
 
-        def body(s):
-            key, sub = jax.random.split(s["key"])
-            tok, lp = sample_logits(s["logits"], sub, sp)
-            live = ~s["done"]
-            tok = jnp.where(live, tok, sp.pad_id)
-            step = s["step"]
-            tokens = jax.lax.dynamic_update_slice(s["tokens"], tok[:, None], (0, step))
-            logprobs = jax.lax.dynamic_update_slice(s["logprobs"], jnp.where(live, lp, 0.0)[:, None], (0, step))
-            lengths = jnp.where(live, step + 1, s["lengths"])
-            done = s["done"] | jnp.isin(tok, eos)
-            slot = s["cache"].index
-            x = model.text.embed_tokens(tok[:, None], self.opts.jdtype)
-            pos3 = jnp.broadcast_to(s["pos"][None, :, None], (3, B, 1))
-            out = model.decode(x, pos3, live[:, None], opts=self.opts, cache=s["cache"], logits="last")
-            hit = live & (tok == capture_id)
-            return dict(step=step + 1, cache=out.cache, logits=out.logits, pos=s["pos"] + 1, key=key, tokens=tokens,
-                        logprobs=logprobs, done=done, lengths=lengths,
-                        cap_h=jnp.where(hit[:, None], out.hidden_pre_norm[:, 0], s["cap_h"]),
-                        cap_slot=jnp.where(hit, slot, s["cap_slot"]), cap_pos=jnp.where(hit, s["pos"], s["cap_pos"]))
-
-        s = jax.lax.while_loop(cond, body, init)
-        return Generation(s["tokens"], s["logprobs"], s["lengths"], s["cache"], s["pos"], s["cap_h"],
-                          s["cap_slot"], s["cap_pos"])
+    def _decode_impl(self, state, cache, logits, next_pos, key, *, sp: SamplingParams, capture_id: int):
+        """The whole decode as one jitted `lax.while_loop` (stops when every row hit a stop token or at N)."""
+        init = self._init_impl(cache, logits, next_pos, key, sp=sp)
+        s = jax.lax.while_loop(lambda s: (s["step"] < sp.max_new_tokens) & ~jnp.all(s["done"]),
+                               lambda s: self._step_impl(state, s, sp=sp, capture_id=capture_id), init)
+        return _generation(s)
 
     # ---- public API ---------------------------------------------------------------------------------------------
     def prefill(self, prompts: Prompts, cache_size: int):
@@ -199,7 +208,14 @@ class Sampler:
     def decode(self, cache, logits, next_pos, sp: SamplingParams, key=None, capture_id: int = -1) -> Generation:
         self._check(sp, cache, logits.shape[0])
         key = jax.random.key(0) if key is None else key
-        return self._decode(self.state, cache, logits, jnp.asarray(next_pos), key, sp=sp, capture_id=capture_id)
+        if self.loop == "while":
+            return self._decode(self.state, cache, logits, jnp.asarray(next_pos), key, sp=sp, capture_id=capture_id)
+        s = self._init(cache, logits, jnp.asarray(next_pos), key, sp=sp)
+        for i in range(sp.max_new_tokens):
+            s = self._step(self.state, s, sp=sp, capture_id=capture_id)
+            if (i + 1) % self.check_every == 0 and bool(jnp.all(s["done"])):
+                break
+        return _generation(s)
 
     def generate(self, prompts: Prompts, sp: SamplingParams, key=None, *, group: int = 1, capture_id: int = -1,
                  extra_slots: int = 0) -> Generation:
@@ -232,6 +248,11 @@ class Sampler:
         free = cache.k.shape[3] - int(cache.index)
         if sp.max_new_tokens > free:
             raise ValueError(f"max_new_tokens={sp.max_new_tokens} does not fit: the KV cache has {free} free slots")
+
+
+def _generation(s) -> Generation:
+    return Generation(s["tokens"], s["logprobs"], s["lengths"], s["cache"], s["pos"], s["cap_h"], s["cap_slot"],
+                      s["cap_pos"])
 
 
 def broadcast_group(logits, cache: KVCache, next_pos, group: int):

@@ -118,16 +118,14 @@ def rollout_cached(model, head: SQRHead, cache, h_refine, refine_slot, refine_po
     z1 = head.project(h_refine)
     Z = jnp.zeros((B, num_latents, z1.shape[-1]), jnp.float32).at[:, 0].set(z1)
 
-    def step(k, carry):
-        Z, cache = carry
-        z = jax.lax.dynamic_index_in_dim(Z, k - 1, 1, keepdims=False)
-        x = head.latent_input(z)[:, None, :].astype(opts.jdtype)
+    # Straight-line code (7 single-position steps, unrolled): no loop-carried cache, so every cache write is an
+    # in-place update and nothing waits on a loop predicate.
+    for k in range(1, num_latents):
+        x = head.latent_input(Z[:, k - 1])[:, None, :].astype(opts.jdtype)
         pos = jnp.broadcast_to((refine_pos + k)[None, :, None], (3, B, 1))
         out = model.decode(x, pos, jnp.ones((B, 1), bool), opts=opts, cache=cache, logits="none")
-        znew = head.project(out.hidden[:, 0])
-        return jax.lax.dynamic_update_index_in_dim(Z, znew, k, 1), out.cache
-
-    Z, cache = jax.lax.fori_loop(1, num_latents, step, (Z, cache))
+        Z = Z.at[:, k].set(head.project(out.hidden[:, 0]))
+        cache = out.cache
     return Z, cache
 
 

@@ -1,0 +1,103 @@
+"""Where does a batch-1 decode step of the 2B model spend its time? (run on the GPU machine)
+
+Times: the sampler's while-loop decode per step; one jitted decode step (with and without the LM head); the
+weights-only GEMV chain of one step; and the copy bandwidth. Prints a table.
+"""
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
+from vsr1_jax.models.qwen3_vl.config import get_preset
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+
+
+def timeit(fn, n=10, warmup=2):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main():
+    B = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    cfg = get_preset("qwen3_vl_2b")
+    t = time.perf_counter()
+    model = nnx.jit(lambda: Qwen3VL(cfg, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))()
+    print(f"init {time.perf_counter() - t:.1f}s", flush=True)
+    opts = RunOptions(dtype="bfloat16", attn_impl="cudnn", vision_attn_impl="cudnn")
+    s = Sampler(model, opts)
+    T, N = 2048, 64
+    p = pack_prompts([list(np.random.RandomState(0).randint(1, 5000, T))] * B, cfg=cfg, pad_id=0)
+    logits, cache, _ = s.prefill(p, T + 4 * N)
+    sp = SamplingParams(max_new_tokens=N, eos_ids=(), pad_id=0)
+
+    def loop():
+        c = jax.tree.map(jnp.copy, cache)
+        g = s.decode(c, logits, p.next_pos, sp)
+        g.tokens.block_until_ready()
+    t_loop = timeit(loop, n=3, warmup=1)
+    t_copy = timeit(lambda: jax.block_until_ready(jax.tree.map(jnp.copy, cache)), n=3)
+    res = {"while_loop_step_ms": (t_loop - t_copy) / N * 1e3}
+
+    gd, st = nnx.split(model)
+
+    def step(state, cache, tok, pos, logits_mode):
+        m = nnx.merge(gd, state)
+        x = m.text.embed_tokens(tok[:, None], jnp.bfloat16)
+        pos3 = jnp.broadcast_to(pos[None, :, None], (3, B, 1))
+        out = m.decode(x, pos3, jnp.ones((B, 1), bool), opts=opts, cache=cache, logits=logits_mode)
+        return out.cache, out.hidden
+    for mode in ("last", "none"):
+        f = jax.jit(lambda st_, c, tk, ps: step(st_, c, tk, ps, mode), donate_argnums=(1,))
+        tok = jnp.zeros((B,), jnp.int32)
+        pos = jnp.asarray(p.next_pos)
+        state = {"c": jax.tree.map(jnp.copy, cache)}
+
+        def one():
+            state["c"], h = f(st, state["c"], tok, pos)
+            h.block_until_ready()
+        res[f"single_step_logits_{mode}_ms"] = timeit(one, n=20) * 1e3
+        mem = f.lower(st, state["c"], tok, pos).compile().memory_analysis()
+        res[f"single_step_{mode}_temp_MB"] = mem.temp_size_in_bytes / 2**20
+        res[f"single_step_{mode}_alias_MB"] = mem.alias_size_in_bytes / 2**20
+
+    # weights-only: one GEMV per decoder matrix + the LM head
+    tc = cfg.text
+    mats = [model.text.q_kernel[...], model.text.k_kernel[...], model.text.v_kernel[...], model.text.o_kernel[...],
+            model.text.gate_kernel[...], model.text.up_kernel[...], model.text.down_kernel[...]]
+
+    def gemvs(mats, emb):
+        acc = jnp.zeros((B,), jnp.float32)
+        for l in range(tc.num_hidden_layers):
+            for w in mats:
+                x = jnp.full((B, w.shape[1]), 0.01, jnp.bfloat16) + acc[:, None].astype(jnp.bfloat16)
+                acc = acc + jnp.einsum("bi,io->bo", x, w[l])[:, 0].astype(jnp.float32)
+        h = jnp.full((B, emb.shape[1]), 0.01, jnp.bfloat16) + acc[:, None].astype(jnp.bfloat16)
+        return acc + jnp.einsum("bd,vd->bv", h, emb)[:, 0].astype(jnp.float32)
+    g = jax.jit(gemvs)
+    res["gemv_chain_ms"] = timeit(lambda: g(mats, model.text.embed[...]).block_until_ready(), n=10) * 1e3
+    wbytes = sum(int(np.prod(m.shape)) * 2 for m in mats) + int(np.prod(model.text.embed.shape)) * 2
+    x = jnp.ones((1024, 1024, 1024), jnp.bfloat16)
+    cp = jax.jit(lambda a: a + 1)
+    bw = 2 * x.nbytes / timeit(lambda: cp(x).block_until_ready(), n=10)
+    res["weight_bytes_GB"] = wbytes / 1e9
+    res["weights_roofline_ms"] = wbytes / bw * 1e3
+    res["copy_TBps"] = bw / 1e12
+    res["B"] = B
+    for k, v in res.items():
+        print(f"{k:32s} {v:10.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
