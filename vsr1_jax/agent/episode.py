@@ -23,6 +23,7 @@ from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
 from vsr1_jax.processing import prompts as P
+from vsr1_jax.processing.tokenizer import special_ids
 from vsr1_jax.processing.video import preprocess_video
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,6 @@ class SearchAgent:
         self.tok, self.etok = tokenizer, embed_tokenizer
         self.retriever, self.video_source = retriever, video_source
         self.sampler = Sampler(policy, opts)
-        self.special = P.special_ids(tokenizer, cfg.refine_token) if hasattr(P, "special_ids") else None
-        from vsr1_jax.processing.tokenizer import special_ids
         self.ids = special_ids(tokenizer, cfg.refine_token)
         if self.ids.refine is None:
             raise ValueError(f"the policy tokenizer has no {cfg.refine_token} token; load it with "

@@ -35,13 +35,11 @@ def _opts(config) -> RunOptions:
 
 
 def _module_from(cfg, params, dtype):
+    """A Qwen3VL holding converted params (nested dict), cast to `dtype` when given."""
+    from vsr1_jax.models.qwen3_vl.params import load_flat
     model = Qwen3VL(cfg, rngs=None)
-    nnx.update(model, nnx.State(params) if not isinstance(params, nnx.State) else params)
-    if dtype is not None:
-        from vsr1_jax.models.qwen3_vl.params import load_flat
-        flat = {tuple(str(p) for p in path): v.get_value()
-                for path, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-        load_flat(model, flat, dtype=dtype)
+    flat = {tuple(str(p) for p in path): v for path, v in nnx.to_flat_state(nnx.State(params))}
+    load_flat(model, {k: (v.get_value() if hasattr(v, "get_value") else v) for k, v in flat.items()}, dtype=dtype)
     return model
 
 
