@@ -4,7 +4,6 @@ Times: the sampler's while-loop decode per step; one jitted decode step (with an
 weights-only GEMV chain of one step; and the copy bandwidth. Prints a table.
 """
 import os
-import statistics
 import sys
 import time
 
@@ -13,20 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vsr1_jax.bench import timeit
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
-
-
-def timeit(fn, n=10, warmup=2):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def main():

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from vsr1_jax.processing import video as _video
 from vsr1_jax.processing.tokenizer import (
     IM_END,
     IM_START,
@@ -316,30 +317,9 @@ def render_chat(messages: Sequence[Message], *, add_generation_prompt: bool = Fa
 # Video placeholders and timestamps
 # --------------------------------------------------------------------------------------------------------------
 
-def _calculate_timestamps(values: Sequence[float], temporal_patch_size: int) -> list[float]:
-    # HF Qwen3VLProcessor._calculate_timestamps: pad to a multiple of the temporal patch by repeating the last
-    # entry, then average the first and last entry of each group.
-    values = [float(v) for v in values]
-    if not values:
-        raise ValueError("no frames")
-    if len(values) % temporal_patch_size:
-        values.extend([values[-1]] * (temporal_patch_size - len(values) % temporal_patch_size))
-    return [(values[i] + values[i + temporal_patch_size - 1]) / 2
-            for i in range(0, len(values), temporal_patch_size)]
-
-
-def group_timestamps(num_frames: int, fps: float = 1.0, frame_indices: Sequence[int] | None = None, *,
-                     temporal_patch_size: int = 2) -> list[float]:
-    """Per temporal group timestamps, as HF `_calculate_timestamps(frame_indices, fps)`.
-
-    Default = the original's convention for pre-sampled npy frames (sqr_and_sft.md §6.2, vision_process.py
-    L444-550): fps 1 and indices 0..T-1, so groups read 0.5, 2.5, 4.5, ... "seconds" whatever the real frame
-    spacing. `frame_indices` (source frame numbers) with the source `fps` give real times instead.
-    """
-    indices = list(range(num_frames)) if frame_indices is None else list(frame_indices)
-    if frame_indices is not None and len(indices) != num_frames:
-        raise ValueError(f"{len(indices)} frame indices for {num_frames} frames")
-    return _calculate_timestamps([i / fps for i in indices], temporal_patch_size)
+# One implementation of HF's `_calculate_timestamps` lives in processing/video.py; re-exported here for callers
+# that build prompts from grids.
+group_timestamps = _video.group_timestamps
 
 
 def timestamps_from_seconds(seconds: Sequence[float], *, temporal_patch_size: int = 2) -> list[float]:
@@ -348,7 +328,8 @@ def timestamps_from_seconds(seconds: Sequence[float], *, temporal_patch_size: in
     The option beside the default index convention (README decision 4). An odd list is padded by repeating the
     last time, as the npy writer duplicated the last frame.
     """
-    return _calculate_timestamps(seconds, temporal_patch_size)
+    return _video.group_timestamps(len(seconds), fps=1.0, frame_indices=seconds,
+                                   temporal_patch_size=temporal_patch_size)
 
 
 def _as_grids(video_grid_thw: Any) -> list[tuple[int, int, int]]:
