@@ -1,19 +1,25 @@
-"""Shared fixtures: tiny random HF Qwen3-VL models and our port loaded with the same weights."""
+"""Shared fixtures: a tiny random HF Qwen3-VL, saved with `save_pretrained`, converted through the conversion CLI,
+and our port loaded from the converted orbax checkpoint (so every parity test also exercises the conversion)."""
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import numpy as np
 import pytest
 
 
 @pytest.fixture(scope="session")
-def tiny_pair():
+def tiny_pair(tmp_path_factory):
     """(hf_model, our_model, cfg) on the same random weights, untied, fp32."""
-    from tests.hf_fixtures import tiny_hf_model
-    from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig
-    from vsr1_jax.models.qwen3_vl.params import model_from_hf_state_dict
+    from flax import nnx
+    from tests.hf_fixtures import save_tiny, tiny_hf_model
+    from vsr1_jax import convert
+    from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+    from vsr1_jax.models.qwen3_vl.params import load_flat
     hf = tiny_hf_model(seed=0)
-    cfg = Qwen3VLConfig.from_hf_dict(hf.config.to_dict())
-    sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
-    return hf, model_from_hf_state_dict(cfg, sd), cfg
+    root = tmp_path_factory.mktemp("tiny")
+    save_tiny(str(root / "hf"), hf)
+    assert convert.main(["hf-to-orbax", str(root / "hf"), str(root / "orbax"), "-q"]) == 0
+    ck = convert.load_converted(str(root / "orbax"))
+    model = Qwen3VL(ck.cfg, rngs=None)
+    load_flat(model, {tuple(str(p) for p in path): v for path, v in nnx.to_flat_state(nnx.State(ck.params))})
+    return hf, model, ck.cfg

@@ -204,3 +204,18 @@ def test_tied_embeddings_match_hf():
     ref = hf_forward(hf, *batch).logits.numpy()
     out = np.asarray(our_forward(model, *batch).logits)
     assert np.abs(out - ref).max() <= TOL * np.abs(ref).max()
+
+
+@pytest.mark.parametrize("preset,layers,hidden,tied", [("qwen3_vl_2b", 28, 2048, True), ("qwen3_vl_4b", 36, 2560, True),
+                                                      ("qwen3_vl_8b", 36, 4096, False),
+                                                      ("qwen3_vl_embedding_2b", 28, 2048, True)])
+def test_presets_round_trip_through_hf_config(preset, layers, hidden, tied):
+    """Each preset's HF config.json loads in transformers and reads back to the same preset."""
+    from transformers import Qwen3VLConfig as HFConfig
+    from configs.models import get_config
+    from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset
+    d = get_config(preset).to_dict()
+    hf = HFConfig(**d)
+    assert hf.text_config.num_hidden_layers == layers and hf.text_config.hidden_size == hidden
+    assert Qwen3VLConfig.from_hf_dict(hf.to_dict()) == get_preset(preset)
+    assert get_preset(preset).tie_word_embeddings == tied
