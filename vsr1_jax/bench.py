@@ -4,6 +4,7 @@
   decode   ~2k-token video prompt, 256 new tokens, batch 1/8/64: tokens/s, step latency, HF generate, HBM roofline
   sqr      the 7-step cached latent rollout vs the original's 7 full re-forwards (video re-encoded each time)
   parity   max relative logit error vs HF on a video prompt, fp32 and bf16
+  episode  per-query latency of a 2-turn episode (generate + rollout + q_final + retrieval, twice) at batch B
 
 Models are the real configs with random weights (HF initialises, both sides use the same tensors). Imports stay
 off grain/faiss/ml_collections so this runs on a bare accelerator machine with jax + torch + transformers.
@@ -335,9 +336,62 @@ def bench_sqr(cfg, groups=28, h=28, w=32, reps=3):
     return res
 
 
+def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, turns=2, corpus_size=10000,
+                  reps=2):
+    """Per-query latency of a 2-turn episode at batch B, composed from its parts measured at that batch: per turn,
+    prefill + decode of B distinct video prompts (all `new_tokens`: random weights never stop early), the cached
+    latent rollout, q_final through the embedder, and top-1 retrieval over `corpus_size` vectors."""
+    from flax import nnx
+    from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
+    from vsr1_jax.models import sqr as S
+    from vsr1_jax.retrieval.topk import exact_topk
+    _, ours = hf_and_ours(cfg, "bfloat16", with_hf=False)
+    opts = RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN)
+    H = cfg.text.hidden_size
+    head = S.SQRHead(S.SQRConfig(policy_hidden=H, retrieval_dim=H, embedder_hidden=H, zero_init_refine=False),
+                     rngs=nnx.Rngs(0))
+    sampler = Sampler(ours, opts, loop="host")
+    sp = SamplingParams(max_new_tokens=new_tokens, eos_ids=(), pad_id=0)
+    rng = np.random.RandomState(4)
+    corpus = jnp.asarray(rng.randn(corpus_size, H).astype(np.float32))
+    corpus = corpus / jnp.linalg.norm(corpus, axis=-1, keepdims=True)
+    rollout = jax.jit(lambda m, hd, c, hh, sl, ps: S.rollout_cached(m, hd, c, hh, sl, ps, opts=opts)[0])
+    qfinal = jax.jit(lambda m, hd, Z, i, il, li, mk: S.q_final(m, hd, Z, i, il, li, mk, opts=opts))
+    res = {"new_tokens": new_tokens, "turns": turns, "corpus_size": corpus_size}
+    for B in batches:
+        ids, grid, _ = video_prompt(cfg, groups, h, w, seed=5)
+        px = rng.randn(B * int(np.prod(grid)), cfg.vision.patch_dim).astype(np.float32)
+        p = pack_prompts([list(ids[0])] * B, cfg=cfg, pad_id=0, video_pixels=px, video_grids=[grid] * B)
+        state = {}
+
+        def gen():
+            g = sampler.generate(p, sp, extra_slots=8)
+            g.tokens.block_until_ready()
+            state["g"] = g
+        t_gen = timeit(gen, n=reps, warmup=1)
+        g = state["g"]
+        slot = jnp.full((B,), int(g.cache.index) - 1, jnp.int32)
+        args = (ours, head, g.cache, g.capture_hidden, slot, g.next_pos - 1)
+        t_roll = timeit(lambda: jax.block_until_ready(rollout(*args)), n=reps)
+        Z = rollout(*args)
+        q_ids = [list(rng.randint(1, 5000, size=24)) for _ in range(B)]
+        lay = [jnp.asarray(a) for a in S.splice_layout(q_ids, 8, 6)]
+        t_qf = timeit(lambda: jax.block_until_ready(qfinal(ours, head, Z, *lay)), n=reps)
+        q = qfinal(ours, head, Z, *lay)
+        t_ret = timeit(lambda: jax.block_until_ready(exact_topk(corpus, q, 1)), n=reps)
+        per_turn = t_gen + t_roll + t_qf + t_ret
+        r = {"prompt_tokens": int(p.ids.shape[1]), "generate_s": t_gen, "rollout_s": t_roll, "q_final_s": t_qf,
+             "retrieval_s": t_ret, "episode_s": turns * per_turn, "per_query_s": turns * per_turn / B}
+        res[f"batch_{B}"] = r
+        log(f"episode B={B}: per turn generate {t_gen:.2f}s + rollout {t_roll * 1e3:.1f} ms + q_final "
+            f"{t_qf * 1e3:.1f} ms + retrieval {t_ret * 1e3:.2f} ms -> {r['per_query_s']:.2f} s per query")
+        del g, state
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", default="forward", help="comma list of forward,decode,sqr,parity (or all)")
+    ap.add_argument("--what", default="forward", help="comma list of forward,decode,sqr,parity,episode (or all)")
     ap.add_argument("--preset", default="qwen3_vl_2b")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF PyTorch baselines")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench_<what>.json")
@@ -346,7 +400,7 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=256)
     args = ap.parse_args(argv)
     cfg = get_preset(args.preset)
-    whats = ["parity", "forward", "decode", "sqr"] if args.what == "all" else args.what.split(",")
+    whats = ["parity", "forward", "decode", "sqr", "episode"] if args.what == "all" else args.what.split(",")
     log(f"devices: {jax.devices()}")
     for what in whats:
         t = time.perf_counter()
@@ -363,6 +417,9 @@ def main(argv=None):
             res = bench_sqr(cfg, **size)
         elif what == "parity":
             res = bench_parity(cfg, **size)
+        elif what == "episode":
+            res = bench_episode(cfg, batches=tuple(int(b) for b in args.batches.split(",")),
+                                new_tokens=args.new_tokens, **size)
         else:
             raise SystemExit(f"unknown --what={what!r}")
         res.update(preset=args.preset, device=str(jax.devices()[0].device_kind), wall_s=time.perf_counter() - t,
