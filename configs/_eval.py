@@ -39,14 +39,7 @@ def get_eval_config() -> ml_collections.ConfigDict:
     c.bf16 = True  # TCK BF16=True (E:29)
     c.seed = 42  # TCK SEED=42 (E:29)
 
-    # ---- video input (EVAL user turn, E:218 and §2.1 E:244-268)
-    c.video = ml_collections.ConfigDict()
-    c.video.min_pixels = 100352  # 128*28^2
-    c.video.max_pixels = 602112
-    c.video.total_pixels = 90316800  # 115200*28^2
-    c.video.image_patch_size = 16
-    c.video.fps = 1.0  # npy payload fps (E:248)
-    c.video.timestamps = "npy_index"  # R:4 default: indices 0..T-1 at fps 1; option "meta" = sampled_timestamps_sec
+    # video input: the eval phase of configs/_video.py (get_video_config().eval) is the one source of truth
 
     # ---- data selection (E:185-186); None = every row
     c.eval_limit_ratio = config_dict.placeholder(float)
