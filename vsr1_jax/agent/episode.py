@@ -214,7 +214,9 @@ class SearchAgent:
 
     # ---- public --------------------------------------------------------------------------------------------------
     def run(self, queries: Sequence, qvecs: np.ndarray, progress: Callable[[int], None] | None = None):
-        """queries: EvalQuery-like records (`index, qid, query, gt_doc_id, gt_start, gt_end, duration`); qvecs [N, D]
+        """progress(n) is called with the number of episodes that finished.
+
+        queries: EvalQuery-like records (`index, qid, query, gt_doc_id, gt_start, gt_end, duration`); qvecs [N, D]
         their stored (original) query vectors. Returns the detail rows (one per query with at least one turn)."""
         eps = []
         recs = [q.to_record() if hasattr(q, "to_record") else dict(q) for q in queries]
@@ -229,8 +231,8 @@ class SearchAgent:
             for s in range(0, len(act), max(self.cfg.batch_size * 4, 1)):
                 chunk = act[s:s + self.cfg.batch_size * 4]
                 self._run_turn(chunk, turn)
-                if progress is not None:
-                    progress(len(chunk))
+                if progress is not None:  # count finished episodes (all are finished after the last turn)
+                    progress(sum(1 for e in chunk if not e.active or turn == self.cfg.max_turn))
         return [self._row(e) for e in eps if e.turns]
 
     def _row(self, e: _Episode) -> dict:

@@ -131,7 +131,7 @@ def run_eval(config) -> dict:
                         _opts(config))
     qvecs = queries.matrix[[q.q_row for q in qset.queries]]
     from tqdm import tqdm
-    bar = tqdm(total=len(qset.queries) * ec.max_turn, desc="episodes x turns", unit="q", dynamic_ncols=True)
+    bar = tqdm(total=len(qset.queries), desc="episodes", unit="query", dynamic_ncols=True)
     rows = agent.run(qset.queries, qvecs, progress=bar.update)
     bar.close()
     detail = os.path.join(config.output_dir, f"detail_{config.dataset}_{split}.jsonl")
