@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -158,25 +157,15 @@ def read_video_meta(meta_jsonl_path: str | os.PathLike) -> VideoMeta:
     path = Path(meta_jsonl_path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such meta.jsonl; {_PREPARE_HINT}")
+    from vsr1_jax.data.layout import iter_jsonl  # one JSONL reader (file:line errors) for every prepared file
     meta = VideoMeta(str(path))
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            paths = [str(row[k]).strip() for k in _META_PATH_KEYS
-                     if isinstance(row.get(k), str) and str(row[k]).strip()]
-            video_id = str(row.get("video_id", "")).strip() or (_stem(paths[0]) if paths else "")
-            if not video_id:
-                raise ValueError(f"{path}:{lineno}: row has neither `video_id` nor an npy path "
-                                 f"({', '.join(_META_PATH_KEYS)})")
-            meta._add(video_id, row, paths)
+    for lineno, row in iter_jsonl(path, "video_npy_meta"):
+        paths = [str(row[k]).strip() for k in _META_PATH_KEYS if isinstance(row.get(k), str) and str(row[k]).strip()]
+        video_id = str(row.get("video_id", "")).strip() or (_stem(paths[0]) if paths else "")
+        if not video_id:
+            raise ValueError(f"{path}:{lineno}: row has neither `video_id` nor an npy path "
+                             f"({', '.join(_META_PATH_KEYS)})")
+        meta._add(video_id, row, paths)
     return meta
 
 
