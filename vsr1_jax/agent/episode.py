@@ -98,7 +98,7 @@ class SearchAgent:
 
         self._rollout = jax.jit(rollout)
         self._qfinal = jax.jit(qfinal)
-        self.stats = {"video_file_missing": 0, "generate_s": 0.0, "refine_s": 0.0, "turn_batches": 0}
+        self.stats = {"video_file_missing": 0, "generate_s": 0.0, "refine_s": 0.0}
 
     # ---- per turn ------------------------------------------------------------------------------------------------
     def _prompt(self, ep: _Episode, doc_id: str):
@@ -163,7 +163,6 @@ class SearchAgent:
         gen = self.sampler.generate(p, self.sp, capture_id=self.ids.refine, extra_slots=cfg.num_latents)
         toks, lens = np.asarray(gen.tokens), np.asarray(gen.lengths)
         self.stats["generate_s"] += time.perf_counter() - t0
-        self.stats["turn_batches"] += 1
         need, infos = [], []
         for b, (e, doc, rank, _, _) in enumerate(items):
             out_ids = toks[b, :lens[b]]

@@ -8,7 +8,6 @@ import os
 import time
 
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from vsr1_jax.agent.episode import EpisodeConfig, SearchAgent
@@ -78,8 +77,7 @@ def build_demo(config):
                            opts=_opts(config))
     paths = L.PreparedPaths(config.data_root, config.dataset)
     if not os.path.exists(paths.segment_embeds(config.split)):
-        log.info("building the synthetic corpus under %s", paths.dataset_dir if hasattr(paths, "dataset_dir")
-                 else config.data_root)
+        log.info("building the synthetic corpus under %s", paths.dataset_dir)
         build_synthetic_dataset(config.data_root, config.dataset, config.synthetic, embedder=emb, overwrite=True)
     tok = build_tiny_tokenizer()
     policy = Qwen3VL(get_preset("tiny"), rngs=nnx.Rngs(config.demo.policy_seed))

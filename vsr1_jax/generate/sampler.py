@@ -122,9 +122,6 @@ class Sampler:
         self._step = jax.jit(self._step_impl, static_argnames=("sp", "capture_id"), donate_argnames=("s",))
         self._extend = jax.jit(self._extend_impl, donate_argnames=("cache",))
 
-    def update_params(self, model_or_state):
-        self.state = model_or_state if not isinstance(model_or_state, nnx.Module) else nnx.state(model_or_state)
-
     # ---- pure pieces ----------------------------------------------------------------------------------------------
     def _prefill_impl(self, state, ids, positions, mask, image_pixels, video_pixels, *, image_grids, video_grids,
                       cache_size):

@@ -52,7 +52,7 @@ def linear(x, kernel, bias=None):
     return y
 
 
-def attention(q, k, v, mask=None, *, impl: str = "xla", is_causal: bool = False):
+def attention(q, k, v, mask=None, *, impl: str = "xla"):
     """Scaled dot-product attention with GQA.
 
     q [B, Tq, H, D], k/v [B, Tk, K, D] (H divisible by K), mask [B, Tq, Tk] bool (True = attend) or None.
@@ -63,11 +63,7 @@ def attention(q, k, v, mask=None, *, impl: str = "xla", is_causal: bool = False)
     scale = 1.0 / math.sqrt(D)
     if impl == "cudnn":
         m = None if mask is None else mask[:, None, :, :]
-        return jax.nn.dot_product_attention(q, k, v, mask=m, scale=scale, is_causal=is_causal,
-                                            implementation="cudnn")
-    if is_causal:
-        causal = jnp.tril(jnp.ones((Tq, k.shape[1]), bool), k.shape[1] - Tq)
-        mask = causal[None] if mask is None else (mask & causal[None])
+        return jax.nn.dot_product_attention(q, k, v, mask=m, scale=scale, implementation="cudnn")
     g = H // K
     qg = q.reshape(B, Tq, K, g, D)
     logits = jnp.einsum("bqkgd,bskd->bkgqs", qg, k, preferred_element_type=jnp.float32) * scale

@@ -112,10 +112,6 @@ class Qwen3VL(nnx.Module):
         return self.decode(x, positions, attention_mask, opts=opts, cache=cache, visual=visual, logits=logits)
 
 
-def init_model(cfg: Qwen3VLConfig, seed: int = 0, param_dtype=jnp.float32) -> Qwen3VL:
-    return Qwen3VL(cfg, param_dtype=param_dtype, rngs=nnx.Rngs(seed))
-
-
 def abstract_model(cfg: Qwen3VLConfig, param_dtype=jnp.float32) -> Qwen3VL:
     """Shapes only (no memory), for restoring checkpoints into."""
     return nnx.eval_shape(lambda: Qwen3VL(cfg, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
