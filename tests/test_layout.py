@@ -258,7 +258,8 @@ def test_missing_file_names_file_and_producing_step(tiny):
         L.load_queries(P, "test")
     msg = str(ei.value)
     assert str(P.query_embeddings("test")) in msg
-    assert "query-embedding step" in msg and "02_embed_queries" in msg and "synthetic corpus" in msg
+    assert "query-embedding step" in msg and "02_embed_queries" in msg and "download_data.bash" in msg
+    assert "python -m vsr1_jax.main --config=configs/toy.py" in msg  # a command that exists
     P.grpo_stats.unlink()
     with pytest.raises(L.MissingPreparedFileError, match="09_build_verified_search_minimal_top1"):
         L.read_grpo_stats(P.grpo_stats)

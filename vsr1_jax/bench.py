@@ -74,6 +74,18 @@ def timeit(fn, n=5, warmup=1):
     return statistics.median(ts)
 
 
+def timeit_fresh(fn, fresh, n=5, warmup=1):
+    """Like `timeit` for a call that consumes (donates) its argument: `fresh()` makes one, outside the timing."""
+    ts = []
+    for i in range(warmup + n):
+        a = jax.block_until_ready(fresh())
+        t = time.perf_counter()
+        jax.block_until_ready(fn(a))
+        if i >= warmup:
+            ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
 # ---- models ----------------------------------------------------------------------------------------------------
 def hf_and_ours(cfg: Qwen3VLConfig, dtype: str, seed=0, with_hf=True):
     """A random HF model on the GPU and our model with the same tensors."""
@@ -291,7 +303,10 @@ def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, 
     return res
 
 
-def bench_sqr(cfg, groups=28, h=28, w=32, reps=3):
+def sqr_setup(cfg, groups=28, h=28, w=32):
+    """The SQR bench's starting point: a video prompt ending in <REFINE>, prefilled into a cache with 8 free slots.
+    Returns a dict: model, head, opts, ids, grid, px, pos, ridx (the <REFINE> index), rpos [1] (its position),
+    cache, h_last (the pre-norm hidden state at <REFINE>)."""
     from flax import nnx
     from vsr1_jax.generate.sampler import Sampler, pack_prompts
     from vsr1_jax.models import sqr as S
@@ -299,20 +314,30 @@ def bench_sqr(cfg, groups=28, h=28, w=32, reps=3):
     refine = 151669 if cfg.text.vocab_size > 151669 else cfg.text.vocab_size - 1
     ids = np.concatenate([ids, [[9, 10, refine]]], 1).astype(np.int32)
     T = ids.shape[1]
-    ridx = T - 1
     pos, _ = get_rope_index(ids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
                             video_grid_thw=[grid])
-    _, ours = hf_and_ours(cfg, "bfloat16", with_hf=False)
+    _, model = hf_and_ours(cfg, "bfloat16", with_hf=False)
     opts = RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN)
     head = S.SQRHead(S.SQRConfig(policy_hidden=cfg.text.hidden_size, zero_init_refine=False), rngs=nnx.Rngs(0))
-    sampler = Sampler(ours, opts)
     p = pack_prompts([list(ids[0])], cfg=cfg, pad_id=0, video_pixels=px, video_grids=[grid])
-    logits, cache, h_last = sampler.prefill(p, T + 8)
+    _, cache, h_last = Sampler(model, opts).prefill(p, T + 8)
     jax.block_until_ready(cache)
-    rpos = jnp.asarray(pos[0, :, ridx])
+    # text positions are equal on the three M-RoPE axes: the temporal one locates <REFINE>
+    return dict(model=model, head=head, opts=opts, ids=ids, grid=grid, px=px, pos=pos, ridx=T - 1,
+                rpos=jnp.asarray(pos[0, :, T - 1], jnp.int32), cache=cache, h_last=h_last)
+
+
+def bench_sqr(cfg, groups=28, h=28, w=32, reps=3):
+    from vsr1_jax.models import sqr as S
+    su = sqr_setup(cfg, groups, h, w)
+    ours, head, opts, cache, h_last = su["model"], su["head"], su["opts"], su["cache"], su["h_last"]
+    ids, grid, px, pos, ridx, rpos = su["ids"], su["grid"], su["px"], su["pos"], su["ridx"], su["rpos"]
+    T = ids.shape[1]
+    # the generation's cache is donated to the rollout, as in the agent (agent/episode.py)
     cached = jax.jit(lambda m, hd, c, h: S.rollout_cached(m, hd, c, h, jnp.asarray([ridx]), rpos, opts=opts),
-                     donate_argnums=())
-    t_cached = timeit(lambda: jax.block_until_ready(cached(ours, head, cache, h_last)), n=reps)
+                     donate_argnums=(2,))
+    t_cached = timeit_fresh(lambda c: cached(ours, head, c, h_last)[0], lambda: jax.tree.map(jnp.copy, cache),
+                            n=reps)
 
     # The original runs 7 full VLM forwards (video re-encoded each time) on the sequence with k = 1..7 latents
     # spliced after <REFINE>; time one such forward at the mean length (k = 4) and count it 7 times.
@@ -355,12 +380,14 @@ def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, 
     rng = np.random.RandomState(4)
     corpus = jnp.asarray(rng.randn(corpus_size, H).astype(np.float32))
     corpus = corpus / jnp.linalg.norm(corpus, axis=-1, keepdims=True)
-    rollout = jax.jit(lambda m, hd, c, hh, sl, ps: S.rollout_cached(m, hd, c, hh, sl, ps, opts=opts)[0])
+    rollout = jax.jit(lambda m, hd, c, hh, sl, ps: S.rollout_cached(m, hd, c, hh, sl, ps, opts=opts),
+                      donate_argnums=(2,))
     qfinal = jax.jit(lambda m, hd, Z, i, il, li, mk: S.q_final(m, hd, Z, i, il, li, mk, opts=opts))
     res = {"new_tokens": new_tokens, "turns": turns, "corpus_size": corpus_size}
     for B in batches:
         ids, grid, _ = video_prompt(cfg, groups, h, w, seed=5)
-        px = rng.randn(B * int(np.prod(grid)), cfg.vision.patch_dim).astype(np.float32)
+        px = np.random.default_rng(B).standard_normal((B * int(np.prod(grid)), cfg.vision.patch_dim), np.float32)
+        log(f"episode B={B}: {B} prompts of {ids.shape[1]} tokens")
         p = pack_prompts([list(ids[0])] * B, cfg=cfg, pad_id=0, video_pixels=px, video_grids=[grid] * B)
         state = {}
 
@@ -369,11 +396,13 @@ def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, 
             g.tokens.block_until_ready()
             state["g"] = g
         t_gen = timeit(gen, n=reps, warmup=1)
+        log(f"episode B={B}: generate {t_gen:.2f} s")
         g = state["g"]
         slot = jnp.full((B,), int(g.cache.index) - 1, jnp.int32)
-        args = (ours, head, g.cache, g.capture_hidden, slot, g.next_pos - 1)
-        t_roll = timeit(lambda: jax.block_until_ready(rollout(*args)), n=reps)
-        Z = rollout(*args)
+        args = (g.capture_hidden, slot, g.next_pos - 1)
+        t_roll = timeit_fresh(lambda c: rollout(ours, head, c, *args)[0], lambda: jax.tree.map(jnp.copy, g.cache),
+                              n=reps)
+        Z = rollout(ours, head, g.cache, *args)[0]
         q_ids = [list(rng.randint(1, 5000, size=24)) for _ in range(B)]
         lay = [jnp.asarray(a) for a in S.splice_layout(q_ids, 8, 6)]
         t_qf = timeit(lambda: jax.block_until_ready(qfinal(ours, head, Z, *lay)), n=reps)

@@ -89,14 +89,15 @@ class SearchAgent:
         n = cfg.num_latents
 
         def rollout(pol_state, head_state, cache, h, slot, pos):
+            # returns the cache too, so the donated cache is updated in place rather than copied
             return S.rollout_cached(nnx.merge(pol_gd, pol_state), nnx.merge(head_gd, head_state), cache, h, slot,
-                                    pos, opts=opts, num_latents=n)[0]
+                                    pos, opts=opts, num_latents=n)
 
         def qfinal(emb_state, head_state, Z, ids, is_lat, lat_idx, mask):
             return S.q_final(nnx.merge(emb_gd, emb_state), nnx.merge(head_gd, head_state), Z, ids, is_lat, lat_idx,
                              mask, opts=opts)
 
-        self._rollout = jax.jit(rollout)
+        self._rollout = jax.jit(rollout, donate_argnames=("cache",))  # the generation's cache is not read again
         self._qfinal = jax.jit(qfinal)
         self.stats = {"video_file_missing": 0, "generate_s": 0.0, "refine_s": 0.0}
 
@@ -112,8 +113,8 @@ class SearchAgent:
     def _refine(self, gen, rows: Sequence[int], queries: Sequence[str]):
         """Latent rollout for the chosen rows of one generation batch, then q_final. -> (Z [n, N, D], q [n, D])."""
         rows = np.asarray(rows)
-        Z = self._rollout(self.sampler.state, self._head_state, gen.cache, gen.capture_hidden, gen.capture_slot,
-                          gen.capture_pos)
+        Z, _ = self._rollout(self.sampler.state, self._head_state, gen.cache, gen.capture_hidden, gen.capture_slot,
+                             gen.capture_pos)
         Z = Z[rows]
         toks = [list(map(int, P.embedder_query_ids(self.etok, q, self.cfg.instruction, self.cfg.embedder_max_length)))
                 for q in queries]

@@ -16,8 +16,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-# Where to point users when a file is missing. One constant, so the hint follows the build CLI if it moves.
-BUILD_HINT = "in vsr1_jax: `python -m vsr1_jax.data.build ...` or the synthetic corpus generator"
+# Where to point users when a file is missing. vsr1_jax has no builder for the real datasets: the original's
+# download script fetches the prepared tree; the synthetic generator writes a complete toy tree in this layout.
+BUILD_HINT = ("the original's `bash scripts/download_data.bash` fetches the prepared tree; for a synthetic tree in "
+              "this layout: `python -m vsr1_jax.main --config=configs/toy.py` (writes outputs/toy/data)")
 
 SPLITS = ("train", "test")
 

@@ -45,8 +45,17 @@ def layer_norm(x, scale, bias, eps: float):
 
 
 def linear(x, kernel, bias=None):
-    """x [..., in] @ kernel [in, out] (+ bias) in x's dtype."""
-    y = jnp.einsum("...i,io->...o", x, kernel.astype(x.dtype))
+    """x [..., in] @ kernel [in, out] (+ bias) in x's dtype.
+
+    A single input row (batch-1 decode, the SQR rollout) goes in as two rows, the second zero: XLA:GPU rewrites a
+    vector x matrix product with under 10M operand elements into multiply + reduce and writes the multiplied matrix
+    out before reducing it, which triples the memory traffic of the q/k/v/o projections. Two rows stay a GEMM.
+    """
+    if math.prod(x.shape[:-1]) == 1:
+        x2 = jnp.concatenate([x.reshape(1, -1), jnp.zeros((1, x.shape[-1]), x.dtype)], 0)
+        y = jnp.einsum("ri,io->ro", x2, kernel.astype(x.dtype))[:1].reshape(*x.shape[:-1], kernel.shape[-1])
+    else:
+        y = jnp.einsum("...i,io->...o", x, kernel.astype(x.dtype))
     if bias is not None:
         y = y + bias.astype(x.dtype)
     return y
