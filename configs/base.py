@@ -29,6 +29,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dtype = "bfloat16"      # the original runs bf16 (BF16=True, TCK); use float32 on CPU for exactness
     c.model.attn_impl = "xla"       # "cudnn" = fused flash prefill on GPUs (needs unpadded prompts, see RunOptions)
     c.model.vision_attn_impl = "xla"
+    # single-position decode steps: "xla", "pallas" (flash-decoding kernel, vsr1_jax/kernels/decode_attention.py) or
+    # "auto" = pallas on NVIDIA GPUs, xla elsewhere (the agent runs unsharded; see RunOptions.decode_attn_impl)
+    c.model.decode_attn_impl = "auto"
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 

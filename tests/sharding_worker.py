@@ -14,7 +14,7 @@ import numpy as np
 from vsr1_jax import checkpoint, sharding
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, abstract_model
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions, abstract_model
 from vsr1_jax.models.qwen3_vl.params import load_flat
 from flax import nnx
 
@@ -72,6 +72,14 @@ def main():
         assert "not divisible by the data-parallel size" in str(e), e
     else:
         raise AssertionError("batch 3 on data=8 should fail")
+
+    # the flash-decoding kernel is refused under a mesh (XLA would gather the cache onto every device)
+    try:
+        Sampler(ref_model, RunOptions(decode_attn_impl="pallas"), mesh=mesh)
+    except ValueError as e:
+        assert "runs unsharded" in str(e), e
+    else:
+        raise AssertionError("pallas decode under a mesh should fail")
 
     # save on one mesh, restore straight into another mesh's shardings
     with tempfile.TemporaryDirectory() as d:

@@ -42,6 +42,11 @@ DEVICE = _torch_device()
 ATTN = "cudnn" if jax.default_backend() == "gpu" else "xla"
 
 
+def gen_opts(decode_attn="xla"):
+    """Options of the decode, sqr and episode benches: bf16, fused prefill attention, the chosen decode attention."""
+    return RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN, decode_attn_impl=decode_attn)
+
+
 def log(*a):
     print(*a, flush=True, file=sys.stderr)
 
@@ -217,7 +222,8 @@ def copy_bandwidth():
     return 2 * x.nbytes / t
 
 
-def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, with_hf=True):
+def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, with_hf=True,
+                 decode_attn="xla"):
     import torch
     from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
     ids, grid, px = video_prompt(cfg, groups, h, w, seed=2)
@@ -232,7 +238,7 @@ def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, 
                                                + 3 * tc.hidden_size * tc.intermediate_size)
                         + tc.vocab_size * tc.hidden_size)
     kv_per_tok = 2 * tc.num_hidden_layers * 2 * tc.num_key_value_heads * tc.head_dim
-    opts = RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN)
+    opts = gen_opts(decode_attn)
     samplers = {loop: Sampler(ours, opts, loop=loop) for loop in ("host", "while")}
     sampler = samplers["host"]
     p = pack_prompts([list(ids[0])], cfg=cfg, pad_id=0, video_pixels=px.astype(np.float32), video_grids=[grid])
@@ -303,7 +309,7 @@ def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, 
     return res
 
 
-def sqr_setup(cfg, groups=28, h=28, w=32):
+def sqr_setup(cfg, groups=28, h=28, w=32, decode_attn="xla"):
     """The SQR bench's starting point: a video prompt ending in <REFINE>, prefilled into a cache with 8 free slots.
     Returns a dict: model, head, opts, ids, grid, px, pos, ridx (the <REFINE> index), rpos [1] (its position),
     cache, h_last (the pre-norm hidden state at <REFINE>)."""
@@ -317,7 +323,7 @@ def sqr_setup(cfg, groups=28, h=28, w=32):
     pos, _ = get_rope_index(ids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
                             video_grid_thw=[grid])
     _, model = hf_and_ours(cfg, "bfloat16", with_hf=False)
-    opts = RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN)
+    opts = gen_opts(decode_attn)
     head = S.SQRHead(S.SQRConfig(policy_hidden=cfg.text.hidden_size, zero_init_refine=False), rngs=nnx.Rngs(0))
     p = pack_prompts([list(ids[0])], cfg=cfg, pad_id=0, video_pixels=px, video_grids=[grid])
     _, cache, h_last = Sampler(model, opts).prefill(p, T + 8)
@@ -327,9 +333,9 @@ def sqr_setup(cfg, groups=28, h=28, w=32):
                 rpos=jnp.asarray(pos[0, :, T - 1], jnp.int32), cache=cache, h_last=h_last)
 
 
-def bench_sqr(cfg, groups=28, h=28, w=32, reps=3):
+def bench_sqr(cfg, groups=28, h=28, w=32, reps=3, decode_attn="xla"):
     from vsr1_jax.models import sqr as S
-    su = sqr_setup(cfg, groups, h, w)
+    su = sqr_setup(cfg, groups, h, w, decode_attn)
     ours, head, opts, cache, h_last = su["model"], su["head"], su["opts"], su["cache"], su["h_last"]
     ids, grid, px, pos, ridx, rpos = su["ids"], su["grid"], su["px"], su["pos"], su["ridx"], su["rpos"]
     T = ids.shape[1]
@@ -362,7 +368,7 @@ def bench_sqr(cfg, groups=28, h=28, w=32, reps=3):
 
 
 def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, turns=2, corpus_size=10000,
-                  reps=2):
+                  reps=2, decode_attn="xla"):
     """Per-query latency of a 2-turn episode at batch B, composed from its parts measured at that batch: per turn,
     prefill + decode of B distinct video prompts (all `new_tokens`: random weights never stop early), the cached
     latent rollout, q_final through the embedder, and top-1 retrieval over `corpus_size` vectors."""
@@ -371,7 +377,7 @@ def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, 
     from vsr1_jax.models import sqr as S
     from vsr1_jax.retrieval.topk import exact_topk
     _, ours = hf_and_ours(cfg, "bfloat16", with_hf=False)
-    opts = RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN)
+    opts = gen_opts(decode_attn)
     H = cfg.text.hidden_size
     head = S.SQRHead(S.SQRConfig(policy_hidden=H, retrieval_dim=H, embedder_hidden=H, zero_init_refine=False),
                      rngs=nnx.Rngs(0))
@@ -427,6 +433,8 @@ def main(argv=None):
     ap.add_argument("--batches", default="1,8,64")
     ap.add_argument("--frames-hw", default="", help="override video size as GROUPS,H,W in patches (smoke tests)")
     ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--decode-attn", default="xla", choices=("xla", "pallas"),
+                    help="attention of single-position steps (RunOptions.decode_attn_impl)")
     args = ap.parse_args(argv)
     cfg = get_preset(args.preset)
     whats = ["parity", "forward", "decode", "sqr", "episode"] if args.what == "all" else args.what.split(",")
@@ -441,17 +449,18 @@ def main(argv=None):
             res = bench_forward(cfg, with_hf=not args.no_hf, **size)
         elif what == "decode":
             res = bench_decode(cfg, batches=tuple(int(b) for b in args.batches.split(",")), with_hf=not args.no_hf,
-                               new_tokens=args.new_tokens, **size)
+                               new_tokens=args.new_tokens, decode_attn=args.decode_attn, **size)
         elif what == "sqr":
-            res = bench_sqr(cfg, **size)
+            res = bench_sqr(cfg, decode_attn=args.decode_attn, **size)
         elif what == "parity":
             res = bench_parity(cfg, **size)
         elif what == "episode":
             res = bench_episode(cfg, batches=tuple(int(b) for b in args.batches.split(",")),
-                                new_tokens=args.new_tokens, **size)
+                                new_tokens=args.new_tokens, decode_attn=args.decode_attn, **size)
         else:
             raise SystemExit(f"unknown --what={what!r}")
-        res.update(preset=args.preset, device=str(jax.devices()[0].device_kind), wall_s=time.perf_counter() - t,
+        res.update(decode_attn=args.decode_attn, preset=args.preset, device=str(jax.devices()[0].device_kind),
+                   wall_s=time.perf_counter() - t,
                    jax=jax.__version__)
         os.makedirs(args.out, exist_ok=True)
         with open(os.path.join(args.out, f"bench_{what}.json"), "w") as f:

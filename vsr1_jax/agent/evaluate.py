@@ -7,6 +7,7 @@ import logging
 import os
 import time
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -30,7 +31,12 @@ class SetupError(RuntimeError):
 
 def _opts(config) -> RunOptions:
     m = config.model
-    return RunOptions(dtype=m.dtype, attn_impl=m.attn_impl, vision_attn_impl=m.vision_attn_impl, remat="none")
+    decode = m.get("decode_attn_impl", "auto")
+    if decode == "auto":
+        dev = jax.devices()[0]
+        decode = "pallas" if dev.platform == "gpu" and "NVIDIA" in dev.device_kind else "xla"
+    return RunOptions(dtype=m.dtype, attn_impl=m.attn_impl, vision_attn_impl=m.vision_attn_impl,
+                      decode_attn_impl=decode, remat="none")
 
 
 def _module_from(cfg, params, dtype):

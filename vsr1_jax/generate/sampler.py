@@ -111,6 +111,9 @@ class Sampler:
         on GPUs "host" avoids the while loop's per-iteration predicate sync and cache copies."""
         if loop not in ("while", "host"):
             raise ValueError(f"loop={loop!r}: expected 'while' or 'host'")
+        if mesh is not None and mesh.size > 1 and opts.decode_attn_impl == "pallas":
+            raise ValueError("decode_attn_impl='pallas' runs unsharded: under a mesh of several devices XLA would "
+                             "gather the whole KV cache onto each one; use decode_attn_impl='xla' with a mesh")
         self.loop, self.check_every = loop, int(check_every)
         self.cfg = model.cfg
         self.opts = opts

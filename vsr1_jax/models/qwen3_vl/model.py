@@ -29,6 +29,10 @@ class RunOptions:
     # multi-token calls must have right-padded (or unpadded) rows starting at cache slot 0; decode steps use XLA.
     attn_impl: str = "xla"
     vision_attn_impl: str = "xla"
+    # single-position steps with a cache: "xla" (`text.cached_attention`) or "pallas" (GPU flash-decoding kernel,
+    # vsr1_jax.kernels.decode_attention: reads the stacked cache in place). "pallas" is for unsharded models: under
+    # a mesh, XLA cannot split the kernel and would gather the whole cache onto each device.
+    decode_attn_impl: str = "xla"
     remat: str = "none"             # "none" | "full" | "dots" (decoder layers)
 
     @property
@@ -92,7 +96,8 @@ class Qwen3VL(nnx.Module):
                visual: Visual | None = None, logits: str = "all"):
         """Decoder + head on input embeddings. logits: "all" | "last" | "none"."""
         pre, normed, cache = self.text(x, positions, attention_mask, cache=cache, visual=visual,
-                                       attn_impl=opts.attn_impl, remat=opts.remat)
+                                       attn_impl=opts.attn_impl, decode_attn_impl=opts.decode_attn_impl,
+                                       remat=opts.remat)
         if logits == "all":
             lg = self.text.logits(normed)
         elif logits == "last":

@@ -87,7 +87,8 @@ class TextModel(nnx.Module):
         return jnp.einsum("...d,dv->...v", h, w.astype(h.dtype), preferred_element_type=jnp.float32)
 
     def __call__(self, x, positions, attention_mask=None, *, cache: KVCache | None = None,
-                 visual: Visual | None = None, attn_impl: str = "xla", remat: str = "none"):
+                 visual: Visual | None = None, attn_impl: str = "xla", decode_attn_impl: str = "xla",
+                 remat: str = "none"):
         """x [B, T, D] input embeddings; positions [3, B, T]; attention_mask [B, T] (1 = real token).
 
         Returns (pre_norm [B, T, D] = last decoder layer output, normed [B, T, D], new cache or None).
@@ -114,6 +115,13 @@ class TextModel(nnx.Module):
             valid = jax.lax.dynamic_update_slice(cache.valid, attention_mask, (0, start))
             q_abs = start + jnp.arange(T)
             mask = (jnp.arange(S)[None, :] <= q_abs[:, None])[None] & valid[:, None, :]
+        if decode_attn_impl not in ("xla", "pallas"):
+            raise ValueError(f"decode_attn_impl={decode_attn_impl!r}: expected 'xla' or 'pallas'")
+        flash_decode = decode_attn_impl == "pallas" and cache is not None and T == 1
+        if flash_decode:
+            from vsr1_jax.kernels.decode_attention import NEG, decode_attention
+            bias = jnp.where(mask[:, 0, :], 0.0, NEG).astype(jnp.float32)        # [B, S]
+            interpret = jax.default_backend() != "gpu"
         layers = {k: getattr(self, k)[...] for k in self._LAYER_KEYS}
         eps = cfg.rms_norm_eps
         q_len = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
@@ -137,6 +145,8 @@ class TextModel(nnx.Module):
                 # the new keys are all the keys there are.
                 o = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=q_len,
                                                  key_value_seq_lengths=q_len, implementation="cudnn")
+            elif flash_decode:
+                o = decode_attention(q, kc, vc, li, bias, interpret=interpret)
             elif kc is not None:
                 k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False).astype(dtype)   # [B, K, S, hd]
                 v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
