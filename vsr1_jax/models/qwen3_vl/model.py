@@ -31,7 +31,8 @@ class RunOptions:
     vision_attn_impl: str = "xla"
     # single-position steps with a cache: "xla" (`text.cached_attention`) or "pallas" (GPU flash-decoding kernel,
     # vsr1_jax.kernels.decode_attention: reads the stacked cache in place). "pallas" is for unsharded models: under
-    # a mesh, XLA cannot split the kernel and would gather the whole cache onto each device.
+    # a mesh, XLA cannot split the kernel and would gather the whole cache onto each device. Off GPUs it runs
+    # through the Pallas interpreter (correct, slow: for tests).
     decode_attn_impl: str = "xla"
     remat: str = "none"             # "none" | "full" | "dots" (decoder layers)
 
