@@ -68,19 +68,9 @@ def video_prompt(cfg: Qwen3VLConfig, groups: int, h: int, w: int, text_before=64
     return np.asarray([ids], np.int32), grid, px
 
 
-def timeit(fn, n=5, warmup=1):
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
 def timeit_fresh(fn, fresh, n=5, warmup=1):
-    """Like `timeit` for a call that consumes (donates) its argument: `fresh()` makes one, outside the timing."""
+    """Median seconds of `fn(fresh())`, waiting for its result; `fresh()` (untimed) makes the argument, so a call
+    that consumes (donates) it gets a new one each time."""
     ts = []
     for i in range(warmup + n):
         a = jax.block_until_ready(fresh())
@@ -89,6 +79,11 @@ def timeit_fresh(fn, fresh, n=5, warmup=1):
         if i >= warmup:
             ts.append(time.perf_counter() - t)
     return statistics.median(ts)
+
+
+def timeit(fn, n=5, warmup=1):
+    """Median seconds of `fn()`, waiting for its result."""
+    return timeit_fresh(lambda _: fn(), lambda: None, n=n, warmup=warmup)
 
 
 # ---- models ----------------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ class SetupError(RuntimeError):
 
 def _opts(config) -> RunOptions:
     m = config.model
-    decode = m.get("decode_attn_impl", "auto")
+    decode = m.decode_attn_impl
     if decode == "auto":
         dev = jax.devices()[0]
         decode = "pallas" if dev.platform == "gpu" and "NVIDIA" in dev.device_kind else "xla"
