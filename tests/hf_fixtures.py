@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
+
 IMAGE_ID, VIDEO_ID, VSTART_ID, VEND_ID = 1000, 1001, 1002, 1003
 
 
@@ -92,7 +94,6 @@ def make_released_fixture(path: str, *, seed: int = 0, dtype: str = "float32") -
     """
     import safetensors.torch
     import torch
-    from vsr1_jax.processing.tokenizer import build_tiny_tokenizer
 
     os.makedirs(path, exist_ok=True)
     tok = build_tiny_tokenizer(out_dir=path, with_refine=True)

@@ -12,15 +12,17 @@ from flax import nnx
 
 from tests.test_synthetic import FakeEmbedder, small_config
 from vsr1_jax.agent.episode import EpisodeConfig, SearchAgent
-from vsr1_jax.data import layout as L
+from vsr1_jax.data.files import load_npy_video
+from vsr1_jax.data.paths import PreparedPaths
+from vsr1_jax.data.queries import eval_queries, load_corpus, load_queries
 from vsr1_jax.data.synthetic import build_synthetic_dataset
+from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.generate.sampler import Sampler
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL
-from vsr1_jax.processing.tokenizer import build_tiny_tokenizer, special_ids
+from vsr1_jax.processing.special_tokens import special_ids
 from vsr1_jax.retrieval.topk import make_retriever
-from vsr1_jax.processing.video import load_npy_video
 
 DIM = 64  # tiny embedder hidden size = retrieval dim
 
@@ -29,9 +31,9 @@ DIM = 64  # tiny embedder hidden size = retrieval dim
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ep")
     build_synthetic_dataset(root, "syn", small_config(0), embedder=FakeEmbedder(dim=DIM))
-    paths = L.PreparedPaths(root, "syn")
-    corpus, queries = L.load_corpus(paths, "test"), L.load_queries(paths, "test")
-    qset = L.eval_queries(paths, "test", queries=queries, docid2row=corpus.docid2row)
+    paths = PreparedPaths(root, "syn")
+    corpus, queries = load_corpus(paths, "test"), load_queries(paths, "test")
+    qset = eval_queries(paths, "test", queries=queries, docid2row=corpus.docid2row)
     tok = build_tiny_tokenizer()
     policy = Qwen3VL(get_preset("tiny"), rngs=nnx.Rngs(1))
     embedder = Qwen3VL(get_preset("tiny"), rngs=nnx.Rngs(2))

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vsr1_jax.data import layout as L
 from vsr1_jax.data import pipelines as PL
+from vsr1_jax.data.queries import eval_queries
 
 # pytest 9 imports test files in importlib mode, so a sibling test module is not importable by default; the tiny
 # prepared dataset is written by test_layout.py's helper (only the layout writers are used).
@@ -261,6 +261,6 @@ def test_data_config_defaults_drive_the_pipelines(tmp_path):
                                   hard_negative_k=c.grpo.hard_negative_topk, process_index=0, process_count=1)
     batch = ds[0]
     assert len(batch) == 8 and len({ex["qid"] for ex in batch}) == 1  # 1 prompt × G rollouts per round
-    es = L.eval_queries(tiny["paths"], c.eval_split, max_samples=c.eval.max_samples, limit_ratio=c.eval.limit_ratio,
-                        seed=c.seed)
+    es = eval_queries(tiny["paths"], c.eval_split, max_samples=c.eval.max_samples, limit_ratio=c.eval.limit_ratio,
+                      seed=c.seed)
     assert es.rows_total == es.rows_total_before_limit  # the defaults evaluate every row

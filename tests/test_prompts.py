@@ -4,18 +4,43 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.processing import prompts as P
-from vsr1_jax.processing import tokenizer as T
+from vsr1_jax.processing.chat import (
+    embedder_query_ids,
+    encode_chat,
+    encode_prompt,
+    expand_video_placeholders,
+    render_chat,
+    render_prompt_text,
+    timestamps_from_seconds,
+    video_token_count,
+)
+from vsr1_jax.processing.parsing import (
+    has_refine,
+    has_think,
+    has_time_tags,
+    last_refine_position,
+    last_refine_positions,
+    parse_answer_eval,
+    parse_answer_reward,
+    parse_span_eval,
+    parse_span_reward,
+    refine_positions,
+    sanitize_completion,
+)
+from vsr1_jax.processing.special_tokens import VIDEO_PAD, VISION_END, VISION_START, special_ids
+from vsr1_jax.processing.video import group_timestamps
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return T.build_tiny_tokenizer()
+    return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def ids(tok):
-    return T.special_ids(tok)
+    return special_ids(tok)
 
 
 QUERY = "a man opens the door and walks into the kitchen"
@@ -28,7 +53,7 @@ def _hf_processor_block(grid, fps, indices):
     from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
     fake = SimpleNamespace(video_processor=SimpleNamespace(merge_size=2, temporal_patch_size=2),
-                           vision_start_token=T.VISION_START, vision_end_token=T.VISION_END, video_token=T.VIDEO_PAD)
+                           vision_start_token=VISION_START, vision_end_token=VISION_END, video_token=VIDEO_PAD)
     fake._calculate_timestamps = lambda *a: Qwen3VLProcessor._calculate_timestamps(fake, *a)
     meta = SimpleNamespace(fps=fps, frames_indices=np.asarray(indices))
     return Qwen3VLProcessor.replace_video_token(fake, {"video_grid_thw": np.array([grid]),
@@ -147,15 +172,15 @@ CONVERSATIONS = {
 def test_render_chat_matches_hf_jinja(tok, name, gen):
     messages = CONVERSATIONS[name]
     expected = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
-    assert P.render_chat(messages, add_generation_prompt=gen) == expected
+    assert render_chat(messages, add_generation_prompt=gen) == expected
 
 
 def test_render_chat_vision_id_and_format(tok):
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "image"}, {"type": "video"}]}]
     expected = tok.apply_chat_template(messages, tokenize=False, add_vision_id=True)
-    assert P.render_chat(messages, add_vision_id=True) == expected
+    assert render_chat(messages, add_vision_id=True) == expected
     assert "Video 2: <|vision_start|><|video_pad|><|vision_end|>" in expected
-    text = P.render_chat(CONVERSATIONS["eval"], add_generation_prompt=True)
+    text = render_chat(CONVERSATIONS["eval"], add_generation_prompt=True)
     assert text.startswith("<|im_start|>system\nYou are")
     assert text.endswith(f'<|im_start|>user\nQuery: "{QUERY}"\nRetrieved video: '
                          "<|vision_start|><|video_pad|><|vision_end|><|im_end|>\n<|im_start|>assistant\n")
@@ -164,9 +189,9 @@ def test_render_chat_vision_id_and_format(tok):
 
 def test_render_chat_rejects_misplaced_system_and_unknown_roles():
     with pytest.raises(ValueError, match="first"):
-        P.render_chat([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}])
+        render_chat([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}])
     with pytest.raises(ValueError, match="tool"):
-        P.render_chat([{"role": "tool", "content": "a"}])
+        render_chat([{"role": "tool", "content": "a"}])
 
 
 # ---------------------------------------------------------------------------------------------------- timestamps
@@ -174,15 +199,15 @@ def test_render_chat_rejects_misplaced_system_and_unknown_roles():
 def test_timestamps_match_hf():
     from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
 
-    assert P.group_timestamps(6, fps=4, frame_indices=[0, 2, 4, 6, 8, 11]) == [0.25, 1.25, 2.375]
+    assert group_timestamps(6, fps=4, frame_indices=[0, 2, 4, 6, 8, 11]) == [0.25, 1.25, 2.375]
     assert Qwen3VLProcessor._calculate_timestamps(None, [0, 2, 4, 6, 8, 11], 4, 2) == [0.25, 1.25, 2.375]
-    assert P.group_timestamps(8) == [0.5, 2.5, 4.5, 6.5]  # the original's npy convention
-    assert P.group_timestamps(5) == Qwen3VLProcessor._calculate_timestamps(None, list(range(5)), 1.0, 2) == \
+    assert group_timestamps(8) == [0.5, 2.5, 4.5, 6.5]  # the original's npy convention
+    assert group_timestamps(5) == Qwen3VLProcessor._calculate_timestamps(None, list(range(5)), 1.0, 2) == \
         [0.5, 2.5, 4.0]
-    assert P.timestamps_from_seconds([0.0, 1.5, 3.0, 4.0]) == [0.75, 3.5]
-    assert P.timestamps_from_seconds([0.0, 1.5, 3.0]) == [0.75, 3.0]
+    assert timestamps_from_seconds([0.0, 1.5, 3.0, 4.0]) == [0.75, 3.5]
+    assert timestamps_from_seconds([0.0, 1.5, 3.0]) == [0.75, 3.0]
     with pytest.raises(ValueError):
-        P.group_timestamps(4, frame_indices=[0, 1])
+        group_timestamps(4, frame_indices=[0, 1])
 
 
 # ---------------------------------------------------------------------------------------------------- video expansion
@@ -191,31 +216,31 @@ def test_timestamps_match_hf():
 def test_expansion_matches_hf_processor(outer):
     grid, indices, fps = (3, 4, 6), [0, 3, 6, 9, 12, 15], 4.0
     block = _hf_processor_block(grid, fps, indices)
-    text = P.render_chat(CONVERSATIONS["eval"], add_generation_prompt=True)
-    triple = T.VISION_START + T.VIDEO_PAD + T.VISION_END
+    text = render_chat(CONVERSATIONS["eval"], add_generation_prompt=True)
+    triple = VISION_START + VIDEO_PAD + VISION_END
     # transformers 5.x replaces the <|video_pad|> inside the triple; 4.57/vLLM replaced the whole triple
-    expected = text.replace(T.VIDEO_PAD, block) if outer else text.replace(triple, block)
-    stamps = [P.group_timestamps(6, fps=fps, frame_indices=indices)]
-    assert P.expand_video_placeholders(text, [grid], stamps, outer_vision_tokens=outer) == expected
-    assert P.render_prompt_text(CONVERSATIONS["eval"], video_grid_thw=[grid], timestamps=stamps,
-                                outer_vision_tokens=outer) == expected
+    expected = text.replace(VIDEO_PAD, block) if outer else text.replace(triple, block)
+    stamps = [group_timestamps(6, fps=fps, frame_indices=indices)]
+    assert expand_video_placeholders(text, [grid], stamps, outer_vision_tokens=outer) == expected
+    assert render_prompt_text(CONVERSATIONS["eval"], video_grid_thw=[grid], timestamps=stamps,
+                              outer_vision_tokens=outer) == expected
 
 
 def test_expansion_matches_measured_hf_output():
     # qwen3_vl.md part B: real transformers 5.24 processor output for a 12-frame 4 fps clip sampled at fps 2
     # (indices linspace(0, 11, 6).round() = 0 2 4 7 9 11), grid [3, 8, 12], 24 pads per group.
-    pads = T.VIDEO_PAD * 24
+    pads = VIDEO_PAD * 24
     measured = ("<|im_start|>user\n<|vision_start|>"
                 f"<0.2 seconds><|vision_start|>{pads}<|vision_end|>"
                 f"<1.4 seconds><|vision_start|>{pads}<|vision_end|>"
                 f"<2.5 seconds><|vision_start|>{pads}<|vision_end|>"
                 "<|vision_end|>What happens?<|im_end|>\n<|im_start|>assistant\n")
     messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "What happens?"}]}]
-    stamps = [P.group_timestamps(6, fps=4.0, frame_indices=[0, 2, 4, 7, 9, 11])]
-    got = P.render_prompt_text(messages, video_grid_thw=[(3, 8, 12)], timestamps=stamps, outer_vision_tokens=True)
+    stamps = [group_timestamps(6, fps=4.0, frame_indices=[0, 2, 4, 7, 9, 11])]
+    got = render_prompt_text(messages, video_grid_thw=[(3, 8, 12)], timestamps=stamps, outer_vision_tokens=True)
     assert got == measured
     # the default (4.57 / vLLM) convention drops exactly the outer pair
-    inner = P.render_prompt_text(messages, video_grid_thw=[(3, 8, 12)], timestamps=stamps)
+    inner = render_prompt_text(messages, video_grid_thw=[(3, 8, 12)], timestamps=stamps)
     assert inner == measured.replace("user\n<|vision_start|>", "user\n").replace(
         "<|vision_end|><|vision_end|>", "<|vision_end|>")
 
@@ -224,12 +249,12 @@ def test_expansion_matches_measured_hf_output():
 @pytest.mark.parametrize("grid", [(1, 2, 2), (3, 4, 6), (32, 12, 16)])
 def test_encode_prompt_equals_hf_tokenization(tok, ids, outer, grid):
     messages = CONVERSATIONS["eval"]
-    enc = P.encode_prompt(tok, messages, video_grid_thw=[grid], outer_vision_tokens=outer)
-    text = P.render_prompt_text(messages, video_grid_thw=[grid], outer_vision_tokens=outer)
+    enc = encode_prompt(tok, messages, video_grid_thw=[grid], outer_vision_tokens=outer)
+    text = render_prompt_text(messages, video_grid_thw=[grid], outer_vision_tokens=outer)
     assert enc.dtype == np.int32
     np.testing.assert_array_equal(enc, tok(text, add_special_tokens=False)["input_ids"])
     t, h, w = grid
-    assert (enc == ids.video_pad).sum() == t * h * w // 4 == P.video_token_count(grid)
+    assert (enc == ids.video_pad).sum() == t * h * w // 4 == video_token_count(grid)
     assert (enc == ids.vision_start).sum() == t + outer and (enc == ids.vision_end).sum() == t + outer
     assert (enc == ids.im_start).sum() == 3 and (enc == ids.refine).sum() == 4  # the system prompt's <REFINE>s
     # default timestamps: 0.5, 2.5, ... (fps 1, indices 0..2t-1)
@@ -245,8 +270,8 @@ def test_encode_two_videos_and_custom_timestamps(tok, ids):
                                              {"type": "text", "text": " B: "}, {"type": "video"}]}]
     grids = [(2, 2, 4), (1, 4, 4)]
     stamps = [[0.0, 10.25], [3.04]]
-    enc = P.encode_prompt(tok, messages, video_grid_thw=np.array(grids), timestamps=stamps)
-    text = P.render_prompt_text(messages, video_grid_thw=grids, timestamps=stamps)
+    enc = encode_prompt(tok, messages, video_grid_thw=np.array(grids), timestamps=stamps)
+    text = render_prompt_text(messages, video_grid_thw=grids, timestamps=stamps)
     np.testing.assert_array_equal(enc, tok(text, add_special_tokens=False)["input_ids"])
     assert (enc == ids.video_pad).sum() == 2 * 2 + 4
     assert "<0.0 seconds>" in text and "<10.2 seconds>" in text and "<3.0 seconds>" in text
@@ -255,43 +280,43 @@ def test_encode_two_videos_and_custom_timestamps(tok, ids):
 def test_encode_errors(tok):
     ev = CONVERSATIONS["eval"]
     with pytest.raises(ValueError, match="video"):
-        P.encode_prompt(tok, ev)  # a video item without its grid
+        encode_prompt(tok, ev)  # a video item without its grid
     with pytest.raises(ValueError, match="video"):
-        P.encode_prompt(tok, ev, video_grid_thw=[(1, 2, 2), (1, 2, 2)])
+        encode_prompt(tok, ev, video_grid_thw=[(1, 2, 2), (1, 2, 2)])
     with pytest.raises(ValueError, match="timestamps"):
-        P.encode_prompt(tok, ev, video_grid_thw=[(2, 2, 2)], timestamps=[[0.5]])
+        encode_prompt(tok, ev, video_grid_thw=[(2, 2, 2)], timestamps=[[0.5]])
     with pytest.raises(ValueError, match="merge_size"):
-        P.encode_prompt(tok, ev, video_grid_thw=[(1, 3, 2)])
+        encode_prompt(tok, ev, video_grid_thw=[(1, 3, 2)])
     with pytest.raises(ValueError, match="image"):
-        P.encode_prompt(tok, [{"role": "user", "content": [{"type": "image"}]}])
+        encode_prompt(tok, [{"role": "user", "content": [{"type": "image"}]}])
     with pytest.raises(ValueError):
-        P.expand_video_placeholders("no placeholder", [(1, 2, 2)])
+        expand_video_placeholders("no placeholder", [(1, 2, 2)])
 
 
 @pytest.mark.parametrize("bad", ["<|video_pad|>", "<|vision_start|>", "<|im_start|>", "<|im_end|>",
                                  "<|endoftext|>"])
 def test_control_tokens_in_query_are_rejected(tok, bad):
     with pytest.raises(ValueError, match="control token"):
-        P.encode_prompt(tok, P.build_eval_messages(f"a {bad} b"), video_grid_thw=[(1, 2, 2)])
+        encode_prompt(tok, P.build_eval_messages(f"a {bad} b"), video_grid_thw=[(1, 2, 2)])
 
 
 def test_refine_in_query_becomes_the_token_but_not_a_generated_refine(tok, ids):
     # Documented choice: as in HF, added tokens typed in text become their ids; harmless since <REFINE> is only
     # looked for in the generated span.
-    prompt = P.encode_prompt(tok, P.build_eval_messages("find <REFINE> here"), video_grid_thw=[(1, 2, 2)])
+    prompt = encode_prompt(tok, P.build_eval_messages("find <REFINE> here"), video_grid_thw=[(1, 2, 2)])
     assert (prompt == ids.refine).sum() == 5  # 4 in the system prompt + 1 in the query
     completion = tok.encode("<think> x </think> <answer>matched</answer>", add_special_tokens=False)
     seq = np.concatenate([prompt, completion, [ids.im_end]])
-    assert not P.has_refine(seq, ids.refine, len(prompt))
-    assert P.refine_positions(seq, ids.refine, 0).size == 5
+    assert not has_refine(seq, ids.refine, len(prompt))
+    assert refine_positions(seq, ids.refine, 0).size == 5
 
 
 # ---------------------------------------------------------------------------------------------------- SFT loss mask
 
 def test_loss_mask_all_assistant(tok, ids):
     messages = CONVERSATIONS["sft"]
-    enc = P.encode_chat(tok, messages, video_grid_thw=[(2, 4, 4)])
-    text = P.render_prompt_text(messages, video_grid_thw=[(2, 4, 4)], add_generation_prompt=False)
+    enc = encode_chat(tok, messages, video_grid_thw=[(2, 4, 4)])
+    text = render_prompt_text(messages, video_grid_thw=[(2, 4, 4)], add_generation_prompt=False)
     np.testing.assert_array_equal(enc.input_ids, tok(text, add_special_tokens=False)["input_ids"])
     assert tok.decode(enc.input_ids[enc.loss_mask]) == MATCHED_TARGET + "<|im_end|>\n"
     # the targets are one contiguous block at the end, right after "<|im_start|>assistant\n"
@@ -306,18 +331,18 @@ def test_loss_mask_all_assistant(tok, ids):
 
 
 def test_loss_mask_multi_turn_and_generation_prompt(tok):
-    enc = P.encode_chat(tok, CONVERSATIONS["strings"], add_generation_prompt=True)
+    enc = encode_chat(tok, CONVERSATIONS["strings"], add_generation_prompt=True)
     assert tok.decode(enc.input_ids[enc.loss_mask]) == "hello<|im_end|>\n"
-    enc = P.encode_chat(tok, CONVERSATIONS["strings"] + [{"role": "assistant", "content": "bye"}])
+    enc = encode_chat(tok, CONVERSATIONS["strings"] + [{"role": "assistant", "content": "bye"}])
     assert tok.decode(enc.input_ids[enc.loss_mask]) == "hello<|im_end|>\nbye<|im_end|>\n"
-    assert not P.encode_chat(tok, CONVERSATIONS["eval"], video_grid_thw=[(1, 2, 2)],
-                             add_generation_prompt=True).loss_mask.any()
+    assert not encode_chat(tok, CONVERSATIONS["eval"], video_grid_thw=[(1, 2, 2)],
+                           add_generation_prompt=True).loss_mask.any()
 
 
 # ---------------------------------------------------------------------------------------------------- embedder text
 
 def test_embedder_query_ids(tok, ids):
-    enc = P.embedder_query_ids(tok, "a man opens the door.")
+    enc = embedder_query_ids(tok, "a man opens the door.")
     ref = tok.apply_chat_template(P.embedder_messages("a man opens the door."), tokenize=True,
                                   add_generation_prompt=True, return_dict=False)
     np.testing.assert_array_equal(enc, ref)
@@ -333,15 +358,15 @@ def test_embedder_query_ids(tok, ids):
 
 
 def test_embedder_empty_query_instruction_and_truncation(tok):
-    assert "NULL" in tok.decode(P.embedder_query_ids(tok, ""))
-    assert "NULL" in tok.decode(P.embedder_query_ids(tok, "   "))
+    assert "NULL" in tok.decode(embedder_query_ids(tok, ""))
+    assert "NULL" in tok.decode(embedder_query_ids(tok, "   "))
     assert P.normalize_instruction("Represent the user's input") == "Represent the user's input."
     assert P.normalize_instruction("Find the clip?") == "Find the clip?"
     assert P.normalize_instruction("检索视频。") == "检索视频。"
-    assert "\nFind it.<|im_end|>" in tok.decode(P.embedder_query_ids(tok, "q", instruction="Find it"))
+    assert "\nFind it.<|im_end|>" in tok.decode(embedder_query_ids(tok, "q", instruction="Find it"))
     long_query = " ".join(["walking"] * 200)
-    full = P.embedder_query_ids(tok, long_query, max_length=10_000)
-    cut = P.embedder_query_ids(tok, long_query)
+    full = embedder_query_ids(tok, long_query, max_length=10_000)
+    cut = embedder_query_ids(tok, long_query)
     assert len(full) > 128 and len(cut) == 128
     np.testing.assert_array_equal(cut, full[:128])
     text = tok.apply_chat_template(P.embedder_messages(long_query), tokenize=False, add_generation_prompt=True)
@@ -369,7 +394,7 @@ def test_embedder_empty_query_instruction_and_truncation(tok):
     ("<answer>\nmatched\n</answer>", "matched"),
 ])
 def test_parse_answer_eval(text, answer):
-    assert P.parse_answer_eval(text) == answer
+    assert parse_answer_eval(text) == answer
 
 
 @pytest.mark.parametrize("text,duration,span", [
@@ -388,7 +413,7 @@ def test_parse_answer_eval(text, answer):
     ("no tags", 30.0, None),
 ])
 def test_parse_span_eval(text, duration, span):
-    assert P.parse_span_eval(text, duration) == span
+    assert parse_span_eval(text, duration) == span
 
 
 # ---------------------------------------------------------------------------------------------------- parsing (reward)
@@ -405,7 +430,7 @@ def test_parse_span_eval(text, duration, span):
     ("nothing", None),
 ])
 def test_parse_answer_reward(text, answer):
-    assert P.parse_answer_reward(text) == answer
+    assert parse_answer_reward(text) == answer
 
 
 @pytest.mark.parametrize("text,span", [
@@ -420,55 +445,55 @@ def test_parse_answer_reward(text, answer):
     ("<start></start><end></end>", None),
 ])
 def test_parse_span_reward(text, span):
-    assert P.parse_span_reward(text) == span
+    assert parse_span_reward(text) == span
 
 
 def test_tags_and_think():
-    assert P.has_time_tags("<start></start> <end>x</end>")
-    assert not P.has_time_tags("<start>1</start>")
-    assert not P.has_time_tags("<start>1<end>2</end>")
-    assert P.has_think("<think> ok </think>")
-    assert P.has_think("<THINK>\nreasoning\n</Think>")
-    assert not P.has_think("<think>   </think>")
-    assert not P.has_think("<think> a </think> <think> </think>")  # the LAST block must be non-empty
-    assert P.has_think("<think> </think> <think> b </think>")
-    assert not P.has_think("no think")
+    assert has_time_tags("<start></start> <end>x</end>")
+    assert not has_time_tags("<start>1</start>")
+    assert not has_time_tags("<start>1<end>2</end>")
+    assert has_think("<think> ok </think>")
+    assert has_think("<THINK>\nreasoning\n</Think>")
+    assert not has_think("<think>   </think>")
+    assert not has_think("<think> a </think> <think> </think>")  # the LAST block must be non-empty
+    assert has_think("<think> </think> <think> b </think>")
+    assert not has_think("no think")
 
 
 def test_sanitize_completion():
     raw = "  <think> a <|video_pad|></think><answer>matched</answer> <REFINE><|im_end|>\n<|im_start|>junk"
-    assert P.sanitize_completion(raw) == "<think> a </think><answer>matched</answer> <REFINE>"
-    assert P.sanitize_completion("x<|endoftext|>y<|im_end|>") == "x"
-    assert P.sanitize_completion("<|vision_start|><|image_pad|><|vision_end|> ok ") == "ok"
-    assert P.sanitize_completion("plain") == "plain"
+    assert sanitize_completion(raw) == "<think> a </think><answer>matched</answer> <REFINE>"
+    assert sanitize_completion("x<|endoftext|>y<|im_end|>") == "x"
+    assert sanitize_completion("<|vision_start|><|image_pad|><|vision_end|> ok ") == "ok"
+    assert sanitize_completion("plain") == "plain"
 
 
 # ---------------------------------------------------------------------------------------------------- <REFINE> ids
 
 def test_refine_detection_only_in_generated_span(tok, ids):
-    prompt = P.encode_prompt(tok, P.build_eval_messages(QUERY), video_grid_thw=[(1, 2, 2)])
+    prompt = encode_prompt(tok, P.build_eval_messages(QUERY), video_grid_thw=[(1, 2, 2)])
     assert (prompt == ids.refine).sum() == 4  # the system prompt's literal <REFINE>s
     gen_start = len(prompt)
     without = tok.encode("<think> a </think> <answer>not_matched</answer>", add_special_tokens=False)
     with_ = tok.encode("<think> a </think> <answer>not_matched</answer> <REFINE>", add_special_tokens=False)
     seq = np.concatenate([prompt, without, [ids.im_end]])
-    assert not P.has_refine(seq, ids.refine, gen_start)
-    assert P.last_refine_position(seq, ids.refine, gen_start) is None
+    assert not has_refine(seq, ids.refine, gen_start)
+    assert last_refine_position(seq, ids.refine, gen_start) is None
     seq = np.concatenate([prompt, with_, [ids.im_end]])
-    assert P.has_refine(seq, ids.refine, gen_start)
-    assert P.last_refine_position(seq, ids.refine, gen_start) == len(prompt) + len(with_) - 1
+    assert has_refine(seq, ids.refine, gen_start)
+    assert last_refine_position(seq, ids.refine, gen_start) == len(prompt) + len(with_) - 1
     # two generated <REFINE>: the last one is the readout point
     seq2 = np.concatenate([prompt, with_, with_, [ids.im_end]])
-    np.testing.assert_array_equal(P.refine_positions(seq2, ids.refine, gen_start),
+    np.testing.assert_array_equal(refine_positions(seq2, ids.refine, gen_start),
                                   [gen_start + len(with_) - 1, gen_start + 2 * len(with_) - 1])
     # padding after the valid length and anything after the first EOS do not count
     padded = np.concatenate([prompt, without, [ids.im_end, ids.refine, ids.pad, ids.refine]])
     valid = len(prompt) + len(without) + 1
-    assert P.has_refine(padded, ids.refine, gen_start)
-    assert not P.has_refine(padded, ids.refine, gen_start, length=valid)
-    assert not P.has_refine(padded, ids.refine, gen_start, stop_ids=ids.eos_ids)
+    assert has_refine(padded, ids.refine, gen_start)
+    assert not has_refine(padded, ids.refine, gen_start, length=valid)
+    assert not has_refine(padded, ids.refine, gen_start, stop_ids=ids.eos_ids)
     with pytest.raises(ValueError):
-        P.refine_positions(seq, ids.refine, len(seq) + 1)
+        refine_positions(seq, ids.refine, len(seq) + 1)
 
 
 def test_last_refine_positions_batched_matches_rows():
@@ -481,8 +506,8 @@ def test_last_refine_positions_batched_matches_rows():
     ])
     gen_start = np.array([2, 2, 2, 1])
     lengths = np.array([8, 7, 5, 8])
-    got = P.last_refine_positions(batch, r, gen_start, lengths=lengths, stop_ids=(e,))
-    want = [P.last_refine_position(row, r, int(g), length=int(n), stop_ids=(e,))
+    got = last_refine_positions(batch, r, gen_start, lengths=lengths, stop_ids=(e,))
+    want = [last_refine_position(row, r, int(g), length=int(n), stop_ids=(e,))
             for row, g, n in zip(batch, gen_start, lengths)]
     assert got.tolist() == [-1 if w is None else w for w in want] == [5, -1, 4, 1]
-    assert P.last_refine_positions(batch, r, 0).tolist() == [7, 0, 7, 1]
+    assert last_refine_positions(batch, r, 0).tolist() == [7, 0, 7, 1]

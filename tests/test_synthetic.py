@@ -9,8 +9,23 @@ import numpy as np
 import pytest
 
 from configs._synthetic import get_synthetic_config
-from vsr1_jax.data import layout as L
 from vsr1_jax.data import synthetic as S
+from vsr1_jax.data.files import (
+    GRPO_STATS_KEYS,
+    index_video_npy_meta,
+    read_grpo_rows,
+    read_hard_negatives,
+    read_id_map,
+    read_query_meta,
+    read_raw_annotation,
+    read_sft_items,
+    read_sft_reasoning,
+    read_video_npy,
+    read_video_npy_meta,
+)
+from vsr1_jax.data.paths import SPLITS
+from vsr1_jax.data.queries import eval_queries, grpo_records, load_retrieval, sft_records
+from vsr1_jax.data.validate import validate_dataset
 from vsr1_jax.processing import prompts as P
 
 
@@ -59,41 +74,41 @@ def _files(d):
 
 def test_validates_and_round_trips(built):
     paths = built.paths
-    rep = L.validate_dataset(paths)
+    rep = validate_dataset(paths)
     assert rep.ok, rep.summary()
     for key in ("train/rows_valid", "test/rows_valid"):
         assert rep.counts[key] == built.counts[key.replace("rows_valid", "queries")]
     assert not any(v for k, v in rep.counts.items() if "missing" in k or "unknown" in k or "invalid" in k), rep.counts
 
-    for split in L.SPLITS:
+    for split in SPLITS:
         plan_ids = [v.video_id for v in built.plans[split]]
-        corpus, queries = L.load_retrieval(paths, split)
-        assert list(corpus.doc_ids) == plan_ids == L.read_id_map(paths.id_map(split))
+        corpus, queries = load_retrieval(paths, split)
+        assert list(corpus.doc_ids) == plan_ids == read_id_map(paths.id_map(split))
         assert queries.dim == corpus.dim == 16
         np.testing.assert_allclose(np.linalg.norm(corpus.matrix, axis=1), 1, atol=1e-6)
-        raw = L.read_raw_annotation(paths.raw_annotation(split))
+        raw = read_raw_annotation(paths.raw_annotation(split))
         assert {f"{r.desc_id}_fig" for r in raw} == {m.qid for m in queries.meta}  # qid = <desc_id>_fig
         assert len({r.fig_desc for r in raw}) == len(raw) == len(queries)  # one meta row per query text
-        es = L.eval_queries(paths, split)
+        es = eval_queries(paths, split)
         assert len(es.queries) == len(raw) and not any(es.skips.values())
         for q in es.queries:  # every eval query resolves to its annotated video and span
             assert corpus.doc_ids[q.pos_row] == q.gt_doc_id == raw[q.index].video
             assert [q.gt_start, q.gt_end] == raw[q.index].time
-        meta = L.index_video_npy_meta(L.read_video_npy_meta(paths.video_npy_meta(split)))
+        meta = index_video_npy_meta(read_video_npy_meta(paths.video_npy_meta(split)))
         for v in built.plans[split]:
-            arr = L.read_video_npy(paths.video_npy(split, v.video_id))
+            arr = read_video_npy(paths.video_npy(split, v.video_id))
             assert arr.shape == (v.num_frames, 32, 32, 3) and meta[v.video_id].output_num_frames == v.num_frames
             assert meta[v.video_id].sampled_timestamps_sec == [float(i) for i in range(v.num_frames)]
 
-    hn = L.read_hard_negatives(paths.hard_negatives)
-    meta = L.read_query_meta(paths.query_meta("train"))
+    hn = read_hard_negatives(paths.hard_negatives)
+    meta = read_query_meta(paths.query_meta("train"))
     assert set(hn) == {m.qid for m in meta}
     for m in meta:  # top-50 pool of a 6-video corpus minus the positive
         assert len(hn[m.qid]) == len(set(hn[m.qid])) == 5 and m.pos_doc_id not in hn[m.qid]
 
-    sft, counts = L.sft_records(paths)
+    sft, counts = sft_records(paths)
     assert counts["items_kept"] == counts["items_total"] == built.counts["sft/items"] and sft
-    grpo, counts = L.grpo_records(paths)
+    grpo, counts = grpo_records(paths)
     assert counts["rows_kept"] == counts["rows_total"] == built.counts["grpo/rows"] and grpo
     for rec in grpo:
         assert rec["has_gt_time"] and rec["hard_negative_rows"].shape == (24,)
@@ -115,7 +130,7 @@ def test_refuses_non_empty_dir_and_too_small_attribute_space(tmp_path):
 
 def test_default_plan_unique_events_and_near_duplicates():
     cfg = get_synthetic_config()
-    for split in L.SPLITS:
+    for split in SPLITS:
         videos = S.plan_split(cfg, split)
         assert len(videos) == cfg[split].num_videos
         keys = []
@@ -159,9 +174,9 @@ def test_annotated_spans_contain_the_moving_shape(built):
     cfg = small_config()
     colors = dict(cfg.attributes.colors)
     checked = 0
-    for split in L.SPLITS:
-        for row in L.read_raw_annotation(built.paths.raw_annotation(split)):
-            frames = L.read_video_npy(built.paths.video_npy(split, row.video))
+    for split in SPLITS:
+        for row in read_raw_annotation(built.paths.raw_annotation(split)):
+            frames = read_video_npy(built.paths.video_npy(split, row.video))
             (color,) = [c for c in colors if re.search(rf"\b{c}\b", row.fig_desc)]
             (direction,) = [d for d in _DIRECTIONS if d in row.fig_desc]
             start, end = (int(t) for t in row.time)
@@ -179,7 +194,7 @@ def test_annotated_spans_contain_the_moving_shape(built):
 def test_render_matches_plan(built):
     cfg = small_config()
     for v in built.plans["train"][:3]:
-        stored = L.read_video_npy(built.paths.video_npy("train", v.video_id))
+        stored = read_video_npy(built.paths.video_npy("train", v.video_id))
         np.testing.assert_array_equal(S.render_video(v, cfg), stored)
 
 
@@ -187,10 +202,10 @@ def test_render_matches_plan(built):
 
 def test_sft_items(built):
     paths = built.paths
-    items = L.read_sft_items(paths.sft_oneturn)
-    reasoning = L.read_sft_reasoning(paths.sft_reasoning)
+    items = read_sft_items(paths.sft_oneturn)
+    reasoning = read_sft_reasoning(paths.sft_reasoning)
     assert [r["pair_id"] for r in reasoning] == [it.meta.pair_id for it in items]
-    raw = {r.fig_desc: r for r in L.read_raw_annotation(paths.raw_annotation("train"))}
+    raw = {r.fig_desc: r for r in read_raw_annotation(paths.raw_annotation("train"))}
     labels = {it.meta.gold_label for it in items}
     assert labels == {"pos", "neg"}
     for it in items:
@@ -215,10 +230,10 @@ def test_sft_items(built):
 
 def test_grpo_rows_and_balance(built):
     paths = built.paths
-    rows = L.read_grpo_rows(paths.grpo_rows)
+    rows = read_grpo_rows(paths.grpo_rows)
     stats = json.loads(paths.grpo_stats.read_text())
-    assert list(stats) == list(L.GRPO_STATS_KEYS)
-    raw = L.read_raw_annotation(paths.raw_annotation("train"))
+    assert list(stats) == list(GRPO_STATS_KEYS)
+    raw = read_raw_annotation(paths.raw_annotation("train"))
     base = [r for r in rows if not r.is_augmented]
     aug = [r for r in rows if r.is_augmented]
     assert [r.query for r in base] == [r.fig_desc for r in raw]  # one row per raw row, in file order

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from vsr1_jax.data import layout as L
 from vsr1_jax.data import tfds_builder as TB
+from vsr1_jax.data.files import read_video_npy, write_raw_annotation
+from vsr1_jax.data.queries import eval_queries, grpo_records, sft_records
 
 # pytest 9 imports test files in importlib mode; reuse test_layout.py's writer of a tiny prepared dataset.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -40,7 +41,7 @@ def test_tensorflow_is_not_needed():
 def test_sft_shards_read_back_through_grain(built):
     tiny, data_dir, b = built
     got = {r["index"]: r for r in _read_all(b["sft"].as_data_source("train"))}
-    want, _ = L.sft_records(tiny["paths"], require_npy=False)
+    want, _ = sft_records(tiny["paths"], require_npy=False)
     assert sorted(got) == [r["index"] for r in want]
     for w in want:
         g = got[w["index"]]
@@ -52,7 +53,7 @@ def test_sft_shards_read_back_through_grain(built):
 
 def test_grpo_and_eval_shards_compare_by_key(built):
     tiny, data_dir, b = built
-    want, _ = L.grpo_records(tiny["paths"], require_npy=False)
+    want, _ = grpo_records(tiny["paths"], require_npy=False)
     got = {r["problem_id"]: r for r in _read_all(b["grpo"].as_data_source("train"))}
     assert set(got) == {r["problem_id"] for r in want}
     for w in want:
@@ -64,7 +65,7 @@ def test_grpo_and_eval_shards_compare_by_key(built):
         np.testing.assert_array_equal(g["gt_time"], w["gt_time"])  # NaN == NaN for the null gt_time row
         assert bool(g["has_gt_time"]) == w["has_gt_time"]
 
-    es = L.eval_queries(tiny["paths"], "test")
+    es = eval_queries(tiny["paths"], "test")
     src = TB.load_data_source(data_dir, tiny["paths"].dataset, "eval", "test")  # from the folder alone
     got = {r["index"]: r for r in _read_all(src)}
     assert set(got) == {q.index for q in es.queries}
@@ -81,7 +82,7 @@ def test_embedded_frames_and_tfds_data_source(built):
     assert name == "vsr1_prepared/charades_sta_grpo_frames"
     src = tfds.data_source(name, data_dir=str(data_dir), split="train")
     for r in _read_all(src):
-        want = L.read_video_npy(tiny["paths"].video_npy("train", r["retrieved_video"]))
+        want = read_video_npy(tiny["paths"].video_npy("train", r["retrieved_video"]))
         assert r["frames"].dtype == np.uint8
         np.testing.assert_array_equal(r["frames"], want)
     # every row made it (rows are compared by key above: ArrayRecord shards are shuffled on write)
@@ -101,6 +102,6 @@ def test_rebuild_reuses_unless_overwrite(tmp_path):
     tiny = write_tiny_dataset(tmp_path / "prepared")
     P = tiny["paths"]
     TB.build(P, tmp_path / "tfds", kind="eval")
-    L.write_raw_annotation(P.raw_annotation("test"), tiny["test"]["raw"][:1])
+    write_raw_annotation(P.raw_annotation("test"), tiny["test"]["raw"][:1])
     assert len(TB.build(P, tmp_path / "tfds", kind="eval").as_data_source("test")) == 5  # stale shards reused
     assert len(TB.build(P, tmp_path / "tfds", kind="eval", overwrite=True).as_data_source("test")) == 1

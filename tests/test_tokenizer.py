@@ -9,28 +9,38 @@ import time
 import pytest
 import regex
 
+from vsr1_jax.data.tiny_tokenizer import TINY_NUM_MERGES, _tiny_vocab_and_merges, build_tiny_tokenizer
 from vsr1_jax.processing import tokenizer as T
+from vsr1_jax.processing.special_tokens import (
+    CONTROL_TOKENS,
+    ENDOFTEXT,
+    IM_END,
+    QWEN_FIRST_ADDED_ID,
+    QWEN_NON_SPECIAL_ADDED_TOKENS,
+    QWEN_SPECIAL_TOKENS,
+    special_ids,
+)
 
-TINY_SIZE = 256 + T.TINY_NUM_MERGES + 26 + 1  # bytes + merges + Qwen added tokens + <REFINE>
+TINY_SIZE = 256 + TINY_NUM_MERGES + 26 + 1  # bytes + merges + Qwen added tokens + <REFINE>
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    return T.build_tiny_tokenizer()
+    return build_tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_tok")
-    T.build_tiny_tokenizer(out)
+    build_tiny_tokenizer(out)
     return out
 
 
 # ---------------------------------------------------------------------------------------------------- constants
 
 def test_qwen_added_tokens_order_matches_spec_ids():
-    assert len(T.QWEN_SPECIAL_TOKENS) == 26 and len(set(T.QWEN_SPECIAL_TOKENS)) == 26
-    ids = {tok: T.QWEN_FIRST_ADDED_ID + k for k, tok in enumerate(T.QWEN_SPECIAL_TOKENS)}
+    assert len(QWEN_SPECIAL_TOKENS) == 26 and len(set(QWEN_SPECIAL_TOKENS)) == 26
+    ids = {tok: QWEN_FIRST_ADDED_ID + k for k, tok in enumerate(QWEN_SPECIAL_TOKENS)}
     # ids stated by the spec (sqr_and_sft.md §3, qwen3_vl.md part B) and Qwen3VLConfig defaults
     assert ids["<|endoftext|>"] == 151643
     assert ids["<|im_start|>"] == 151644
@@ -42,10 +52,10 @@ def test_qwen_added_tokens_order_matches_spec_ids():
     assert ids["<think>"] == 151667
     assert ids["</think>"] == 151668
     assert ids["<|file_sep|>"] == 151664  # last token of Qwen2.5
-    assert T.QWEN_NON_SPECIAL_ADDED_TOKENS == {
+    assert QWEN_NON_SPECIAL_ADDED_TOKENS == {
         "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
         "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>"}
-    assert set(T.CONTROL_TOKENS) == set(T.QWEN_SPECIAL_TOKENS) - T.QWEN_NON_SPECIAL_ADDED_TOKENS
+    assert set(CONTROL_TOKENS) == set(QWEN_SPECIAL_TOKENS) - QWEN_NON_SPECIAL_ADDED_TOKENS
 
 
 def test_qwen_sized_layout_gives_refine_151669():
@@ -56,15 +66,15 @@ def test_qwen_sized_layout_gives_refine_151669():
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     vocab = {c: i for i, c in enumerate(alphabet)}
-    vocab.update({f"x{i}": 256 + i for i in range(T.QWEN_FIRST_ADDED_ID - 256)})
-    added = {T.QWEN_FIRST_ADDED_ID + k: AddedToken(t, special=t not in T.QWEN_NON_SPECIAL_ADDED_TOKENS,
-                                                    normalized=False)
-             for k, t in enumerate(T.QWEN_SPECIAL_TOKENS)}
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], added_tokens_decoder=added, eos_token=T.IM_END,
-                         pad_token=T.ENDOFTEXT, unk_token=None)
+    vocab.update({f"x{i}": 256 + i for i in range(QWEN_FIRST_ADDED_ID - 256)})
+    added = {QWEN_FIRST_ADDED_ID + k: AddedToken(t, special=t not in QWEN_NON_SPECIAL_ADDED_TOKENS,
+                                                  normalized=False)
+             for k, t in enumerate(QWEN_SPECIAL_TOKENS)}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], added_tokens_decoder=added, eos_token=IM_END,
+                         pad_token=ENDOFTEXT, unk_token=None)
     assert len(tok) == 151669
     assert T.ensure_refine_token(tok) is True
-    ids = T.special_ids(tok)
+    ids = special_ids(tok)
     assert ids.refine == 151669 and len(tok) == 151670
     assert (ids.im_start, ids.im_end, ids.video_pad, ids.think, ids.think_end) == (151644, 151645, 151656,
                                                                                     151667, 151668)
@@ -75,10 +85,10 @@ def test_qwen_sized_layout_gives_refine_151669():
 
 def test_tiny_size_and_ids(tiny):
     assert len(tiny) == TINY_SIZE == 795 <= 1000
-    first = 256 + T.TINY_NUM_MERGES
-    for k, tok in enumerate(T.QWEN_SPECIAL_TOKENS):
+    first = 256 + TINY_NUM_MERGES
+    for k, tok in enumerate(QWEN_SPECIAL_TOKENS):
         assert tiny.convert_tokens_to_ids(tok) == first + k, tok
-    ids = T.special_ids(tiny)
+    ids = special_ids(tiny)
     assert ids.refine == len(tiny) - 1 == 794  # <REFINE> last, as in the original (id = len before adding)
     assert ids.eos_ids == (770, 768) and ids.pad == 768 == ids.endoftext
     assert (ids.im_start, ids.im_end, ids.vision_start, ids.vision_end, ids.image_pad, ids.video_pad) == (
@@ -93,18 +103,18 @@ def test_tiny_size_and_ids(tiny):
 
 
 def test_tiny_without_refine():
-    tok = T.build_tiny_tokenizer(with_refine=False)
+    tok = build_tiny_tokenizer(with_refine=False)
     assert len(tok) == TINY_SIZE - 1
-    assert T.special_ids(tok).refine is None
+    assert special_ids(tok).refine is None
 
 
 def test_tiny_deterministic_and_fast(tiny, tmp_path):
     t0 = time.perf_counter()
-    again = T.build_tiny_tokenizer()
+    again = build_tiny_tokenizer()
     assert time.perf_counter() - t0 < 1.0
     assert again.backend_tokenizer.to_str() == tiny.backend_tokenizer.to_str()
-    T.build_tiny_tokenizer(tmp_path / "a")
-    T.build_tiny_tokenizer(tmp_path / "b")
+    build_tiny_tokenizer(tmp_path / "a")
+    build_tiny_tokenizer(tmp_path / "b")
     files = sorted(os.listdir(tmp_path / "a"))
     assert files == sorted(os.listdir(tmp_path / "b")) and "tokenizer.json" in files
     for name in files:
@@ -113,9 +123,9 @@ def test_tiny_deterministic_and_fast(tiny, tmp_path):
 
 def test_tiny_merges_independent_of_hash_seed():
     # The BPE trainer runs in Rust with hash maps: the merges must not depend on the process (seeded differently).
-    code = ("import hashlib, json; from vsr1_jax.processing.tokenizer import _tiny_vocab_and_merges as f; "
+    code = ("import hashlib, json; from vsr1_jax.data.tiny_tokenizer import _tiny_vocab_and_merges as f; "
             "v, m = f(); print(hashlib.sha256(json.dumps([sorted(v.items()), m]).encode()).hexdigest())")
-    vocab, merges = T._tiny_vocab_and_merges()
+    vocab, merges = _tiny_vocab_and_merges()
     here = hashlib.sha256(json.dumps([sorted(vocab.items()), [list(m) for m in merges]]).encode()).hexdigest()
     env = dict(os.environ, PYTHONHASHSEED="12345")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
@@ -162,16 +172,16 @@ def test_matches_hf_qwen2_tokenizer_and_round_trips(tiny, text):
     # reference: transformers.Qwen2Tokenizer built from the same vocab/merges
     from transformers import Qwen2Tokenizer
 
-    vocab, merges = T._tiny_vocab_and_merges()
+    vocab, merges = _tiny_vocab_and_merges()
     ref = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None)
     ids = tiny.encode(text, add_special_tokens=False)
     assert ids == ref.encode(text, add_special_tokens=False)
     assert tiny.decode(ids) == text
-    assert all(i < 256 + T.TINY_NUM_MERGES for i in ids)
+    assert all(i < 256 + TINY_NUM_MERGES for i in ids)
 
 
 def test_added_tokens_recognised_in_text(tiny):
-    ids = T.special_ids(tiny)
+    ids = special_ids(tiny)
     enc = tiny.encode("x<REFINE>y<think>z<|im_end|>", add_special_tokens=False)
     assert enc.count(ids.refine) == 1 and enc.count(ids.think) == 1 and enc.count(ids.im_end) == 1
     # special tokens are dropped by skip_special_tokens, merely-added ones (<think>) are kept
@@ -193,7 +203,7 @@ def test_save_load_round_trip_offline(tiny, tiny_dir, monkeypatch):
     tok, info = T.load_tokenizer(tiny_dir)
     assert info.added_refine is False  # already present: not added twice
     assert info.refine_id == 794 and info.required_vocab_size == len(tok) == TINY_SIZE
-    assert info.special == T.special_ids(tiny)
+    assert info.special == special_ids(tiny)
     for text in STRINGS + ["<|im_start|>user\nhi<|im_end|>\n<REFINE>"]:
         expected = tiny.encode(text, add_special_tokens=False)
         assert tok.encode(text, add_special_tokens=False) == expected
@@ -204,7 +214,7 @@ def test_save_load_round_trip_offline(tiny, tiny_dir, monkeypatch):
 
 def test_load_adds_refine_exactly_once(tmp_path):
     folder = tmp_path / "no_refine"
-    T.build_tiny_tokenizer(folder, with_refine=False)
+    build_tiny_tokenizer(folder, with_refine=False)
     tok, info = T.load_tokenizer(folder)
     assert info.added_refine is True
     assert info.refine_id == TINY_SIZE - 1 and info.required_vocab_size == TINY_SIZE == len(tok)
@@ -242,6 +252,6 @@ def test_special_ids_reports_missing_tokens():
     from transformers import Qwen2Tokenizer
 
     vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    plain = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, eos_token=T.IM_END, pad_token=T.ENDOFTEXT)
+    plain = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, eos_token=IM_END, pad_token=ENDOFTEXT)
     with pytest.raises(KeyError, match="vision_start"):
-        T.special_ids(plain)
+        special_ids(plain)

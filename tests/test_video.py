@@ -9,7 +9,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vsr1_jax.data.files import load_npy_video, read_video_meta
+from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.processing import video as V
+from vsr1_jax.processing.chat import encode_prompt
+from vsr1_jax.processing.prompts import build_eval_messages
+from vsr1_jax.processing.resize import (
+    hf_smart_resize,
+    resize_bicubic,
+    resize_bicubic_uint8,
+    resize_like_qwen_vl_utils,
+    resized_video_size,
+    smart_resize,
+    video_max_pixels,
+)
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -63,9 +76,9 @@ def _torch_normalize(x_thwc):
 def test_load_npy_video_ok_and_npz(tmp_path):
     frames = _u8((4, 8, 6, 3))
     np.save(tmp_path / "v.npy", frames)
-    np.testing.assert_array_equal(V.load_npy_video(tmp_path / "v.npy"), frames)
+    np.testing.assert_array_equal(load_npy_video(tmp_path / "v.npy"), frames)
     np.savez(tmp_path / "w.npz", frames)
-    np.testing.assert_array_equal(V.load_npy_video(tmp_path / "w.npz"), frames)
+    np.testing.assert_array_equal(load_npy_video(tmp_path / "w.npz"), frames)
 
 
 @pytest.mark.parametrize("array, message", [
@@ -78,20 +91,20 @@ def test_load_npy_video_rejects(tmp_path, array, message):
     path = tmp_path / "bad.npy"
     np.save(path, array)
     with pytest.raises(ValueError, match=message) as e:
-        V.load_npy_video(path)
+        load_npy_video(path)
     assert "bad.npy" in str(e.value)
 
 
 def test_load_npy_video_missing_file_names_prepare_step(tmp_path):
     with pytest.raises(FileNotFoundError, match="video_npy_with_meta") as e:
-        V.load_npy_video(tmp_path / "nope.npy")
+        load_npy_video(tmp_path / "nope.npy")
     assert "nope.npy" in str(e.value)
 
 
 def test_load_npy_video_rejects_pickled_objects(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="obj.npy"):
-        V.load_npy_video(tmp_path / "obj.npy")
+        load_npy_video(tmp_path / "obj.npy")
 
 
 def test_read_video_meta_and_lookup(tmp_path):
@@ -103,7 +116,7 @@ def test_read_video_meta_and_lookup(tmp_path):
     ]
     meta_path = tmp_path / "meta.jsonl"
     meta_path.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n\n" + json.dumps(rows[2]) + "\n")
-    meta = V.read_video_meta(meta_path)
+    meta = read_video_meta(meta_path)
     assert set(meta) == {"v_abc", "clip_2", "only_id"}
     assert meta["v_abc"]["raw_fps"] == 29.97
     here = tmp_path / "test" / "video_npy_with_meta" / "v_abc.npy"  # stale absolute path: basename matches
@@ -122,12 +135,12 @@ def test_read_video_meta_reports_file_and_line(tmp_path, bad_line, message):
     path = tmp_path / "meta.jsonl"
     path.write_text('{"video_id": "a"}\n\n' + bad_line + "\n")
     with pytest.raises(ValueError, match=message):
-        V.read_video_meta(path)
+        read_video_meta(path)
 
 
 def test_read_video_meta_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="video_npy_with_meta"):
-        V.read_video_meta(tmp_path / "meta.jsonl")
+        read_video_meta(tmp_path / "meta.jsonl")
 
 
 # -------------------------------------------------------------------------------------------------- resize rules
@@ -143,18 +156,18 @@ def test_pad_to_even():
 def test_smart_resize_rounding_and_limits():
     # spec S §6.2: a 640x480 source stored as 517x387 goes to the model at 512x384 (SFT and eval limits, 64 frames)
     for max_pixels in (256 * 28 * 28, 602112):
-        assert V.resized_video_size(64, 387, 517, min_pixels=100352, max_pixels=max_pixels,
-                                    total_pixels=115200 * 28 * 28) == (384, 512)
+        assert resized_video_size(64, 387, 517, min_pixels=100352, max_pixels=max_pixels,
+                                  total_pixels=115200 * 28 * 28) == (384, 512)
     # round to the nearest multiple of 32, ties to even (Python round): 48/32 = 1.5 -> 2, 80/32 = 2.5 -> 2
-    assert V.smart_resize(48, 80, 32, min_pixels=32, max_pixels=10**9) == (64, 64)
+    assert smart_resize(48, 80, 32, min_pixels=32, max_pixels=10**9) == (64, 64)
     # over max: floor-rescale; 200x150 capped at 16384 px: beta = sqrt(30000/16384)
-    assert V.smart_resize(200, 150, 32, min_pixels=1024, max_pixels=16384) == (128, 96)
+    assert smart_resize(200, 150, 32, min_pixels=1024, max_pixels=16384) == (128, 96)
     # under min: ceil-rescale; 40x56 raised to 4096 px
-    assert V.smart_resize(40, 56, 32, min_pixels=4096, max_pixels=8192) == (64, 96)
+    assert smart_resize(40, 56, 32, min_pixels=4096, max_pixels=8192) == (64, 96)
     with pytest.raises(ValueError, match="aspect ratio"):
-        V.smart_resize(10, 2500, 32)
+        smart_resize(10, 2500, 32)
     with pytest.raises(ValueError, match="max_pixels"):
-        V.smart_resize(64, 64, 32, min_pixels=2048, max_pixels=1024)
+        smart_resize(64, 64, 32, min_pixels=2048, max_pixels=1024)
 
 
 def test_video_max_pixels_per_phase():
@@ -164,7 +177,7 @@ def test_video_max_pixels_per_phase():
 
     def cap(phase, t):
         p = c[phase]
-        return V.video_max_pixels(t, min_pixels=p.min_pixels, total_pixels=p.total_pixels, max_pixels=p.max_pixels)
+        return video_max_pixels(t, min_pixels=p.min_pixels, total_pixels=p.total_pixels, max_pixels=p.max_pixels)
 
     assert cap("sft", 64) == 200704  # video_max_pixels binds (S §6.2 "effectively 200,704")
     assert cap("eval", 64) == 602112
@@ -173,7 +186,7 @@ def test_video_max_pixels_per_phase():
     # the 1.05 * min_pixels floor: 1280*32*32 over 640 frames would give 4096 < int(16384 * 1.05)
     assert cap("grpo", 640) == int(16384 * 1.05)
     # embedder: min(768*32^2, 10*768*32^2/64*2) = 245,760 px per frame at 64 frames (S §4)
-    assert V.video_max_pixels(64, min_pixels=128 * 32 * 32, total_pixels=V.EMBEDDER_TOTAL_PIXELS) == 245760
+    assert video_max_pixels(64, min_pixels=128 * 32 * 32, total_pixels=V.EMBEDDER_TOTAL_PIXELS) == 245760
 
 
 def test_hf_smart_resize_matches_transformers():
@@ -187,7 +200,7 @@ def test_hf_smart_resize_matches_transformers():
             continue
         lo = int(rng.integers(1, 200)) * 1024
         hi = lo + int(rng.integers(0, 3000)) * 1024
-        assert V.hf_smart_resize(t, h, w, 2, 32, lo, hi) == hf(t, h, w, 2, 32, lo, hi), (t, h, w, lo, hi)
+        assert hf_smart_resize(t, h, w, 2, 32, lo, hi) == hf(t, h, w, 2, 32, lo, hi), (t, h, w, lo, hi)
 
 
 # ----------------------------------------------------------------------------------------------------- resampling
@@ -202,7 +215,7 @@ def test_hf_smart_resize_matches_transformers():
 def test_resize_bicubic_matches_torch_interpolate(h, w, oh, ow):
     x = (_rng(h).random((2, h, w, 3)) * 255).astype(np.float32)
     ref = _torch_interp(x, oh, ow)
-    out = V.resize_bicubic(x, oh, ow)
+    out = resize_bicubic(x, oh, ow)
     assert out.shape == (2, oh, ow, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4)
 
@@ -217,7 +230,7 @@ def test_resize_bicubic_bit_exact_on_measured_build():
     for _ in range(25):
         h, w, oh, ow = (int(v) for v in rng.integers(8, 200, size=4))
         x = (rng.random((1, h, w, 3)) * 255).astype(np.float32)
-        np.testing.assert_array_equal(V.resize_bicubic(x, oh, ow), _torch_interp(x, oh, ow),
+        np.testing.assert_array_equal(resize_bicubic(x, oh, ow), _torch_interp(x, oh, ow),
                                       err_msg=str((h, w, oh, ow)))
 
 
@@ -225,7 +238,7 @@ def test_resize_bicubic_bit_exact_on_measured_build():
 def test_resize_bicubic_uint8_torch_kernel_exact(h, w, oh, ow):
     # torch's native uint8 kernel = what HF's processor (torchvision v2) runs when it resizes uint8 video on CPU
     x = _u8((2, h, w, 3), seed=h)
-    np.testing.assert_array_equal(V.resize_bicubic_uint8(x, oh, ow, "torch"), _torch_interp(x, oh, ow))
+    np.testing.assert_array_equal(resize_bicubic_uint8(x, oh, ow, "torch"), _torch_interp(x, oh, ow))
 
 
 @pytest.mark.parametrize("h, w, oh, ow", [(90, 130, 64, 96), (37, 53, 128, 192), (300, 100, 64, 64)])
@@ -233,20 +246,20 @@ def test_resize_bicubic_uint8_pil_kernel_exact(h, w, oh, ow):
     pil = pytest.importorskip("PIL.Image")
     x = _u8((2, h, w, 3), seed=w)
     ref = np.stack([np.asarray(pil.fromarray(f).resize((ow, oh), pil.BICUBIC)) for f in x])
-    np.testing.assert_array_equal(V.resize_bicubic_uint8(x, oh, ow, "pil"), ref)
+    np.testing.assert_array_equal(resize_bicubic_uint8(x, oh, ow, "pil"), ref)
 
 
 def test_resize_like_qwen_vl_utils_rounds_uint8_like_torchvision_v1():
     x = _u8((3, 50, 70, 3), seed=7)
-    out = V.resize_like_qwen_vl_utils(x, 32, 64)
+    out = resize_like_qwen_vl_utils(x, 32, 64)
     # torchvision/transforms/_functional_tensor.py resize on uint8: float32 interpolate, clamp, round, uint8
     ref = np.clip(_torch_interp(x.astype(np.float32), 32, 64), 0, 255)
     ref = torch.from_numpy(ref).round().to(torch.uint8).float().numpy()
     assert out.dtype == np.float32
     np.testing.assert_array_equal(out, ref)
     xf = x.astype(np.float32) + 0.25  # float input stays float (no rounding)
-    np.testing.assert_allclose(V.resize_like_qwen_vl_utils(xf, 32, 64), _torch_interp(xf, 32, 64), atol=1e-4)
-    np.testing.assert_array_equal(V.resize_like_qwen_vl_utils(x, 50, 70), x.astype(np.float32))
+    np.testing.assert_allclose(resize_like_qwen_vl_utils(xf, 32, 64), _torch_interp(xf, 32, 64), atol=1e-4)
+    np.testing.assert_array_equal(resize_like_qwen_vl_utils(x, 50, 70), x.astype(np.float32))
 
 
 # ------------------------------------------------------------------------------------ normalisation, patchify, time
@@ -361,11 +374,11 @@ def test_preprocess_frames_for_embedder_matches_reference_chain():
     frames = _u8((3, 70, 100, 3), seed=5)
     vi = V.preprocess_frames_for_embedder(frames)
     # fetch_image with patch factor 64: 70x100 -> 64x128 (8192 px) < 4*64^2 -> ceil-rescale to 128x192 via PIL
-    ih, iw = V.smart_resize(70, 100, 64)
+    ih, iw = smart_resize(70, 100, 64)
     assert (ih, iw) == (128, 192)
     imgs = np.stack([np.asarray(pil.fromarray(f).resize((iw, ih), pil.BICUBIC)) for f in frames])
-    h, w = V.resized_video_size(4, ih, iw, min_pixels=128 * 32 * 32, max_pixels=None,
-                                total_pixels=V.EMBEDDER_TOTAL_PIXELS)
+    h, w = resized_video_size(4, ih, iw, min_pixels=128 * 32 * 32, max_pixels=None,
+                              total_pixels=V.EMBEDDER_TOTAL_PIXELS)
     assert vi.resized_hw == (h, w)
     rows, grid, near = _reference_pipeline(imgs, h, w)
     assert vi.grid_thw == grid
@@ -395,15 +408,11 @@ def _golden_files():
 
 @functools.lru_cache(maxsize=1)
 def _tiny_tokenizer():
-    from vsr1_jax.processing.tokenizer import build_tiny_tokenizer
-
     return build_tiny_tokenizer()
 
 
 def _encode(g, grid, timestamps):
     """The chat the golden script fed HF's processor, encoded by vsr1_jax.processing.prompts instead."""
-    from vsr1_jax.processing.prompts import build_eval_messages, encode_prompt
-
     info = json.loads(str(g["info_json"]))
     tok = _tiny_tokenizer()
     messages = build_eval_messages(str(g["query"]))
@@ -441,9 +450,9 @@ def test_goldens_hf_resize_path():
         g = np.load(path)
         name = os.path.basename(path)
         frames = g["frames"]
-        h, w = V.hf_smart_resize(frames.shape[0], frames.shape[1], frames.shape[2],
-                                 min_pixels=int(g["a_size_shortest_edge"]), max_pixels=int(g["a_size_longest_edge"]))
-        resized = frames if (h, w) == frames.shape[1:3] else V.resize_bicubic_uint8(frames, h, w, "torch")
+        h, w = hf_smart_resize(frames.shape[0], frames.shape[1], frames.shape[2],
+                               min_pixels=int(g["a_size_shortest_edge"]), max_pixels=int(g["a_size_longest_edge"]))
+        resized = frames if (h, w) == frames.shape[1:3] else resize_bicubic_uint8(frames, h, w, "torch")
         rows, grid = V.patchify(V.rescale_normalize(resized))
         assert grid == tuple(int(x) for x in g["a_grid_thw"]), name
         np.testing.assert_array_equal(rows, g["a_pixel_values"], err_msg=name)

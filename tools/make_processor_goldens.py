@@ -31,6 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
+from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
+from vsr1_jax.processing import video as V
+from vsr1_jax.processing.prompts import build_eval_messages
+from vsr1_jax.processing.resize import hf_smart_resize, resize_bicubic, resized_video_size
+
 QUERY = "a person opens the door and walks into the kitchen"
 
 # name -> (T, H, W, (b) limits: min_pixels, max_pixels (item cap), total_pixels)
@@ -132,24 +137,20 @@ def main() -> int:
     ap.add_argument("--dry-run", action="store_true", help="no torch/torchvision/HF processor: print the plan")
     args = ap.parse_args()
 
-    from vsr1_jax.processing import video as V
-    from vsr1_jax.processing.prompts import build_eval_messages
-
     out_dir = Path(args.out_dir)
     plan = {}
     for i, (name, (t, h, w, lim)) in enumerate(VIDEOS.items()):
         frames = synthetic_video(t, h, w, seed=1000 + i)
         padded_t = t + t % 2
         size_b = vp_resized_size(padded_t, h, w, **lim)
-        mine_b = V.resized_video_size(padded_t, h, w, **lim)
+        mine_b = resized_video_size(padded_t, h, w, **lim)
         if tuple(size_b) != tuple(mine_b):
             raise SystemExit(f"{name}: VP transcription gives {size_b}, vsr1_jax gives {mine_b}")
         plan[name] = (frames, lim, size_b)
-        size_a = V.hf_smart_resize(t, h, w, min_pixels=HF_SIZE["shortest_edge"], max_pixels=HF_SIZE["longest_edge"])
+        size_a = hf_smart_resize(t, h, w, min_pixels=HF_SIZE["shortest_edge"], max_pixels=HF_SIZE["longest_edge"])
         print(f"{name}: frames {frames.shape} -> (b) {size_b} (padded T {padded_t}); (a) HF size {size_a}")
 
     if args.dry_run:
-        from vsr1_jax.processing.tokenizer import build_tiny_tokenizer
         tok = build_tiny_tokenizer()
         text = tok.apply_chat_template(build_eval_messages(QUERY), tokenize=False, add_generation_prompt=True)
         est = 0
@@ -166,8 +167,6 @@ def main() -> int:
     import transformers
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as TF
-
-    from vsr1_jax.processing.tokenizer import build_tiny_tokenizer
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tok = build_tiny_tokenizer()
@@ -209,7 +208,7 @@ def main() -> int:
         # transformers do not expose as a method)
         near_rows = V.patchify(near.astype(np.float32))[0] > 0.5
         # diagnostics: is vsr1_jax's float resize bit-exact with this machine's torch build?
-        mine_f = V.resize_bicubic(video.permute(0, 2, 3, 1).numpy().astype(np.float32), rh, rw)
+        mine_f = resize_bicubic(video.permute(0, 2, 3, 1).numpy().astype(np.float32), rh, rw)
         torch_f = torch.nn.functional.interpolate(video.float(), size=[rh, rw], mode="bicubic", antialias=True,
                                                   align_corners=False).permute(0, 2, 3, 1).numpy()
         fdiff = np.abs(mine_f - torch_f) if (rh, rw) != tuple(video.shape[-2:]) else np.zeros(1)

@@ -10,12 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.models import embedder as E
+from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, text_positions
 from vsr1_jax.processing import prompts as P
 from vsr1_jax.processing import video as V
-from vsr1_jax.processing.tokenizer import special_ids
+from vsr1_jax.processing.chat import embedder_query_ids, encode_prompt
+from vsr1_jax.processing.special_tokens import special_ids
 
 # Input format (EMB L217-285): chat `[system: instruction (a "." appended unless it ends in punctuation), user:
 # content]` with the generation prompt; a video item comes before any text, and "NULL" replaces the content only when
@@ -35,12 +38,6 @@ def _pow2_at_most(n: int, cap: int) -> int:
     while p < n:
         p *= 2
     return min(p, cap)
-
-
-def _cfg_get(cfg: Any, key: str) -> Any:
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, DEFAULT_VIDEO_CFG[key])
-    return getattr(cfg, key, DEFAULT_VIDEO_CFG[key])
 
 
 class TextVideoEmbedder:
@@ -81,22 +78,23 @@ class TextVideoEmbedder:
     # ---- inputs ------------------------------------------------------------------------------------------------
     def text_ids(self, text: str) -> np.ndarray:
         """int32 prompt ids of one text (empty -> "NULL"), cut to max_length."""
-        return P.embedder_query_ids(self.tokenizer, text, self.instruction, self.max_length)
+        return embedder_query_ids(self.tokenizer, text, self.instruction, self.max_length)
 
     def video_inputs(self, frames: np.ndarray) -> tuple[np.ndarray, V.VideoInputs]:
         """(prompt ids with the expanded video placeholder, the video's patch rows/grid) of one video."""
         frames = np.asarray(frames)
-        max_frames = int(_cfg_get(self.video_cfg, "max_frames"))
+        max_frames = int(V.cfg_get(self.video_cfg, "max_frames", DEFAULT_VIDEO_CFG["max_frames"]))
         if frames.ndim == 4 and frames.shape[0] > max_frames:
             # the original samples at most 64 frames by linspace over the video (video_io.py L46-78)
             frames = frames[np.linspace(0, frames.shape[0] - 1, max_frames).astype(int)]
-        vi = V.preprocess_frames_for_embedder(frames, total_pixels=_cfg_get(self.video_cfg, "total_pixels"),
-                                              min_pixels=_cfg_get(self.video_cfg, "min_pixels"))
+        vi = V.preprocess_frames_for_embedder(
+            frames, total_pixels=V.cfg_get(self.video_cfg, "total_pixels", DEFAULT_VIDEO_CFG["total_pixels"]),
+            min_pixels=V.cfg_get(self.video_cfg, "min_pixels", DEFAULT_VIDEO_CFG["min_pixels"]))
         messages = [{"role": "system",
                      "content": [{"type": "text", "text": P.normalize_instruction(self.instruction)}]},
                     {"role": "user", "content": [P.video_item()]}]
-        ids = P.encode_prompt(self.tokenizer, messages, video_grid_thw=[vi.grid_thw], timestamps=[vi.timestamps],
-                              ids=self.ids)
+        ids = encode_prompt(self.tokenizer, messages, video_grid_thw=[vi.grid_thw], timestamps=[vi.timestamps],
+                            ids=self.ids)
         return ids, vi
 
     def _pad(self, seqs: list[np.ndarray], rows: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,9 +161,6 @@ def default_embedder(seed: int = 0, *, video_cfg: Any = None, opts: RunOptions =
     """The tiny tokenizer + a tiny *random* Qwen3-VL (preset "tiny", 64-d) as the search engine, for tests and the
     default demo (nothing is downloaded). Its vectors carry no meaning: retrieval over them is near chance, which
     exercises every data path but not retrieval quality."""
-    from vsr1_jax.models.qwen3_vl.config import get_preset
-    from vsr1_jax.processing.tokenizer import build_tiny_tokenizer
-
     model = Qwen3VL(get_preset("tiny"), rngs=nnx.Rngs(seed))
     return TextVideoEmbedder(model, build_tiny_tokenizer(), video_cfg=video_cfg, opts=opts)
 

@@ -23,7 +23,9 @@ from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
 from vsr1_jax.processing import prompts as P
-from vsr1_jax.processing.tokenizer import special_ids
+from vsr1_jax.processing.chat import embedder_query_ids, encode_prompt
+from vsr1_jax.processing.parsing import has_refine, parse_answer_eval, parse_span_eval, sanitize_completion
+from vsr1_jax.processing.special_tokens import REFINE_TOKEN, special_ids
 from vsr1_jax.processing.video import preprocess_video
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,8 @@ class EpisodeConfig:
     splice_tail: int = 6              # latents go before the last 6 embedder-prompt tokens
     embedder_max_length: int = 128    # QUERY_EMBEDDER_MAX_LENGTH
     instruction: str = P.EMBEDDER_INSTRUCTION
-    refine_token: str = P.REFINE_TOKEN
-    outer_vision_tokens: bool = False  # 4.57 / vLLM convention (see processing/prompts.py)
+    refine_token: str = REFINE_TOKEN
+    outer_vision_tokens: bool = False  # 4.57 / vLLM convention (see processing/chat.py)
     timestamps_mode: str = "index"    # the original's fps=1, indices 0..T-1 convention
     batch_size: int = 16              # episodes generated together (same video grid)
     length_bucket: int = 64           # prompts are left-padded to a multiple of this (few compiled shapes)
@@ -106,8 +108,8 @@ class SearchAgent:
         frames, meta = self.video_source(doc_id)
         vin = preprocess_video(frames, self.video_cfg, self.cfg.timestamps_mode, meta)
         msgs = P.build_eval_messages(ep.q["query"], refine_token=self.cfg.refine_token)
-        ids = P.encode_prompt(self.tok, msgs, video_grid_thw=[vin.grid_thw], timestamps=[vin.timestamps],
-                              outer_vision_tokens=self.cfg.outer_vision_tokens)
+        ids = encode_prompt(self.tok, msgs, video_grid_thw=[vin.grid_thw], timestamps=[vin.timestamps],
+                            outer_vision_tokens=self.cfg.outer_vision_tokens)
         return list(map(int, ids)), vin
 
     def _refine(self, gen, rows: Sequence[int], queries: Sequence[str]):
@@ -116,7 +118,7 @@ class SearchAgent:
         Z, _ = self._rollout(self.sampler.state, self._head_state, gen.cache, gen.capture_hidden, gen.capture_slot,
                              gen.capture_pos)
         Z = Z[rows]
-        toks = [list(map(int, P.embedder_query_ids(self.etok, q, self.cfg.instruction, self.cfg.embedder_max_length)))
+        toks = [list(map(int, embedder_query_ids(self.etok, q, self.cfg.instruction, self.cfg.embedder_max_length)))
                 for q in queries]
         ids, is_lat, lat_idx, mask = S.splice_layout(toks, self.cfg.num_latents, self.cfg.splice_tail,
                                                      pad_id=self.ids.pad)
@@ -167,12 +169,12 @@ class SearchAgent:
         need, infos = [], []
         for b, (e, doc, rank, _, _) in enumerate(items):
             out_ids = toks[b, :lens[b]]
-            text = P.sanitize_completion(self.tok.decode(out_ids, skip_special_tokens=False))
-            answer = P.parse_answer_eval(text)
-            span = P.parse_span_eval(text, e.q.get("duration"))
+            text = sanitize_completion(self.tok.decode(out_ids, skip_special_tokens=False))
+            answer = parse_answer_eval(text)
+            span = parse_span_eval(text, e.q.get("duration"))
             top1_is_gt = doc == e.q["gt_doc_id"]
             iou_raw, iou_r1 = metrics.turn_ious((e.q["gt_start"], e.q["gt_end"]), span, answer, top1_is_gt)
-            has_ref = bool(P.has_refine(out_ids, self.ids.refine, 0))
+            has_ref = bool(has_refine(out_ids, self.ids.refine, 0))
             info = dict(turn=turn, rank=rank, rank_before_refine=rank, policy_rank=rank, top1_doc_id=doc,
                         top1_is_gt=top1_is_gt, policy_top1_doc_id=doc, policy_top1_is_gt=top1_is_gt, answer=answer,
                         time_parse_ok=span is not None, pred_start=None if span is None else span[0],

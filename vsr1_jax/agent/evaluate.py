@@ -10,13 +10,22 @@ import time
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from tqdm import tqdm
 
+from vsr1_jax import convert
+from vsr1_jax.agent.embedding import default_embedder
 from vsr1_jax.agent.episode import EpisodeConfig, SearchAgent
-from vsr1_jax.data import layout as L
+from vsr1_jax.data.files import load_npy_video, read_video_npy_meta
+from vsr1_jax.data.paths import PreparedPaths
+from vsr1_jax.data.queries import eval_queries, load_corpus, load_queries
+from vsr1_jax.data.synthetic import build_synthetic_dataset
+from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.eval import report
 from vsr1_jax.models import sqr as S
+from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
-from vsr1_jax.processing.video import load_npy_video
+from vsr1_jax.models.qwen3_vl.params import load_flat
+from vsr1_jax.processing.tokenizer import load_tokenizer
 from vsr1_jax.retrieval.topk import make_retriever
 
 log = logging.getLogger(__name__)
@@ -41,7 +50,6 @@ def _opts(config) -> RunOptions:
 
 def _module_from(cfg, params, dtype):
     """A Qwen3VL holding converted params (nested dict), cast to `dtype` when given."""
-    from vsr1_jax.models.qwen3_vl.params import load_flat
     model = Qwen3VL(cfg, rngs=None)
     flat = {tuple(str(p) for p in path): v for path, v in nnx.to_flat_state(nnx.State(params))}
     load_flat(model, {k: (v.get_value() if hasattr(v, "get_value") else v) for k, v in flat.items()}, dtype=dtype)
@@ -51,8 +59,6 @@ def _module_from(cfg, params, dtype):
 def load_checkpoint(path: str, dtype=None):
     """(policy, sqr head, embedder model, policy tokenizer, embedder tokenizer) from a converted checkpoint folder
     (`python -m vsr1_jax.convert hf-to-orbax`) or, converting in memory, a released HF folder."""
-    from vsr1_jax import convert
-    from vsr1_jax.processing.tokenizer import load_tokenizer
     if not os.path.isdir(path):
         raise SetupError(f"checkpoint folder {path!r} not found; {CONVERT_HINT}")
     if os.path.exists(os.path.join(path, "vsr1_checkpoint.json")):
@@ -75,13 +81,9 @@ def load_checkpoint(path: str, dtype=None):
 
 def build_demo(config):
     """The toy: tiny tokenizer, tiny random policy + embedder + SQR head, and the synthetic corpus (built once)."""
-    from vsr1_jax.agent.embedding import default_embedder
-    from vsr1_jax.data.synthetic import build_synthetic_dataset
-    from vsr1_jax.models.qwen3_vl.config import get_preset
-    from vsr1_jax.processing.tokenizer import build_tiny_tokenizer
     emb = default_embedder(seed=config.demo.embedder_seed, video_cfg=config.demo.embed_video.to_dict(),
                            opts=_opts(config))
-    paths = L.PreparedPaths(config.data_root, config.dataset)
+    paths = PreparedPaths(config.data_root, config.dataset)
     if not os.path.exists(paths.segment_embeds(config.split)):
         log.info("building the synthetic corpus under %s", paths.dataset_dir)
         build_synthetic_dataset(config.data_root, config.dataset, config.synthetic, embedder=emb, overwrite=True)
@@ -106,17 +108,17 @@ def run_eval(config) -> dict:
                              f" not found: pass --config.data_root=<folder holding {config.dataset}/> laid out as in "
                              "README 'Prepared data' (the original's download_data.bash produces it)")
         policy, head, embedder, tok, etok = load_checkpoint(config.checkpoint, dtype=jnp.dtype(config.model.dtype))
-    paths = L.PreparedPaths(config.data_root, config.dataset)
+    paths = PreparedPaths(config.data_root, config.dataset)
     split = config.split
-    corpus = L.load_corpus(paths, split)
-    queries = L.load_queries(paths, split)
-    qset = L.eval_queries(paths, split, max_samples=config.eval.max_samples, limit_ratio=config.eval.eval_limit_ratio,
-                          seed=config.eval.seed, queries=queries, docid2row=corpus.docid2row)
+    corpus = load_corpus(paths, split)
+    queries = load_queries(paths, split)
+    qset = eval_queries(paths, split, max_samples=config.eval.max_samples, limit_ratio=config.eval.eval_limit_ratio,
+                        seed=config.eval.seed, queries=queries, docid2row=corpus.docid2row)
     retriever = make_retriever(config.eval.retrieval.engine, corpus.matrix, corpus.docid2row)
     meta = {}
     meta_path = paths.video_npy_meta(split)
     if os.path.exists(meta_path):
-        meta = {r.video_id: r.to_json() for r in L.read_video_npy_meta(meta_path)}
+        meta = {r.video_id: r.to_json() for r in read_video_npy_meta(meta_path)}
 
     def video_source(doc_id):
         path = paths.video_npy(split, doc_id)
@@ -134,7 +136,6 @@ def run_eval(config) -> dict:
     agent = SearchAgent(policy, head, embedder, tok, etok, retriever, video_source, config.video.eval, ep_cfg,
                         _opts(config))
     qvecs = queries.matrix[[q.q_row for q in qset.queries]]
-    from tqdm import tqdm
     bar = tqdm(total=len(qset.queries), desc="episodes", unit="query", dynamic_ncols=True)
     rows = agent.run(qset.queries, qvecs, progress=bar.update)
     bar.close()

@@ -10,8 +10,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 import grain
 import numpy as np
+from absl import flags
 
-from vsr1_jax.data import layout
+from vsr1_jax.data.paths import PreparedPaths
+from vsr1_jax.data.queries import eval_queries, grpo_records, sft_records
 
 # ---------------------------------------------------------------------------------------------------------------
 # absl flags (grain's multiprocessing reads them)
@@ -21,8 +23,6 @@ from vsr1_jax.data import layout
 def ensure_absl_flags_parsed() -> None:
     """grain's worker processes read absl flags; without `absl.app.run` they raise UnparsedFlagAccessError
     (environment.md §5). Parse only argv[0] so the caller's own CLI arguments are never interpreted as absl flags."""
-    from absl import flags
-
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(sys.argv[:1] or ["vsr1_jax"])
 
@@ -361,27 +361,27 @@ def make_iterator(dataset: grain.MapDataset, spec: PipelineSpec, **kwargs) -> Da
 # ---------------------------------------------------------------------------------------------------------------
 # The three pipelines
 # ---------------------------------------------------------------------------------------------------------------
-def sft_dataset(paths: layout.PreparedPaths, *, map_fn: Callable, batch_size: int, collate_fn: Callable | None = None,
+def sft_dataset(paths: PreparedPaths, *, map_fn: Callable, batch_size: int, collate_fn: Callable | None = None,
                 seed: int = 42, num_epochs: int | None = 1, process_index: int | None = None,
                 process_count: int | None = None, require_npy: bool = True):
-    """Stage-1 SFT: train_oneturn.json records (layout.sft_records), shuffled with `seed`, one epoch by default
+    """Stage-1 SFT: train_oneturn.json records (sft_records), shuffled with `seed`, one epoch by default
     (VS L55), all matched and not-matched items (`only_neg=False`, VS L126-129).
     Returns (dataset, spec, drop counts)."""
-    records, counts = layout.sft_records(paths, require_npy=require_npy)
+    records, counts = sft_records(paths, require_npy=require_npy)
     ds, spec = build_dataset(records, map_fn=map_fn, batch_size=batch_size, collate_fn=collate_fn, seed=seed,
                              shuffle=True, num_epochs=num_epochs, process_index=process_index,
                              process_count=process_count, even_shards=True, drop_remainder=True)
     return ds, spec, counts
 
 
-def grpo_dataset(paths: layout.PreparedPaths, *, map_fn: Callable, batch_size: int, repeat_each: int = 1,
+def grpo_dataset(paths: PreparedPaths, *, map_fn: Callable, batch_size: int, repeat_each: int = 1,
                  collate_fn: Callable | None = None, seed: int = 42, num_epochs: int | None = 1,
                  hard_negative_k: int = 24, process_index: int | None = None, process_count: int | None = None,
                  require_npy: bool = True):
-    """Stage-2 GRPO prompts: train.minimal_top1.jsonl records with ≤K hard negatives (layout.grpo_records).
+    """Stage-2 GRPO prompts: train.minimal_top1.jsonl records with ≤K hard negatives (grpo_records).
     `repeat_each=G` puts the G copies of a prompt together (TRL RepeatSampler mini_repeat); leave it at 1 when the
     trainer replicates prompts itself. Returns (dataset, spec, counts)."""
-    records, counts = layout.grpo_records(paths, hard_negative_k=hard_negative_k, require_npy=require_npy)
+    records, counts = grpo_records(paths, hard_negative_k=hard_negative_k, require_npy=require_npy)
     ds, spec = build_dataset(records, map_fn=map_fn, batch_size=batch_size, collate_fn=collate_fn, seed=seed,
                              shuffle=True, num_epochs=num_epochs, process_index=process_index,
                              process_count=process_count, even_shards=True, drop_remainder=True,
@@ -389,14 +389,14 @@ def grpo_dataset(paths: layout.PreparedPaths, *, map_fn: Callable, batch_size: i
     return ds, spec, counts
 
 
-def eval_dataset(paths: layout.PreparedPaths, *, map_fn: Callable | None, batch_size: int,
+def eval_dataset(paths: PreparedPaths, *, map_fn: Callable | None, batch_size: int,
                  collate_fn: Callable | None = None, split: str = "test", max_samples: int | None = None,
                  limit_ratio: float | None = None, seed: int = 42, process_index: int | None = None,
                  process_count: int | None = None):
-    """Eval queries in raw_annotation order (layout.eval_queries), no shuffle, one pass, process k taking rows
+    """Eval queries in raw_annotation order (eval_queries), no shuffle, one pass, process k taking rows
     k, k+P, … (EVAL L2169-2184); the last batch is kept (give the collator `batch_size` to pad it to a fixed shape).
     Returns (dataset, spec, EvalQuerySet)."""
-    qs = layout.eval_queries(paths, split, max_samples=max_samples, limit_ratio=limit_ratio, seed=seed)
+    qs = eval_queries(paths, split, max_samples=max_samples, limit_ratio=limit_ratio, seed=seed)
     ds, spec = build_dataset([q.to_record() for q in qs.queries], map_fn=map_fn, batch_size=batch_size,
                              collate_fn=collate_fn, seed=seed, shuffle=False, num_epochs=1,
                              process_index=process_index, process_count=process_count, even_shards=False,

@@ -14,7 +14,29 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from vsr1_jax.data import layout as L
+from vsr1_jax.data.files import (
+    id_map_from_docid2row,
+    l2_normalize_rows,
+    read_raw_annotation,
+    write_docid2row,
+    write_embeddings,
+    write_faiss_index,
+    write_grpo_rows,
+    write_grpo_stats,
+    write_hard_negatives,
+    write_id_map,
+    write_query_meta,
+    write_raw_annotation,
+    write_sft_items,
+    write_sft_reasoning,
+    write_video_embed_meta,
+    write_video_npy,
+    write_video_npy_meta,
+)
+from vsr1_jax.data.paths import SPLITS, PreparedPaths
+from vsr1_jax.data.queries import query_text_map
+from vsr1_jax.data.records import QueryMetaRow, RawAnnotationRow, VideoEmbedMeta, VideoNpyMeta
+from vsr1_jax.data.validate import ValidationReport, validate_dataset
 from vsr1_jax.processing import prompts as P
 
 
@@ -312,10 +334,10 @@ class SyntheticBuild:
     """What `build_synthetic_dataset` made: the paths, the per-split plans (ground truth for tests/demos), counts,
     and the validation report of the written dataset."""
 
-    paths: L.PreparedPaths
+    paths: PreparedPaths
     plans: dict[str, list[SyntheticVideo]]
     counts: dict[str, Any]
-    report: L.ValidationReport
+    report: ValidationReport
 
 
 @dataclasses.dataclass
@@ -367,24 +389,24 @@ def _rank_order(scores: np.ndarray) -> np.ndarray:
     return np.argsort(-scores, axis=-1, kind="stable")
 
 
-def _rel(paths: L.PreparedPaths, path: Path) -> str:
+def _rel(paths: PreparedPaths, path: Path) -> str:
     # Paths inside files are relative to the dataset dir: absolute ones would differ between build roots and break
     # byte-identical output for equal seeds (consumers look videos up by id first, video.py VideoMeta.lookup).
     return str(Path(path).relative_to(paths.dataset_dir))
 
 
-def _write_split(paths: L.PreparedPaths, split: str, videos: list[SyntheticVideo], queries: list[_Query], cfg,
-                 embedder: Embedder, log) -> tuple[np.ndarray, np.ndarray, list[L.QueryMetaRow], dict[str, int]]:
+def _write_split(paths: PreparedPaths, split: str, videos: list[SyntheticVideo], queries: list[_Query], cfg,
+                 embedder: Embedder, log) -> tuple[np.ndarray, np.ndarray, list[QueryMetaRow], dict[str, int]]:
     """Raw annotation, npy + meta, query and video embeddings, docid2row, index for one split."""
     frames = []
     npy_meta = []
     for i, v in enumerate(videos):
         arr = render_video(v, cfg)
-        npy = L.write_video_npy(paths.video_npy(split, v.video_id), arr)
+        npy = write_video_npy(paths.video_npy(split, v.video_id), arr)
         frames.append(arr)
         n = v.num_frames
         # extract_npy.py L201-218 fields; the "source" is the rendering itself at 1 fps (so indices = seconds)
-        npy_meta.append(L.VideoNpyMeta(
+        npy_meta.append(VideoNpyMeta(
             source_video_path=f"synthetic://{split}/{v.video_id}", source_total_frames=n,
             source_duration_sec=v.duration, raw_fps=1.0, target_sample_fps=1.0, target_max_frames=64,
             requested_indices_src=list(range(n)), sampled_indices_src=list(range(n)),
@@ -394,23 +416,23 @@ def _write_split(paths: L.PreparedPaths, split: str, videos: list[SyntheticVideo
             video_id=v.video_id, output_npy_path=_rel(paths, npy)))
         if cfg.progress_every and (i + 1) % int(cfg.progress_every) == 0:
             log(f"{split}: rendered {i + 1}/{len(videos)} videos")
-    L.write_video_npy_meta(paths.video_npy_meta(split), npy_meta)
+    write_video_npy_meta(paths.video_npy_meta(split), npy_meta)
 
     # raw_annotation: the VERIFIED FIG fields, grouped by video (eval_and_data.md §3.1)
-    L.write_raw_annotation(paths.raw_annotation(split), [
-        L.RawAnnotationRow(video=q.video.video_id, time=[float(q.event.start), float(q.event.end)],
-                           desc_id=q.desc_id, duration=q.video.duration, cog_desc=q.cog_desc, fig_desc=q.text,
-                           fig_desc_score=q.score) for q in queries])
+    write_raw_annotation(paths.raw_annotation(split), [
+        RawAnnotationRow(video=q.video.video_id, time=[float(q.event.start), float(q.event.end)],
+                         desc_id=q.desc_id, duration=q.video.duration, cog_desc=q.cog_desc, fig_desc=q.text,
+                         fig_desc_score=q.score) for q in queries])
 
     # query rows shuffled with seed 0 (prepare_activitynet_segments.py L109-124, L137-139)
-    meta = [L.QueryMetaRow(qid=f"{q.desc_id}_fig", query=q.text, pos_doc_id=q.video.video_id, weight=1.0,
-                           fig_score=q.score) for q in queries]
+    meta = [QueryMetaRow(qid=f"{q.desc_id}_fig", query=q.text, pos_doc_id=q.video.video_id, weight=1.0,
+                         fig_score=q.score) for q in queries]
     random.Random(int(cfg.build.query_shuffle_seed)).shuffle(meta)
     log(f"{split}: embedding {len(meta)} queries")
     q_emb = _embed(embedder.embed_texts, [m.query for m in meta], int(cfg.embed.text_batch_size), len(meta),
                    "query")
-    L.write_embeddings(paths.query_embeddings(split), q_emb)
-    L.write_query_meta(paths.query_meta(split), meta)
+    write_embeddings(paths.query_embeddings(split), q_emb)
+    write_query_meta(paths.query_meta(split), meta)
 
     # One call per frame count: equal-length videos share a patch grid, so the embedder fills whole batches of one
     # compiled shape; progress is reported after each group (the slow step with a real or tiny model).
@@ -428,21 +450,21 @@ def _write_split(paths: L.PreparedPaths, split: str, videos: list[SyntheticVideo
     if v_emb.shape[1] != q_emb.shape[1]:
         raise ValueError(f"query embeddings are {q_emb.shape[1]}-d but video embeddings {v_emb.shape[1]}-d")
     docid2row = {v.video_id: i for i, v in enumerate(videos)}
-    L.write_embeddings(paths.segment_embeds(split), v_emb)
-    L.write_docid2row(paths.docid2row(split), docid2row)
+    write_embeddings(paths.segment_embeds(split), v_emb)
+    write_docid2row(paths.docid2row(split), docid2row)
     # embed_segments.py meta row: whole video as one doc, frames at 1 fps (eval_and_data.md §3.5)
-    L.write_video_embed_meta(paths.video_embed_meta(split), [
-        L.VideoEmbedMeta(doc_id=v.video_id, video_id=v.video_id,
-                         video_path=_rel(paths, paths.video_npy(split, v.video_id)), start=0.0, end=v.duration,
-                         duration=v.duration,
-                         info={"backend": "synthetic", "fps": 1.0, "num_total": v.num_frames, "start_idx": 0,
-                               "end_idx": v.num_frames - 1, "idxs": list(range(v.num_frames)), "frame_size": 0,
-                               "sample_fps": 1.0, "max_frames": 64, "sampled_frames": v.num_frames,
-                               "sampling_control": {}})
+    write_video_embed_meta(paths.video_embed_meta(split), [
+        VideoEmbedMeta(doc_id=v.video_id, video_id=v.video_id,
+                       video_path=_rel(paths, paths.video_npy(split, v.video_id)), start=0.0, end=v.duration,
+                       duration=v.duration,
+                       info={"backend": "synthetic", "fps": 1.0, "num_total": v.num_frames, "start_idx": 0,
+                             "end_idx": v.num_frames - 1, "idxs": list(range(v.num_frames)), "frame_size": 0,
+                             "sample_fps": 1.0, "max_frames": 64, "sampled_frames": v.num_frames,
+                             "sampling_control": {}})
         for v in videos])
-    L.write_faiss_index(paths.faiss_index(split), v_emb)
-    L.write_id_map(paths.id_map(split), L.id_map_from_docid2row(docid2row))
-    return L.l2_normalize_rows(q_emb), L.l2_normalize_rows(v_emb), meta, docid2row
+    write_faiss_index(paths.faiss_index(split), v_emb)
+    write_id_map(paths.id_map(split), id_map_from_docid2row(docid2row))
+    return l2_normalize_rows(q_emb), l2_normalize_rows(v_emb), meta, docid2row
 
 
 def _hard_negatives(meta, order, doc_ids, cfg) -> dict[str, list[str]]:
@@ -543,7 +565,7 @@ def _grpo(paths, raw_rows, meta, q_emb, v_emb, doc_ids, dataset, cfg) -> tuple[l
     """build_verified_search_minimal_top1.py `build_dataset` (L236-478) on the in-memory matrices."""
     g = cfg.grpo
     topk, depth_cfg = int(g.hard_negative_topk), int(g.hard_negative_depth)
-    text2row = L.query_text_map(meta, duplicates="first")  # BV `_load_query_meta`: first occurrence wins
+    text2row = query_text_map(meta, duplicates="first")  # BV `_load_query_meta`: first occurrence wins
     stats: dict[str, Any] = {
         "dataset_name": dataset, "raw_annotation": _rel(paths, paths.raw_annotation("train")),
         "rows_total": 0, "rows_written": 0, "rows_matched": 0, "rows_not_matched": 0, "rows_written_raw": 0,
@@ -693,17 +715,17 @@ def build_synthetic_dataset(root, dataset: str = "synthetic", cfg=None, *, embed
         from configs._synthetic import get_synthetic_config  # repo-root package, as scripts run from the root
 
         cfg = get_synthetic_config()
-    paths = L.PreparedPaths(root, dataset)
+    paths = PreparedPaths(root, dataset)
     if paths.dataset_dir.exists() and any(paths.dataset_dir.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{paths.dataset_dir} exists and is not empty; pass overwrite=True to replace it")
         shutil.rmtree(paths.dataset_dir)
     log = _progress(cfg)
-    plans = {split: plan_split(cfg, split) for split in L.SPLITS}
+    plans = {split: plan_split(cfg, split) for split in SPLITS}
     counts: dict[str, Any] = {}
     first_desc_id = 0
     per_split = {}
-    for split in L.SPLITS:
+    for split in SPLITS:
         rng = np.random.default_rng([int(cfg.seed), ("train", "test").index(split), 1])
         queries = _queries_for(plans[split], int(cfg[split].queries_per_event), rng, first_desc_id)
         first_desc_id += len(queries)
@@ -715,30 +737,30 @@ def build_synthetic_dataset(root, dataset: str = "synthetic", cfg=None, *, embed
         counts[f"{split}/queries"] = len(queries)
 
     queries, q_emb, v_emb, meta, docid2row = per_split["train"]
-    doc_ids = L.id_map_from_docid2row(docid2row)
+    doc_ids = id_map_from_docid2row(docid2row)
     scores = q_emb @ v_emb.T
     order = _rank_order(scores)
     counts["train/top1_hits"] = int(sum(doc_ids[int(order[i, 0])] == m.pos_doc_id for i, m in enumerate(meta)))
     log(f"train: top-1 retrieval hits {counts['train/top1_hits']}/{len(meta)}; writing hard negatives")
-    L.write_hard_negatives(paths.hard_negatives, _hard_negatives(meta, order, doc_ids, cfg))
+    write_hard_negatives(paths.hard_negatives, _hard_negatives(meta, order, doc_ids, cfg))
 
     q2event = {f"{q.desc_id}_fig": (q.video, q.event) for q in queries}
     video_by_id = {v.video_id: v for v in plans["train"]}
     reasoning_rows, items = _sft(paths, meta, q2event, scores, order, doc_ids, docid2row, video_by_id, cfg,
                                  log)
-    L.write_sft_reasoning(paths.sft_reasoning, reasoning_rows)
-    L.write_sft_items(paths.sft_oneturn, items)
+    write_sft_reasoning(paths.sft_reasoning, reasoning_rows)
+    write_sft_items(paths.sft_oneturn, items)
     counts["sft/items"] = len(items)
 
-    raw_rows = L.read_raw_annotation(paths.raw_annotation("train"))
+    raw_rows = read_raw_annotation(paths.raw_annotation("train"))
     grpo_rows, stats = _grpo(paths, raw_rows, meta, q_emb, v_emb, doc_ids, dataset, cfg)
-    L.write_grpo_rows(paths.grpo_rows, grpo_rows)
-    L.write_grpo_stats(paths.grpo_stats, stats)
+    write_grpo_rows(paths.grpo_rows, grpo_rows)
+    write_grpo_stats(paths.grpo_stats, stats)
     counts["grpo/rows"] = len(grpo_rows)
     log(f"grpo: {stats['rows_written']} rows ({stats['rows_matched']} matched, {stats['rows_not_matched']} not, "
         f"{stats['rows_augmented_match_added']} augmented); validating")
 
-    report = L.validate_dataset(paths)
+    report = validate_dataset(paths)
     report.raise_if_errors()
     log(f"done: {paths.dataset_dir}")
     return SyntheticBuild(paths=paths, plans=plans, counts=counts, report=report)

@@ -11,7 +11,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from vsr1_jax.data import layout
+from vsr1_jax.data.files import read_docid2row, read_video_npy
+from vsr1_jax.data.paths import PreparedPaths
+from vsr1_jax.data.queries import eval_queries, grpo_records, sft_records
 
 KINDS = ("sft", "grpo", "eval")
 DATA_VERSION = "1.0.0"
@@ -105,7 +107,7 @@ class Vsr1Prepared(tfds.core.GeneratorBasedBuilder):
         # (not a tfds requirement either); all it uses the path for is an optional checksums.tsv beside it.
         return epath.Path(__file__)
 
-    def __init__(self, *, prepared: layout.PreparedPaths | None = None, config: Vsr1Config, **kwargs):
+    def __init__(self, *, prepared: PreparedPaths | None = None, config: Vsr1Config, **kwargs):
         self._prepared = prepared
         super().__init__(config=config, **kwargs)
 
@@ -124,8 +126,8 @@ class Vsr1Prepared(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str):
         cfg, paths = self.builder_config, self._prepared
         if cfg.kind == "sft":
-            docid2row = layout.read_docid2row(paths.docid2row("train"))
-            records, _ = layout.sft_records(paths, docid2row=docid2row, require_npy=cfg.embed_frames)
+            docid2row = read_docid2row(paths.docid2row("train"))
+            records, _ = sft_records(paths, docid2row=docid2row, require_npy=cfg.embed_frames)
             for rec in records:
                 i = rec["index"]
                 ex = {
@@ -137,23 +139,23 @@ class Vsr1Prepared(tfds.core.GeneratorBasedBuilder):
                     "video_row": rec["video_row"],
                 }
                 if cfg.embed_frames:
-                    ex["frames"] = layout.read_video_npy(paths.video_npy("train", rec["video_id"]))
+                    ex["frames"] = read_video_npy(paths.video_npy("train", rec["video_id"]))
                 yield i, ex
         elif cfg.kind == "grpo":
-            docid2row = layout.read_docid2row(paths.docid2row("train"))
-            records, _ = layout.grpo_records(paths, docid2row=docid2row, hard_negative_k=cfg.hard_negative_k,
-                                             require_npy=cfg.embed_frames)
+            docid2row = read_docid2row(paths.docid2row("train"))
+            records, _ = grpo_records(paths, docid2row=docid2row, hard_negative_k=cfg.hard_negative_k,
+                                      require_npy=cfg.embed_frames)
             for rec in records:
                 ex = {k: rec[k] for k in ("problem_id", "qid", "query", "gt_video", "gt_time", "has_gt_time",
                                           "gt_duration", "retrieved_video", "label", "is_augmented",
                                           "hard_negative_ids", "gt_row")}
                 ex["hard_negative_rows"] = np.asarray(rec["hard_negative_rows"], dtype=np.int64)
                 if cfg.embed_frames:
-                    ex["frames"] = layout.read_video_npy(paths.video_npy("train", rec["retrieved_video"]))
+                    ex["frames"] = read_video_npy(paths.video_npy("train", rec["retrieved_video"]))
                 yield rec["problem_id"], ex
         else:
-            qs = layout.eval_queries(paths, split, max_samples=cfg.eval_max_samples,
-                                     limit_ratio=cfg.eval_limit_ratio, seed=cfg.seed)
+            qs = eval_queries(paths, split, max_samples=cfg.eval_max_samples,
+                              limit_ratio=cfg.eval_limit_ratio, seed=cfg.seed)
             for q in qs.queries:
                 rec = q.to_record()
                 rec["duration"] = float("nan") if rec["duration"] is None else rec["duration"]
@@ -167,7 +169,7 @@ def _as_text(content: Any) -> str:
     return json.dumps(content, ensure_ascii=False)
 
 
-def make_builder(prepared: layout.PreparedPaths | None, data_dir: str | Path, *, kind: str,
+def make_builder(prepared: PreparedPaths | None, data_dir: str | Path, *, kind: str,
                  dataset: str | None = None, embed_frames: bool = False, **config_kwargs) -> Vsr1Prepared:
     """A builder for `prepared` (or, with prepared=None, for reading shards built earlier) under `data_dir`.
 
@@ -182,7 +184,7 @@ def make_builder(prepared: layout.PreparedPaths | None, data_dir: str | Path, *,
     return Vsr1Prepared(prepared=prepared, config=cfg, data_dir=str(data_dir), file_format="array_record")
 
 
-def build(prepared: layout.PreparedPaths, data_dir: str | Path, *, kind: str, embed_frames: bool = False,
+def build(prepared: PreparedPaths, data_dir: str | Path, *, kind: str, embed_frames: bool = False,
           overwrite: bool = False, **config_kwargs) -> Vsr1Prepared:
     """Write the ArrayRecord shards (`download_and_prepare` with file_format='array_record', the one format that
     works without TensorFlow) and return the builder. Existing shards of the same config are reused unless `overwrite`

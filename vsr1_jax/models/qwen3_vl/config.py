@@ -233,7 +233,7 @@ PRESETS: dict[str, Qwen3VLConfig] = {
                                                 num_attention_heads=16, num_key_value_heads=8),
                                      _VISION_SMALL, True),
     # Tiny config for tests and the demo (the measured tiny config of qwen3_vl.md part B). Token ids are those of
-    # `processing.tokenizer.build_tiny_tokenizer` (795 tokens; the 1024-row table is larger, as Qwen's 151936 is).
+    # `data.tiny_tokenizer.build_tiny_tokenizer` (795 tokens; the 1024-row table is larger, as Qwen's 151936 is).
     "tiny": Qwen3VLConfig(
         text=TextConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, mrope_section=(4, 2, 2),
