@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 
 from configs.toy import get_config  # noqa: E402
 from vsr1_jax.agent import evaluate as EV  # noqa: E402
-from vsr1_jax.processing.tokenizer import special_ids  # noqa: E402
+from vsr1_jax.processing.special_tokens import special_ids  # noqa: E402
 
 # The demo policy (seed 0) generates token 699 in 14 of the 16 test episodes and token 547 in 9; swapping their LM-head
 # columns with <REFINE> and <|im_end|> makes those episodes refine (or stop) where they would have written them.

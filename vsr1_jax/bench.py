@@ -21,17 +21,23 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from vsr1_jax.generate.sampler import SamplingParams, Sampler, broadcast_group, pack_prompts
+from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset
 from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.params import model_from_hf_state_dict
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, token_types
+from vsr1_jax.models.qwen3_vl.text import Visual
+from vsr1_jax.retrieval.topk import exact_topk
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM datasheet
 
 
 def _torch_device():
     try:
-        import torch
+        import torch  # lazy and optional: without torch the bench runs with no HF comparison
         return "cuda" if torch.cuda.is_available() else "cpu"
     except ImportError:
         return "cpu"
@@ -89,9 +95,9 @@ def timeit(fn, n=5, warmup=1):
 # ---- models ----------------------------------------------------------------------------------------------------
 def hf_and_ours(cfg: Qwen3VLConfig, dtype: str, seed=0, with_hf=True):
     """A random HF model on the GPU and our model with the same tensors."""
+    # lazy: torch and transformers are only needed for the HF side of a comparison
     import torch
     from transformers import Qwen3VLConfig as HFConfig, Qwen3VLForConditionalGeneration
-    from vsr1_jax.models.qwen3_vl.params import model_from_hf_state_dict
     torch.manual_seed(seed)
     tdt = {"bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
     hcfg = HFConfig(**cfg.to_hf_dict())
@@ -110,19 +116,19 @@ def hf_and_ours(cfg: Qwen3VLConfig, dtype: str, seed=0, with_hf=True):
 
 
 def _empty_cache():
-    import torch
+    import torch  # lazy: only the HF side of the comparison needs torch
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
 
 
 def _sync():
-    import torch
+    import torch  # lazy: only the HF side of the comparison needs torch
     if DEVICE == "cuda":
         torch.cuda.synchronize()
 
 
 def hf_inputs(cfg, ids, grid, px, dtype):
-    import torch
+    import torch  # lazy: only the HF side of the comparison needs torch
     return dict(input_ids=torch.tensor(ids, dtype=torch.long, device=DEVICE),
                 mm_token_type_ids=torch.tensor(token_types(ids, cfg.image_token_id, cfg.video_token_id),
                                                device=DEVICE),
@@ -148,7 +154,7 @@ def prefill_flops(cfg: Qwen3VLConfig, T: int, grid) -> float:
 
 # ---- benchmarks --------------------------------------------------------------------------------------------------
 def bench_parity(cfg, groups=8, h=28, w=32):
-    import torch
+    import torch  # lazy: only the HF side of the comparison needs torch
     ids, grid, px = video_prompt(cfg, groups, h, w, seed=1)
     pos, _ = get_rope_index(ids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
                             video_grid_thw=[grid])
@@ -177,7 +183,7 @@ def bench_parity(cfg, groups=8, h=28, w=32):
 
 
 def bench_forward(cfg, groups=36, h=28, w=32, with_hf=True):
-    import torch
+    import torch  # lazy: only the HF side of the comparison needs torch
     ids, grid, px = video_prompt(cfg, groups, h, w)
     T = ids.shape[1]
     pos, _ = get_rope_index(ids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
@@ -219,8 +225,7 @@ def copy_bandwidth():
 
 def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, with_hf=True,
                  decode_attn="xla"):
-    import torch
-    from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
+    import torch  # lazy: only the HF side of the comparison needs torch
     ids, grid, px = video_prompt(cfg, groups, h, w, seed=2)
     T = ids.shape[1]
     hf, ours = hf_and_ours(cfg, "bfloat16", with_hf=with_hf)
@@ -238,7 +243,6 @@ def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, 
     sampler = samplers["host"]
     p = pack_prompts([list(ids[0])], cfg=cfg, pad_id=0, video_pixels=px.astype(np.float32), video_grids=[grid])
     sp = SamplingParams(max_new_tokens=new_tokens, eos_ids=(), pad_id=0)
-    from vsr1_jax.generate.sampler import broadcast_group
     if hf is not None:  # keep the GPU for our run; HF comes back for its own
         hf.to("cpu")
         _empty_cache()
@@ -308,9 +312,6 @@ def sqr_setup(cfg, groups=28, h=28, w=32, decode_attn="xla"):
     """The SQR bench's starting point: a video prompt ending in <REFINE>, prefilled into a cache with 8 free slots.
     Returns a dict: model, head, opts, ids, grid, px, pos, ridx (the <REFINE> index), rpos [1] (its position),
     cache, h_last (the pre-norm hidden state at <REFINE>)."""
-    from flax import nnx
-    from vsr1_jax.generate.sampler import Sampler, pack_prompts
-    from vsr1_jax.models import sqr as S
     ids, grid, px = video_prompt(cfg, groups, h, w, seed=3)
     refine = 151669 if cfg.text.vocab_size > 151669 else cfg.text.vocab_size - 1
     ids = np.concatenate([ids, [[9, 10, refine]]], 1).astype(np.int32)
@@ -329,7 +330,6 @@ def sqr_setup(cfg, groups=28, h=28, w=32, decode_attn="xla"):
 
 
 def bench_sqr(cfg, groups=28, h=28, w=32, reps=3, decode_attn="xla"):
-    from vsr1_jax.models import sqr as S
     su = sqr_setup(cfg, groups, h, w, decode_attn)
     ours, head, opts, cache, h_last = su["model"], su["head"], su["opts"], su["cache"], su["h_last"]
     ids, grid, px, pos, ridx, rpos = su["ids"], su["grid"], su["px"], su["pos"], su["ridx"], su["rpos"]
@@ -349,7 +349,6 @@ def bench_sqr(cfg, groups=28, h=28, w=32, reps=3, decode_attn="xla"):
         X = hd.latent_input(jnp.ones((1, k, hd.cfg.retrieval_dim), jnp.float32)).astype(e.dtype)
         e = jnp.concatenate([e, X], 1)
         pp = jnp.concatenate([pp, pp[..., -1:] + jnp.arange(1, k + 1)], -1)
-        from vsr1_jax.models.qwen3_vl.text import Visual
         vis = Visual(jnp.pad(vis.idx, ((0, 0), (0, k))), jnp.pad(vis.mask, ((0, 0), (0, k))), vis.feats)
         return m.decode(e, pp, jnp.ones(e.shape[:2], bool), opts=opts, visual=vis, logits="none").hidden[:, -1]
     ref_fn = jax.jit(spliced_forward)
@@ -367,10 +366,6 @@ def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, 
     """Per-query latency of a 2-turn episode at batch B, composed from its parts measured at that batch: per turn,
     prefill + decode of B distinct video prompts (all `new_tokens`: random weights never stop early), the cached
     latent rollout, q_final through the embedder, and top-1 retrieval over `corpus_size` vectors."""
-    from flax import nnx
-    from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
-    from vsr1_jax.models import sqr as S
-    from vsr1_jax.retrieval.topk import exact_topk
     _, ours = hf_and_ours(cfg, "bfloat16", with_hf=False)
     opts = gen_opts(decode_attn)
     H = cfg.text.hidden_size

@@ -39,9 +39,13 @@ from typing import Callable, Iterable
 
 import ml_dtypes
 import numpy as np
+from flax import nnx
+from tqdm import tqdm
 
 from vsr1_jax.models.qwen3_vl import params as P
 from vsr1_jax.models.qwen3_vl.config import ConfigError, Qwen3VLConfig
+from vsr1_jax.models.qwen3_vl.model import abstract_model
+from vsr1_jax.models.sqr import SQRConfig, SQRHead
 
 log = logging.getLogger(__name__)
 
@@ -301,8 +305,6 @@ def _layout_rules(cfg: Qwen3VLConfig, prefix: str) -> list[P.Rule]:
 
 
 def _sqr_shapes(dims: dict) -> dict:
-    from flax import nnx
-    from vsr1_jax.models.sqr import SQRConfig, SQRHead
     cfg = SQRConfig(policy_hidden=dims["policy_hidden"], retrieval_dim=dims["retrieval_dim"],
                     embedder_hidden=dims["embedder_hidden"])
     head = nnx.eval_shape(lambda: SQRHead(cfg, rngs=nnx.Rngs(0)))
@@ -312,7 +314,6 @@ def _sqr_shapes(dims: dict) -> dict:
 def _sqr_config(dims: dict | None):
     if dims is None:
         return None
-    from vsr1_jax.models.sqr import SQRConfig
     return SQRConfig(policy_hidden=dims["policy_hidden"], retrieval_dim=dims["retrieval_dim"],
                      embedder_hidden=dims["embedder_hidden"])
 
@@ -352,8 +353,6 @@ def _check_refine_token(src: str, cfg: Qwen3VLConfig) -> None:
 
 def _inspect(src: str) -> _Source:
     """Open an HF folder and check everything that can be checked from headers, before any data is read."""
-    from vsr1_jax.models.qwen3_vl.model import abstract_model
-
     src = os.path.abspath(src)
     if not os.path.isdir(src):
         raise ConvertError(f"{src}: no such folder")
@@ -455,7 +454,6 @@ def _same_bytes(tensors: SafetensorsFolder, a: str, b: str) -> bool:
 
 
 def _progress(total: int, desc: str, quiet: bool):
-    from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                 disable=quiet, leave=False, dynamic_ncols=True)
 

@@ -4,6 +4,8 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
+from vsr1_jax.agent.evaluate import SetupError, run_eval
+
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/toy.py", "ml_collections config file")
 
 
@@ -12,7 +14,6 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _CONFIG.value
     if config.mode == "eval":
-        from vsr1_jax.agent.evaluate import SetupError, run_eval
         try:
             summary = run_eval(config)
         except SetupError as e:

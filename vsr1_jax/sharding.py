@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
@@ -60,7 +61,6 @@ def make_mesh(spec: Mapping[str, int] | None = None, devices: Sequence | None = 
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(spec or {"data": -1}, len(devices))
     try:
-        from jax.experimental import mesh_utils
         arr = mesh_utils.create_device_mesh(shape, devices=devices)
     except Exception:  # e.g. odd CPU device counts
         arr = np.asarray(devices).reshape(shape)

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vsr1_jax.models.embedder import embed_inputs_embeds
 from vsr1_jax.models.qwen3_vl.layers import layer_norm, linear
+from vsr1_jax.models.qwen3_vl.text import KVCache, Visual
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm default
 
@@ -99,7 +101,6 @@ class SQRHead(nnx.Module):
 # ---- latent rollout (sqr_and_sft.md §2.3; decision 2 of the spec README) ----------------------------------------
 def invalidate_after(cache, slot):
     """Drop cache slots after each row's `slot` (what follows the last <REFINE> is not part of the rollout)."""
-    from vsr1_jax.models.qwen3_vl.text import KVCache
     keep = jnp.arange(cache.valid.shape[1])[None, :] <= slot[:, None]
     return KVCache(cache.k, cache.v, cache.valid & keep, cache.index)
 
@@ -146,7 +147,6 @@ def rollout_reference(model, head: SQRHead, embeds, positions, mask, refine_inde
         m = jnp.concatenate([mask[:, :ins], jnp.ones((1, k), mask.dtype), mask[:, ins:]], 1)
         vis = None
         if visual is not None:  # shift visual bookkeeping with the tail
-            from vsr1_jax.models.qwen3_vl.text import Visual
             pad_i = jnp.zeros((1, k), visual.idx.dtype)
             vis = Visual(jnp.concatenate([visual.idx[:, :ins], pad_i, visual.idx[:, ins:]], 1),
                          jnp.concatenate([visual.mask[:, :ins], jnp.zeros((1, k), bool), visual.mask[:, ins:]], 1),
@@ -180,7 +180,6 @@ def splice_layout(token_lists, num_latents: int = 8, tail: int = 6, pad_id: int 
 def q_final(embedder_model, head: SQRHead, Z, ids, is_latent, latent_index, mask, *, opts):
     """Refined query [B, D]: embedder text model on the query tokens with append_input(Z) spliced in (layout from
     `splice_layout`), default 1-D positions, last position pooled, L2-normalised (TRN L658-750)."""
-    from vsr1_jax.models.embedder import embed_inputs_embeds
     tok = embedder_model.text.embed_tokens(ids, opts.jdtype)
     A = head.append_input(Z).astype(opts.jdtype)                           # [B, N, He]
     lat = jnp.take_along_axis(A, latent_index[..., None], axis=1)

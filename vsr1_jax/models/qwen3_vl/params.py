@@ -12,9 +12,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator
 
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL, abstract_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +136,6 @@ def expected_hf_shape(entry: Entry, ours_shape: tuple[int, ...], cfg: Qwen3VLCon
 
 def flat_shapes(module) -> dict[tuple[str, ...], tuple[tuple[int, ...], np.dtype]]:
     """Path -> (shape, dtype) of every nnx.Param of a (possibly abstract) module."""
-    from flax import nnx
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
         v = var.get_value() if hasattr(var, "get_value") else var.value
@@ -175,8 +177,6 @@ def assemble(entries: list[Entry], shapes: dict, get_tensor, dtype=None, on_tens
 
 def load_flat(module, flat: dict, dtype=None) -> None:
     """Set every nnx.Param of `module` from {path tuple: array} (all paths must be present)."""
-    import jax.numpy as jnp
-    from flax import nnx
     state = nnx.to_flat_state(nnx.state(module, nnx.Param))
     missing = [p for p, _ in state if tuple(str(x) for x in p) not in flat]
     if missing:
@@ -189,8 +189,6 @@ def load_flat(module, flat: dict, dtype=None) -> None:
 
 def model_from_hf_state_dict(cfg: Qwen3VLConfig, state_dict: dict, *, dtype=None, prefix: str = ""):
     """Build a `Qwen3VL` from an in-memory {hf_key: array} (tests, tools). Unknown keys are ignored here."""
-    from flax import nnx
-    from vsr1_jax.models.qwen3_vl.model import Qwen3VL, abstract_model
     shapes = flat_shapes(abstract_model(cfg))
     flat = assemble(list(expand(model_rules(cfg, prefix))), shapes, state_dict.__getitem__, dtype=dtype)
     model = Qwen3VL(cfg, rngs=None) if dtype is None else Qwen3VL(cfg, param_dtype=dtype, rngs=None)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vsr1_jax.kernels.decode_attention import NEG, decode_attention
 from vsr1_jax.models.qwen3_vl.config import TextConfig
 from vsr1_jax.models.qwen3_vl.layers import attention, linear, make_param, rms_norm
 from vsr1_jax.models.qwen3_vl.rope import apply_rope, mrope_cos_sin
@@ -119,7 +120,6 @@ class TextModel(nnx.Module):
             raise ValueError(f"decode_attn_impl={decode_attn_impl!r}: expected 'xla' or 'pallas'")
         flash_decode = decode_attn_impl == "pallas" and cache is not None and T == 1
         if flash_decode:
-            from vsr1_jax.kernels.decode_attention import NEG, decode_attention
             bias = jnp.where(mask[:, 0, :], 0.0, NEG).astype(jnp.float32)        # [B, S]
             interpret = jax.default_backend() != "gpu"
         layers = {k: getattr(self, k)[...] for k in self._LAYER_KEYS}
