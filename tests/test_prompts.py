@@ -437,10 +437,10 @@ def test_parse_answer_reward(text, answer):
     ("<start>1.5</start><end>7</end>", (1.5, 7.0)),
     ("<start>1</start><end>2</end> <start>3.25</start><end>4</end>", (3.25, 4.0)),  # LAST tags
     ("<start>3</start><end>4</end> <start>x</start><end>?</end>", (3.0, 4.0)),  # last NUMERIC values
-    ("<start>1,234.5</start><end>2000</end>", (1.0, 2000.0)),  # no comma handling in the reward regex
+    ("<start>1,234.5</start><end>2000</end>", None),  # the whole content must be one number (RW:8-13)
     ("<start>-2.5</start><end>+3</end>", (-2.5, 3.0)),  # no clamping
     ("<start>9</start><end>3</end>", (9.0, 3.0)),  # no swap
-    ("<start>.5</start><end>1</end>", (5.0, 1.0)),  # [-+]?\d+(\.\d+)? reads ".5" as 5
+    ("<start>.5</start><end>1</end>", None),  # [-+]?\d+(\.\d+)? must match the whole content: ".5" is no number
     ("<start>1</start>", None),
     ("<start></start><end></end>", None),
 ])

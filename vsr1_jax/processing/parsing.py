@@ -77,10 +77,11 @@ def parse_answer_reward(text: str) -> str | None:
     """Reward-side answer from the LAST `<answer>...</answer>` (TR:421-432, grpo.md §1.1 step 4).
 
     Stripped, lower-cased, spaces -> `_`; `match`/`matched` -> "matched", `not_match`/`not_matched`/`notmatch` ->
-    "not_matched", anything else is returned as normalised (so it never equals a label); None when there is no tag.
-    The reward parsers match tags case-sensitively (only `has_think` is documented as case-insensitive, RW:64-79).
+    "not_matched", anything else is returned as normalised (so it never equals a label); None when there is no tag
+    (the original returns "" there; both score as a wrong answer). Tags match case-insensitively, like every tag
+    pattern of the original (TR:421-432, RW:5-13).
     """
-    blocks = _blocks("answer", text)
+    blocks = _blocks("answer", text, re.DOTALL | re.IGNORECASE) if isinstance(text, str) else []
     if not blocks:
         return None
     answer = blocks[-1].strip().lower().replace(" ", "_")
@@ -91,36 +92,43 @@ def parse_answer_reward(text: str) -> str | None:
     return answer
 
 
-_REWARD_NUMBER = re.compile(r"[-+]?\d+(\.\d+)?")  # RW:8-13
-
-
-def _last_numeric(tag: str, text: str) -> float | None:
-    # the last block of `tag` that holds a number; its first number (RW:25-39)
-    for block in reversed(_blocks(tag, text)):
-        match = _REWARD_NUMBER.search(block)
-        if match:
-            return float(match.group(0))
-    return None
+# A time tag is numeric only when its whole content, whitespace aside, is one `[-+]?\d+(\.\d+)?` number
+# (`<start>12s</start>`, `<start>.5</start>`, `<start>1,234</start>` are not), tags case-insensitive (RW:8-13).
+_REWARD_TIME = {tag: re.compile(rf"<{tag}>\s*([-+]?\d+(?:\.\d+)?)\s*</{tag}>", re.IGNORECASE)
+                for tag in ("start", "end")}
+_REWARD_TIME_ANY = {tag: re.compile(rf"<{tag}>.*?</{tag}>", re.DOTALL | re.IGNORECASE) for tag in ("start", "end")}
 
 
 def parse_span_reward(text: str) -> tuple[float, float] | None:
-    """Reward-side span: the last numeric `<start>` and `<end>` values (RW:25-39, grpo.md §4 r_time_iou).
+    """Reward-side span: the values of the last numeric `<start>` and the last numeric `<end>` tag (RW:25-39,
+    grpo.md §4 r_time_iou).
 
-    Numbers match `[-+]?\\d+(\\.\\d+)?` (no commas, no clamping, no swap: the reward scores end <= start as 0).
+    The regex runs over the whole text (so `<start><start>5</start>` reads 5); a tag with anything besides one
+    number is skipped; None when either side has no numeric tag or its last value overflows to inf. No commas, no
+    clamping, no swap (the reward scores end <= start as 0).
     """
-    start, end = _last_numeric("start", text), _last_numeric("end", text)
-    if start is None or end is None:
+    if not isinstance(text, str):
+        return None
+    starts, ends = _REWARD_TIME["start"].findall(text), _REWARD_TIME["end"].findall(text)
+    if not starts or not ends:
+        return None
+    start, end = float(starts[-1]), float(ends[-1])
+    if not (np.isfinite(start) and np.isfinite(end)):
         return None
     return start, end
 
 
 def has_time_tags(text: str) -> bool:
-    """A `<start>...</start>` and an `<end>...</end>` pair are both present, any content (RW:42-45)."""
-    return bool(_blocks("start", text)) and bool(_blocks("end", text))
+    """A `<start>...</start>` and an `<end>...</end>` pair are both present, any content, any tag case (RW:42-45)."""
+    if not isinstance(text, str):
+        return False
+    return bool(_REWARD_TIME_ANY["start"].search(text)) and bool(_REWARD_TIME_ANY["end"].search(text))
 
 
 def has_think(text: str) -> bool:
     """The last `<think>...</think>` block (case-insensitive) has non-blank content (RW:64-79)."""
+    if not isinstance(text, str):
+        return False
     blocks = _blocks("think", text, re.DOTALL | re.IGNORECASE)
     return bool(blocks) and bool(blocks[-1].strip())
 
