@@ -17,7 +17,7 @@ import torch
 
 from tests.hf_fixtures import RELEASED_D, make_released_fixture, save_tiny, tiny_hf_model
 from vsr1_jax import checkpoint as ckpt
-from vsr1_jax import convert
+from vsr1_jax import convert, safetensors_io
 from vsr1_jax.convert import ConvertError, main
 from vsr1_jax.models.qwen3_vl import params as P
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig
@@ -131,7 +131,7 @@ def test_round_trip_bit_identical(case, hf_folders, tmp_path):
     assert meta["kind"] == "qwen3_vl" and meta["sqr"] is None and meta["query_embedder"] is None
     tied = CASES[case][0].get("tie", False)
     assert meta["tie_word_embeddings"] == tied
-    assert [t["key"] for t in meta["hf_tensors"]] == list(convert.SafetensorsFolder(src).keys)
+    assert [t["key"] for t in meta["hf_tensors"]] == list(safetensors_io.SafetensorsFolder(src).keys)
     assert meta["source_dtypes"] == (["BF16"] if "bf16" in case else ["F32"])
     assert any(t["key"] == "lm_head.weight" for t in meta["hf_tensors"]) == (not tied)
 
@@ -406,21 +406,21 @@ def test_cli_subprocess_error_exit(tmp_path):
 def test_safetensors_writer_is_readable_by_the_library(tmp_path):
     arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones((3,), ml_dtypes.bfloat16) * 1.5,
               "c": np.array([1, 2], np.int64), "d": np.zeros((0, 4), np.float16)}
-    items = [(k, convert._NP_TO_ST[v.dtype], v.shape) for k, v in arrays.items()]
+    items = [(k, safetensors_io.NP_TO_ST[v.dtype], v.shape) for k, v in arrays.items()]
     path = str(tmp_path / "x.safetensors")
-    convert.write_safetensors(path, items, arrays.__getitem__)
+    safetensors_io.write_safetensors(path, items, arrays.__getitem__)
     assert (8 + int.from_bytes(open(path, "rb").read(8), "little")) % 8 == 0
     lib = safetensors.torch.load_file(path)
     assert torch.equal(lib["b"], torch.full((3,), 1.5, dtype=torch.bfloat16)) and lib["d"].shape == (0, 4)
-    ours = convert.SafetensorsFile(path)
+    ours = safetensors_io.SafetensorsFile(path)
     assert ours.metadata == {"format": "pt"}
     for k, v in arrays.items():
         assert ours.get(k).dtype == v.dtype and np.array_equal(ours.get(k), v)
     assert not ours.get("a").flags.owndata  # a view of the memory map, not a copy
     ours.release("a")  # pages dropped; reading again faults them back in from the file
     assert np.array_equal(ours.get("a"), arrays["a"])
-    assert convert.parse_size("5GB") == 5 * 10**9 and convert.parse_size("2GiB") == 2 * 2**30
-    assert convert.parse_size("100KB") == 100_000 and convert.parse_size(123) == 123
+    assert safetensors_io.parse_size("5GB") == 5 * 10**9 and safetensors_io.parse_size("2GiB") == 2 * 2**30
+    assert safetensors_io.parse_size("100KB") == 100_000 and safetensors_io.parse_size(123) == 123
 
 
 # ---- orbax helpers ----------------------------------------------------------------------------------------------

@@ -81,9 +81,8 @@ def test_unknown_decode_impl_is_refused(tiny_pair):
 
 def test_eval_config_picks_the_decode_attention():
     from configs.toy import get_config
-    from vsr1_jax.agent.evaluate import _opts
     c = get_config()
     assert c.model.decode_attn_impl == "auto"
-    assert _opts(c).decode_attn_impl == "xla"           # "auto" on a CPU; "pallas" on an NVIDIA GPU
+    assert RunOptions.from_config(c.model).decode_attn_impl == "xla"  # "auto" on a CPU; "pallas" on an NVIDIA GPU
     c.model.decode_attn_impl = "pallas"
-    assert _opts(c).decode_attn_impl == "pallas"
+    assert RunOptions.from_config(c.model).decode_attn_impl == "pallas"

@@ -1,4 +1,5 @@
-"""The search agent's loop on a small synthetic corpus with tiny models: stop rules, the refine path (cached rollout
+"""The episode engine (vsr1_jax.agent.rollout) formatted as the original's detail rows (agent.detail_rows) on a small
+synthetic corpus with tiny models: stop rules, the refine path (cached rollout
 -> q_final -> re-retrieval -> next turn shows the refined top-1), detail-row fields, batching = one at a time,
 and the end-to-end evaluation run with its outputs."""
 import dataclasses
@@ -11,7 +12,8 @@ import pytest
 from flax import nnx
 
 from tests.test_synthetic import FakeEmbedder, small_config
-from vsr1_jax.agent.episode import EpisodeConfig, SearchAgent
+from vsr1_jax.agent.detail_rows import detail_rows
+from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine
 from vsr1_jax.data.files import load_npy_video
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.queries import eval_queries, load_corpus, load_queries
@@ -52,10 +54,21 @@ def setup(tmp_path_factory):
                 vcfg=vcfg, queries=qset.queries, qvecs=qvecs)
 
 
+class Agent:
+    """The evaluation path: the engine's trajectories formatted as detail rows."""
+
+    def __init__(self, engine: EpisodeEngine):
+        self.engine = engine
+
+    def run(self, queries, qvecs):
+        cfg = self.engine.cfg
+        return detail_rows(self.engine.run(queries, qvecs), cfg.max_turn, cfg.num_latents)
+
+
 def make_agent(s, **kw):
     cfg = EpisodeConfig(max_new_tokens=kw.pop("max_new_tokens", 12), **kw)
-    return SearchAgent(s["policy"], s["head"], s["embedder"], s["tok"], s["tok"], s["retriever"], s["video_source"],
-                       s["vcfg"], cfg)
+    return Agent(EpisodeEngine(s["policy"], s["head"], s["embedder"], s["tok"], s["tok"], s["video_source"],
+                               s["vcfg"], cfg, retriever=s["retriever"]))
 
 
 class ScriptedSampler(Sampler):
@@ -66,13 +79,13 @@ class ScriptedSampler(Sampler):
         super().__init__(model, **kw)
         self.script, self.refine_id = list(script_ids), refine_id
 
-    def generate(self, prompts, sp, key=None, *, group=1, capture_id=-1, extra_slots=0):
+    def generate(self, prompts, sp, key=None, *, group=1, capture_id=-1, extra_slots=0, params=None):
         assert prompts.ids.shape[0] == 1, "scripted generation runs one row at a time"
         k = len(self.script) - 1
         sp1 = dataclasses.replace(sp, max_new_tokens=k + 1, eos_ids=())
-        first = super().generate(prompts, sp1, key, extra_slots=extra_slots)
+        first = super().generate(prompts, sp1, key, extra_slots=extra_slots, params=params)
         real_last = int(np.asarray(first.tokens)[0, k])
-        g = super().generate(prompts, sp1, key, capture_id=real_last, extra_slots=extra_slots)
+        g = super().generate(prompts, sp1, key, capture_id=real_last, extra_slots=extra_slots, params=params)
         assert int(g.capture_slot[0]) == prompts.ids.shape[1] + k
         return g._replace(tokens=g.tokens.at[0, :k + 1].set(np.asarray(self.script, np.int32)))
 
@@ -81,7 +94,7 @@ def scripted_agent(s, text, *, refine_last=True, **kw):
     ids = special_ids(s["tok"])
     script = list(s["tok"].encode(text, add_special_tokens=False)) + ([ids.refine] if refine_last else [])
     agent = make_agent(s, batch_size=1, **kw)
-    agent.sampler = ScriptedSampler(s["policy"], script, ids.refine)
+    agent.engine.sampler = ScriptedSampler(s["policy"], script, ids.refine)
     return agent
 
 
@@ -156,7 +169,8 @@ def test_demo_run_writes_outputs(tmp_path):
 
 def test_missing_checkpoint_is_named(tmp_path):
     from configs.didemo import get_config
-    from vsr1_jax.agent.evaluate import SetupError, run_eval
+    from vsr1_jax.agent.evaluate import run_eval
+    from vsr1_jax.loading import SetupError
     c = get_config()
     c.output_dir = str(tmp_path / "o")
     with pytest.raises(SetupError, match="hf-to-orbax"):
@@ -171,7 +185,7 @@ def test_released_checkpoint_loads_into_agent_models(tmp_path):
     carry the released tensors, and the tokenizer's <REFINE> is the last id."""
     from tests.hf_fixtures import make_released_fixture
     from vsr1_jax import convert
-    from vsr1_jax.agent.evaluate import load_checkpoint
+    from vsr1_jax.loading import load_checkpoint
     fx = make_released_fixture(str(tmp_path / "rel"))
     assert convert.main(["hf-to-orbax", str(tmp_path / "rel"), str(tmp_path / "conv"), "-q"]) == 0
     policy, head, embedder, tok, etok = load_checkpoint(str(tmp_path / "conv"))

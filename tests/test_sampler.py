@@ -143,3 +143,26 @@ def test_host_loop_equals_while_loop(tiny_pair):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
     with pytest.raises(ValueError, match="expected 'while' or 'host'"):
         Sampler(model, loop="scan")
+
+
+def test_new_weights_need_no_new_sampler_and_no_recompile(tiny_pair):
+    """The policy changes every GRPO step: generating with new params of the same shapes reuses the compiled prefill
+    and decode (one compile in all), and the tokens follow the params passed."""
+    from flax import nnx
+    from vsr1_jax.compiles import CompileCounter
+    _, model, cfg = tiny_pair
+    _, p = _prompts([[4, ("video", (2, 4, 4)), 3], [11]], cfg)
+    s = Sampler(model)
+    sp = SamplingParams(max_new_tokens=6, eos_ids=(EOS,), pad_id=PAD)
+    base = s.params
+    variants = [jax.tree.map(lambda x, i=i: x * (1.0 + 0.5 * i), base) for i in range(3)]
+    refs = [np.asarray(Sampler(nnx.merge(s.graphdef, v)).generate(p, sp).tokens) for v in variants]
+    s.generate(p, sp, params=variants[0])  # compile once
+    with CompileCounter() as c:
+        outs = [np.asarray(s.generate(p, sp, params=v).tokens) for v in variants]
+        s.set_params(variants[2])
+        outs.append(np.asarray(s.generate(p, sp).tokens))
+    assert c.count == 0
+    for out, ref in zip(outs, refs + refs[2:]):
+        np.testing.assert_array_equal(out, ref)
+    assert not np.array_equal(refs[0], refs[2])  # the weights really changed the samples

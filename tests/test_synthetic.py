@@ -1,4 +1,4 @@
-"""Tests of the synthetic corpus (vsr1_jax.data.synthetic) and the search-engine embedder (vsr1_jax.agent.embedding):
+"""Tests of the synthetic corpus (vsr1_jax.data.synthetic) and the search-engine embedder (vsr1_jax.retrieval.encoder):
 layout validity and reader round trips, determinism by seed, pixels vs annotations, SFT/GRPO construction."""
 import hashlib
 import json
@@ -265,13 +265,13 @@ def test_text_video_embedder_on_tiny_random_model():
     import jax.numpy as jnp
     from flax import nnx
 
-    from vsr1_jax.agent.embedding import default_embedder
+    from vsr1_jax.loading import tiny_embedder
     from vsr1_jax.models.embedder import embed
     from vsr1_jax.models.qwen3_vl.rope import text_positions
 
     # min_pixels lowered so the 32x32 frames become 128x128 (16 tokens per frame pair) instead of 384x384: same code
     # path, a smaller compiled forward
-    emb = default_embedder(0, video_cfg={"total_pixels": 10 * 768 * 32 * 32, "min_pixels": 4 * 32 * 32})
+    emb = tiny_embedder(0, video_cfg={"total_pixels": 10 * 768 * 32 * 32, "min_pixels": 4 * 32 * 32})
     a, b = "a red circle moves to the left", "on a gray background, a blue square moves upward through the center"
     x = emb.embed_texts([a, b, a])
     assert x.shape == (3, emb.dim) == (3, 64) and x.dtype == np.float32

@@ -4,7 +4,8 @@ turn 2). tests/test_eval_golden.py runs the same setup and compares its detail J
 
     JAX_PLATFORMS=cpu python tools/make_eval_golden.py tests/fixtures/eval_golden
 
-The fixture was first written by the evaluation code before the episode engine was rewritten (commit 28a2dcd).
+The fixture was written by the evaluation code as it was before the episode engine (agent/rollout.py) replaced the
+old agent loop (commit efb88d4, run on 28a2dcd's code); the test checks that today's code still writes it.
 """
 import os
 import shutil
@@ -16,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 
 from configs.toy import get_config  # noqa: E402
-from vsr1_jax.agent import evaluate as EV  # noqa: E402
+from vsr1_jax import loading  # noqa: E402
+from vsr1_jax.agent.evaluate import run_eval  # noqa: E402
 from vsr1_jax.processing.special_tokens import special_ids  # noqa: E402
 
 # The demo policy (seed 0) generates token 699 in 14 of the 16 test episodes and token 547 in 9; swapping their LM-head
@@ -41,17 +43,17 @@ def rig(policy, tok):
     policy.text.lm_head[...] = W
 
 
-def main(out_dir):
+def write_golden(out_dir):
+    """Run the golden setup in a scratch folder and copy its detail JSONL and result.json into out_dir."""
     out_dir = os.path.abspath(out_dir)
     work = tempfile.mkdtemp()
     cwd = os.getcwd()
     os.chdir(work)  # relative paths: result.json's source_jsonl is "out/detail_synthetic_test.jsonl"
     try:
         c = golden_config()
-        models = EV.build_demo(c)
-        rig(models[0], models[3])
-        EV.build_demo = lambda config: models
-        summary = EV.run_eval(c)
+        models = loading.load_models(c)
+        rig(models.policy, models.tokenizer)
+        summary = run_eval(c, models)
         os.makedirs(out_dir, exist_ok=True)
         shutil.copy(summary["detail_jsonl"], os.path.join(out_dir, "detail.jsonl"))
         shutil.copy(summary["result_json"], os.path.join(out_dir, "result.json"))
@@ -61,4 +63,4 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    write_golden(sys.argv[1])

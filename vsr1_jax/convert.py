@@ -28,24 +28,25 @@ import dataclasses
 import json
 import logging
 import math
-import mmap
 import os
-import re
 import shutil
 import sys
 import tempfile
 from collections import defaultdict
-from typing import Callable, Iterable
+from typing import Iterable
 
-import ml_dtypes
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from vsr1_jax import checkpoint
 from vsr1_jax.models.qwen3_vl import params as P
 from vsr1_jax.models.qwen3_vl.config import ConfigError, Qwen3VLConfig
 from vsr1_jax.models.qwen3_vl.model import abstract_model
 from vsr1_jax.models.sqr import SQRConfig, SQRHead
+from vsr1_jax.processing.special_tokens import REFINE_TOKEN
+from vsr1_jax.safetensors_io import (INDEX_FILE, ST_DTYPES, SafetensorsError, SafetensorsFolder, parse_size,
+                                     write_safetensors)
 
 log = logging.getLogger(__name__)
 
@@ -56,204 +57,14 @@ CONFIG_FILE = "config.json"
 PARAMS_DIR = "params"
 HF_FILES_DIR = "hf_files"
 EMBEDDER_DIR = "query_embedder"
-INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
-REFINE_TOKEN = "<REFINE>"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
-# safetensors dtype codes <-> numpy (bf16 and fp8 through ml_dtypes; numpy itself has no bfloat16).
-_ST_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U64": np.dtype(np.uint64), "U32": np.dtype(np.uint32),
-    "U16": np.dtype(np.uint16), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
-}
-_NP_TO_ST = {v: k for k, v in _ST_DTYPES.items()}
 _CAST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
 
 class ConvertError(Exception):
     """A checkpoint cannot be converted; the message names the file, key or field and what is wrong."""
-
-
-# ---- safetensors, read and written by hand ----------------------------------------------------------------------
-# The format: 8-byte little-endian header length N, N bytes of JSON {key: {dtype, shape, data_offsets: [b, e]},
-# "__metadata__": {str: str}}, then the data section; offsets are relative to its start.
-
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    dtype: str                 # safetensors code, e.g. "BF16"
-    shape: tuple[int, ...]
-    begin: int
-    end: int
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.begin
-
-
-class SafetensorsFile:
-    """One .safetensors file: header parsed and checked against the file size, data memory-mapped on demand."""
-
-    def __init__(self, path: str):
-        self.path = path
-        size = os.path.getsize(path)
-        if size < 8:
-            raise ConvertError(f"{path}: truncated or not a safetensors file ({size} bytes)")
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n > size - 8:
-                raise ConvertError(f"{path}: truncated or not a safetensors file (header of {n} bytes announced, "
-                                   f"file has {size})")
-            raw = f.read(n)
-        try:
-            header = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConvertError(f"{path}: corrupt safetensors header ({e})") from None
-        if not isinstance(header, dict):
-            raise ConvertError(f"{path}: corrupt safetensors header (not a JSON object)")
-        self.metadata = header.pop("__metadata__", None)
-        self.data_start = 8 + n
-        data_size = size - self.data_start
-        self.tensors: dict[str, TensorInfo] = {}
-        for key, h in header.items():
-            try:
-                dt, shape, (b, e) = h["dtype"], tuple(int(s) for s in h["shape"]), h["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise ConvertError(f"{path}: corrupt safetensors header entry for {key!r}: {h!r}") from None
-            if dt not in _ST_DTYPES:
-                raise ConvertError(f"{path}: tensor {key!r} has unsupported dtype {dt!r}")
-            if not 0 <= b <= e or e - b != math.prod(shape) * _ST_DTYPES[dt].itemsize:
-                raise ConvertError(f"{path}: corrupt safetensors header: tensor {key!r} ({dt}, {list(shape)}) has "
-                                   f"data_offsets [{b}, {e}]")
-            if e > data_size:
-                raise ConvertError(f"{path}: truncated: tensor {key!r} needs data bytes up to {e} but the file "
-                                   f"holds only {data_size} after the header")
-            self.tensors[key] = TensorInfo(dt, shape, b, e)
-        self._mm: mmap.mmap | None = None
-
-    def get(self, key: str) -> np.ndarray:
-        """A read-only array backed by the page cache (no copy); pages are read when touched."""
-        t = self.tensors[key]
-        dt = _ST_DTYPES[t.dtype]
-        if t.nbytes == 0:
-            return np.zeros(t.shape, dt)
-        if self._mm is None:
-            with open(self.path, "rb") as f:
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        count = t.nbytes // dt.itemsize
-        return np.frombuffer(self._mm, dt, count, self.data_start + t.begin).reshape(t.shape)
-
-    def release(self, key: str) -> None:
-        """Drop the tensor's pages from this process (after copying it); a later `get` reads them again."""
-        t = self.tensors.get(key)
-        if self._mm is None or t is None or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        start = -(-(self.data_start + t.begin) // mmap.PAGESIZE) * mmap.PAGESIZE
-        stop = (self.data_start + t.end) // mmap.PAGESIZE * mmap.PAGESIZE
-        if stop > start:
-            self._mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
-
-    def close(self) -> None:
-        if self._mm is not None:
-            with contextlib.suppress(BufferError):  # arrays still referencing it keep the mapping alive
-                self._mm.close()
-            self._mm = None
-
-
-class SafetensorsFolder:
-    """The weights of an HF folder: `model.safetensors.index.json` shards, else every top-level *.safetensors."""
-
-    def __init__(self, folder: str):
-        index = os.path.join(folder, INDEX_FILE)
-        if os.path.exists(index):
-            try:
-                with open(index) as f:
-                    weight_map = json.load(f)["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ConvertError(f"{index}: not a valid safetensors index ({e!r})") from None
-            names = list(dict.fromkeys(weight_map.values()))
-            for name in names:
-                if not os.path.exists(os.path.join(folder, name)):
-                    raise ConvertError(f"{index}: shard {name} is listed but missing from {folder}")
-        else:
-            weight_map = None
-            names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
-            if not names:
-                found = sorted(n for n in os.listdir(folder) if n.endswith((".bin", ".pt", ".pth")))
-                hint = f" (found {found}; re-save with safe_serialization)" if found else ""
-                raise ConvertError(f"{folder}: no *.safetensors weights{hint}")
-        self.folder = folder
-        self.file_names = names
-        self.files = {n: SafetensorsFile(os.path.join(folder, n)) for n in names}
-        self._where: dict[str, str] = {}
-        for n in names:
-            for key in self.files[n].tensors:
-                if key in self._where:
-                    raise ConvertError(f"{folder}: tensor {key!r} is stored twice ({self._where[key]} and {n})")
-                self._where[key] = n
-        if weight_map is not None:
-            bad = [k for k, n in weight_map.items() if self._where.get(k) != n]
-            if bad:
-                raise ConvertError(f"{index}: {len(bad)} keys are not in the shard the index names, e.g. "
-                                   f"{_listing(bad)}")
-        # The source order: the index's order for shards (what the writer produced), else header order.
-        self.keys = list(self._where)
-        if weight_map is not None:
-            self.keys = list(weight_map) + [k for k in self._where if k not in weight_map]
-
-    def info(self, key: str) -> TensorInfo:
-        return self.files[self._where[key]].tensors[key]
-
-    def get(self, key: str) -> np.ndarray:
-        if key not in self._where:
-            raise KeyError(key)
-        return self.files[self._where[key]].get(key)
-
-    def release(self, key: str) -> None:
-        self.files[self._where[key]].release(key)
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-
-
-def write_safetensors(path: str, items: list[tuple[str, str, tuple[int, ...]]],
-                      get: Callable[[str], np.ndarray], on_tensor: Callable[[int], None] | None = None) -> int:
-    """Write (key, dtype code, shape) tensors in this order, fetching each with `get` just before writing it."""
-    header: dict = {"__metadata__": {"format": "pt"}}
-    off = 0
-    for key, dt, shape in items:
-        n = math.prod(shape) * _ST_DTYPES[dt].itemsize
-        header[key] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + n]}
-        off += n
-    raw = json.dumps(header, separators=(",", ":")).encode()
-    raw += b" " * (-len(raw) % 8)  # safetensors pads the header to 8 bytes so the data section is aligned
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
-        for key, dt, shape in items:
-            x = get(key)
-            if x.dtype != _ST_DTYPES[dt] or tuple(x.shape) != tuple(shape):
-                raise ConvertError(f"{key}: internal error, produced {x.dtype}{list(x.shape)}, "
-                                   f"expected {dt}{list(shape)}")
-            f.write(np.ascontiguousarray(x).reshape(-1).view(np.uint8).data)
-            if on_tensor is not None:
-                on_tensor(x.nbytes)
-    return off
-
-
-def parse_size(s: str | int) -> int:
-    """'5GB' (10^9), '100KB', '2GiB' (2^30), '500MiB', or a number of bytes (as transformers' max_shard_size)."""
-    if isinstance(s, int):
-        return s
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B)?\s*", s, re.IGNORECASE)
-    if not m:
-        raise ConvertError(f"cannot read size {s!r} (e.g. 5GB, 500MB, 2GiB, or bytes)")
-    unit = (m.group(2) or "B").upper()
-    scale = 1 if unit == "B" else (1024 if "I" in unit else 1000) ** ("KMGT".index(unit[0]) + 1)
-    return int(float(m.group(1)) * scale)
 
 
 # ---- what a source folder holds ---------------------------------------------------------------------------------
@@ -362,7 +173,10 @@ def _inspect(src: str) -> _Source:
         cfg = Qwen3VLConfig.from_json(src)
     except ConfigError as e:
         raise ConvertError(str(e)) from None
-    tensors = SafetensorsFolder(src)
+    try:
+        tensors = SafetensorsFolder(src)
+    except SafetensorsError as e:
+        raise ConvertError(str(e)) from None
     try:
         keys = tensors.keys
         if any(k.startswith(("model.language_model.", "model.visual.")) for k in keys):
@@ -460,7 +274,7 @@ def _progress(total: int, desc: str, quiet: bool):
 
 def _read(s: _Source, dtype: str | None, quiet: bool) -> tuple[dict, dict]:
     """Assemble our (layer-stacked) arrays tensor by tensor. Returns (model flat, sqr flat) {path: array}."""
-    cast = None if dtype is None else _ST_DTYPES[_CAST_DTYPES[dtype]]
+    cast = None if dtype is None else ST_DTYPES[_CAST_DTYPES[dtype]]
     all_entries = s.entries + s.sqr_entries
     groups: dict[tuple, list[P.Entry]] = defaultdict(list)
     for e in all_entries:
@@ -609,12 +423,11 @@ def _copy_files(src: str, dst: str, files: list[str]) -> None:
 # ---- HF -> orbax ------------------------------------------------------------------------------------------------
 
 def _write_orbax(s: _Source, out: str, dtype: str | None, quiet: bool) -> None:
-    from vsr1_jax.checkpoint import save_params
     model, sqr = _read(s, dtype, quiet)
     tree = {"model": _nest(model)}
     if sqr:
         tree["sqr"] = _nest(sqr)
-    save_params(os.path.join(out, PARAMS_DIR), tree)
+    checkpoint.save_params(os.path.join(out, PARAMS_DIR), tree)
     meta = _meta(s, model, sqr)
     del model, sqr, tree
     shutil.copyfile(os.path.join(s.src, CONFIG_FILE), os.path.join(out, CONFIG_FILE))
@@ -713,7 +526,6 @@ def _load_cfg(folder: str) -> Qwen3VLConfig:
 
 
 def _write_hf(src: str, out: str, max_shard: int, dtype: str | None, quiet: bool) -> None:
-    from vsr1_jax.checkpoint import restore_params
     meta = _read_meta(src)
     cfg = _load_cfg(src)
     entries = _hf_entries(meta, cfg)
@@ -723,7 +535,7 @@ def _write_hf(src: str, out: str, max_shard: int, dtype: str | None, quiet: bool
             raise ConvertError(f"{src}/{META_FILE}: tensor {t['key']!r} has no rule in the key table")
         dt = t["dtype"] if dtype is None or t["dtype"] not in ("F32", "F16", "BF16", "F64") else _CAST_DTYPES[dtype]
         items.append((t["key"], dt, tuple(t["shape"])))
-    tree = restore_params(os.path.join(src, PARAMS_DIR))
+    tree = checkpoint.restore_params(os.path.join(src, PARAMS_DIR))
     flat = {("model",) + k: v for k, v in _flatten(tree["model"]).items()}
     flat.update({("sqr",) + k: v for k, v in _flatten(tree.get("sqr", {})).items()})
     del tree
@@ -742,13 +554,13 @@ def _write_hf(src: str, out: str, max_shard: int, dtype: str | None, quiet: bool
         if tuple(y.shape) != shapes[key]:
             raise ConvertError(f"{src}/{PARAMS_DIR}: {'/'.join(path)} gives {key} of shape {tuple(y.shape)}, "
                                f"expected {shapes[key]}")
-        return y.astype(_ST_DTYPES[dtypes[key]], copy=False)
+        return y.astype(ST_DTYPES[dtypes[key]], copy=False)
 
     # Shards as transformers makes them: fill in order, start a new file when the next tensor would not fit.
     shards: list[list] = [[]]
     size = 0
     for it in items:
-        n = math.prod(it[2]) * _ST_DTYPES[it[1]].itemsize
+        n = math.prod(it[2]) * ST_DTYPES[it[1]].itemsize
         if shards[-1] and size + n > max_shard:
             shards.append([])
             size = 0
@@ -756,7 +568,7 @@ def _write_hf(src: str, out: str, max_shard: int, dtype: str | None, quiet: bool
         size += n
     names = (["model.safetensors"] if len(shards) == 1 else
              [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    total = sum(math.prod(s) * _ST_DTYPES[d].itemsize for _, d, s in items)
+    total = sum(math.prod(s) * ST_DTYPES[d].itemsize for _, d, s in items)
     with _progress(total, os.path.basename(src) or src, quiet) as bar:
         for name, shard in zip(names, shards):
             write_safetensors(os.path.join(out, name), shard, get, bar.update)
@@ -784,7 +596,10 @@ def orbax_to_hf(src: str, dst: str, *, max_shard_size: str | int = DEFAULT_MAX_S
     """
     if dtype is not None and dtype not in _CAST_DTYPES:
         raise ConvertError(f"dtype {dtype!r} not supported; choose one of {sorted(_CAST_DTYPES)}")
-    max_shard = parse_size(max_shard_size)
+    try:
+        max_shard = parse_size(max_shard_size)
+    except SafetensorsError as e:
+        raise ConvertError(str(e)) from None
     src, dst = os.path.abspath(src), os.path.abspath(dst)
     _check_dst(src, dst)
     meta = _read_meta(src)
@@ -802,11 +617,10 @@ def load_converted(dst: str, *, target=None) -> Converted:
     `jax.ShapeDtypeStruct` (with shardings) as `checkpoint.restore_params` takes; it applies to this model, the
     embedder is restored as written.
     """
-    from vsr1_jax.checkpoint import restore_params
     dst = os.path.abspath(dst)
     meta = _read_meta(dst)
     cfg = _load_cfg(dst)
-    tree = restore_params(os.path.join(dst, PARAMS_DIR), target=target)
+    tree = checkpoint.restore_params(os.path.join(dst, PARAMS_DIR), target=target)
     emb = None
     if meta.get("query_embedder"):
         emb = load_converted(os.path.join(dst, meta["query_embedder"]))

@@ -4,7 +4,8 @@ import logging
 from absl import app, flags
 from ml_collections import config_flags
 
-from vsr1_jax.agent.evaluate import SetupError, run_eval
+from vsr1_jax.agent.evaluate import run_eval
+from vsr1_jax.loading import SetupError
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/toy.py", "ml_collections config file")
 

@@ -151,3 +151,8 @@ def cache_shardings(mesh, num_kv_heads: int):
     b = batch_sharding(mesh, 5, batch_axis=1).spec[1]
     t = "tensor" if mesh.shape["tensor"] > 1 and num_kv_heads % mesh.shape["tensor"] == 0 else None
     return NamedSharding(mesh, P(None, b, t, None, None)), NamedSharding(mesh, P(b, None))
+
+
+def replicated(mesh) -> NamedSharding:
+    """Every device of the mesh holds the whole array (scalars, small tables)."""
+    return NamedSharding(mesh, P())

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vsr1_jax import sharding
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.models.qwen3_vl.text import KVCache
@@ -102,7 +103,10 @@ def sample_logits(logits, key, sp: SamplingParams):
 
 
 class Sampler:
-    """Jitted prefill / decode around one model. The model is split once; params travel as jit arguments."""
+    """Jitted prefill / decode around one model architecture. The model is split once; its params travel as jit
+    arguments, so a policy whose weights change every step (GRPO) passes `params=` to `generate` (or calls
+    `set_params`) and reuses the compiled functions: new weights of the same shapes, dtypes and shardings never
+    recompile."""
 
     def __init__(self, model: Qwen3VL, opts: RunOptions = RunOptions(), mesh=None, *, loop: str = "while",
                  check_every: int = 16):
@@ -118,7 +122,7 @@ class Sampler:
         self.cfg = model.cfg
         self.opts = opts
         self.mesh = mesh  # when set, batches are split over the mesh's data and fsdp axes
-        self.graphdef, self.state = nnx.split(model)
+        self.graphdef, self.params = nnx.split(model)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("image_grids", "video_grids", "cache_size"))
         self._decode = jax.jit(self._decode_impl, static_argnames=("sp", "capture_id"), donate_argnames=("cache",))
         self._init = jax.jit(self._init_impl, static_argnames=("sp",), donate_argnames=("cache",))
@@ -132,10 +136,9 @@ class Sampler:
         B = ids.shape[0]
         cache = KVCache.zeros(self.cfg.text, B, cache_size, self.opts.jdtype)
         if self.mesh is not None:
-            from vsr1_jax import sharding
             kv, valid = sharding.cache_shardings(self.mesh, self.cfg.text.num_key_value_heads)
             wsc = jax.lax.with_sharding_constraint
-            cache = KVCache(wsc(cache.k, kv), wsc(cache.v, kv), wsc(cache.valid, valid), cache.index)
+            cache = cache._replace(k=wsc(cache.k, kv), v=wsc(cache.v, kv), valid=wsc(cache.valid, valid))
         x, visual = model.embed(ids, self.opts, image_pixels=image_pixels, image_grids=image_grids,
                                 video_pixels=video_pixels, video_grids=video_grids)
         out = model.decode(x, positions, mask, opts=self.opts, cache=cache, visual=visual, logits="last")
@@ -185,7 +188,11 @@ class Sampler:
         return _generation(s)
 
     # ---- public API ---------------------------------------------------------------------------------------------
-    def prefill(self, prompts: Prompts, cache_size: int):
+    def set_params(self, params) -> None:
+        """Use these weights from now on (an `nnx.State` of the same model, e.g. the train state's params)."""
+        self.params = params
+
+    def prefill(self, prompts: Prompts, cache_size: int, *, params=None):
         """-> (logits of the first new token [B, V], cache, pre-norm hidden of the last prompt token [B, D])."""
         T = prompts.ids.shape[1]
         if self.opts.attn_impl == "cudnn" and not np.all(prompts.mask):
@@ -197,44 +204,50 @@ class Sampler:
         f = lambda a: None if a is None else jnp.asarray(a)
         ids, pos, mask = jnp.asarray(prompts.ids), jnp.asarray(prompts.positions), jnp.asarray(prompts.mask)
         if self.mesh is not None:
-            from vsr1_jax import sharding
             sharding.check_batch(ids.shape[0], self.mesh)
             ids = jax.device_put(ids, sharding.batch_sharding(self.mesh, 2))
             mask = jax.device_put(mask, sharding.batch_sharding(self.mesh, 2))
             pos = jax.device_put(pos, sharding.batch_sharding(self.mesh, 3, batch_axis=1))
-        return self._prefill(self.state, ids, pos, mask, f(prompts.image_pixels), f(prompts.video_pixels),
+        return self._prefill(self._p(params), ids, pos, mask, f(prompts.image_pixels), f(prompts.video_pixels),
                              image_grids=prompts.image_grids, video_grids=prompts.video_grids, cache_size=cache_size)
 
-    def decode(self, cache, logits, next_pos, sp: SamplingParams, key=None, capture_id: int = -1) -> Generation:
+    def decode(self, cache, logits, next_pos, sp: SamplingParams, key=None, capture_id: int = -1, *,
+               params=None) -> Generation:
         self._check(sp, cache, logits.shape[0])
         key = jax.random.key(0) if key is None else key
+        params = self._p(params)
         if self.loop == "while":
-            return self._decode(self.state, cache, logits, jnp.asarray(next_pos), key, sp=sp, capture_id=capture_id)
+            return self._decode(params, cache, logits, jnp.asarray(next_pos), key, sp=sp, capture_id=capture_id)
         s = self._init(cache, logits, jnp.asarray(next_pos), key, sp=sp)
         for i in range(sp.max_new_tokens):
-            s = self._step(self.state, s, sp=sp, capture_id=capture_id)
+            s = self._step(params, s, sp=sp, capture_id=capture_id)
             if (i + 1) % self.check_every == 0 and bool(jnp.all(s["done"])):
                 break
         return _generation(s)
 
     def generate(self, prompts: Prompts, sp: SamplingParams, key=None, *, group: int = 1, capture_id: int = -1,
-                 extra_slots: int = 0) -> Generation:
-        """Prefill once, broadcast to `group` samples per prompt (rows p*G .. p*G+G-1), then decode."""
+                 extra_slots: int = 0, params=None) -> Generation:
+        """Prefill once, broadcast to `group` samples per prompt (rows p*G .. p*G+G-1), then decode.
+
+        params: the weights to sample with (default: the current ones, see `set_params`)."""
         cache_size = prompts.ids.shape[1] + sp.max_new_tokens + extra_slots
-        logits, cache, _ = self.prefill(prompts, cache_size)
+        logits, cache, _ = self.prefill(prompts, cache_size, params=params)
         next_pos = jnp.asarray(prompts.next_pos)
         if group > 1:
             logits, cache, next_pos = broadcast_group(logits, cache, next_pos, group)
-        return self.decode(cache, logits, next_pos, sp, key, capture_id)
+        return self.decode(cache, logits, next_pos, sp, key, capture_id, params=params)
 
-    def extend(self, cache: KVCache, x, positions, mask=None):
+    def extend(self, cache: KVCache, x, positions, mask=None, *, params=None):
         """Continue from input embeddings x [B, T, D] at explicit positions [3, B, T] (e.g. SQR latents)."""
         if mask is None:
             mask = jnp.ones(x.shape[:2], bool)
         if x.shape[1] + int(cache.index) > cache.k.shape[3]:
             raise ValueError(f"{x.shape[1]} more positions do not fit in the KV cache "
                              f"({int(cache.index)} of {cache.k.shape[3]} slots used)")
-        return self._extend(self.state, cache, x, positions, mask)
+        return self._extend(self._p(params), cache, x, positions, mask)
+
+    def _p(self, params):
+        return self.params if params is None else params
 
     def _check(self, sp: SamplingParams, cache: KVCache, batch: int):
         V = self.cfg.text.vocab_size
@@ -259,5 +272,5 @@ def broadcast_group(logits, cache: KVCache, next_pos, group: int):
     """Repeat each prompt's prefill state `group` times along the batch (a prompt's samples are adjacent)."""
     # jnp.copy keeps group == 1 from aliasing buffers that the decode step donates
     rep = lambda x, axis: jnp.copy(jnp.repeat(x, group, axis=axis))
-    return (rep(logits, 0), KVCache(rep(cache.k, 1), rep(cache.v, 1), rep(cache.valid, 0), jnp.copy(cache.index)),
-            rep(next_pos, 0))
+    return (rep(logits, 0), cache._replace(k=rep(cache.k, 1), v=rep(cache.v, 1), valid=rep(cache.valid, 0),
+                                           index=jnp.copy(cache.index)), rep(next_pos, 0))

@@ -18,7 +18,7 @@ from flax import nnx
 
 from vsr1_jax.models.embedder import embed_inputs_embeds
 from vsr1_jax.models.qwen3_vl.layers import layer_norm, linear
-from vsr1_jax.models.qwen3_vl.text import KVCache, Visual
+from vsr1_jax.models.qwen3_vl.text import Visual
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm default
 
@@ -102,7 +102,7 @@ class SQRHead(nnx.Module):
 def invalidate_after(cache, slot):
     """Drop cache slots after each row's `slot` (what follows the last <REFINE> is not part of the rollout)."""
     keep = jnp.arange(cache.valid.shape[1])[None, :] <= slot[:, None]
-    return KVCache(cache.k, cache.v, cache.valid & keep, cache.index)
+    return cache._replace(valid=cache.valid & keep)
 
 
 def rollout_cached(model, head: SQRHead, cache, h_refine, refine_slot, refine_pos, *, opts, num_latents: int = 8):

@@ -40,6 +40,19 @@ class RunOptions:
     def jdtype(self):
         return jnp.dtype(self.dtype)
 
+    @classmethod
+    def from_config(cls, model_cfg, **overrides) -> "RunOptions":
+        """From a config's `model` section (configs/base.py). decode_attn_impl "auto" = the Pallas kernel on NVIDIA
+        GPUs, XLA elsewhere."""
+        decode = model_cfg.decode_attn_impl
+        if decode == "auto":
+            dev = jax.devices()[0]
+            decode = "pallas" if dev.platform == "gpu" and "NVIDIA" in dev.device_kind else "xla"
+        kw = dict(dtype=model_cfg.dtype, attn_impl=model_cfg.attn_impl, vision_attn_impl=model_cfg.vision_attn_impl,
+                  decode_attn_impl=decode, remat=model_cfg.get("remat", "none"))
+        kw.update(overrides)
+        return cls(**kw)
+
 
 class Output(NamedTuple):
     logits: jax.Array | None     # [B, T, V] float32 (or [B, V] when only the last position was asked for)
@@ -94,11 +107,11 @@ class Qwen3VL(nnx.Module):
         return x, Visual(idx, any_mask, deep_all)
 
     def decode(self, x, positions, attention_mask=None, *, opts: RunOptions, cache: KVCache | None = None,
-               visual: Visual | None = None, logits: str = "all"):
-        """Decoder + head on input embeddings. logits: "all" | "last" | "none"."""
+               visual: Visual | None = None, logits: str = "all", kv_extra_slots: int | None = None):
+        """Decoder + head on input embeddings. logits: "all" | "last" | "none". kv_extra_slots: see TextModel."""
         pre, normed, cache = self.text(x, positions, attention_mask, cache=cache, visual=visual,
                                        attn_impl=opts.attn_impl, decode_attn_impl=opts.decode_attn_impl,
-                                       remat=opts.remat)
+                                       remat=opts.remat, kv_extra_slots=kv_extra_slots)
         if logits == "all":
             lg = self.text.logits(normed)
         elif logits == "last":

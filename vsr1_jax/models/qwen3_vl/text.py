@@ -89,11 +89,14 @@ class TextModel(nnx.Module):
 
     def __call__(self, x, positions, attention_mask=None, *, cache: KVCache | None = None,
                  visual: Visual | None = None, attn_impl: str = "xla", decode_attn_impl: str = "xla",
-                 remat: str = "none"):
+                 remat: str = "none", kv_extra_slots: int | None = None):
         """x [B, T, D] input embeddings; positions [3, B, T]; attention_mask [B, T] (1 = real token).
 
         Returns (pre_norm [B, T, D] = last decoder layer output, normed [B, T, D], new cache or None).
         With a cache the T new tokens are written at `cache.index` and attend to every valid earlier slot.
+        Without one, `kv_extra_slots=n` also returns a cache of T + n slots holding this call's keys and values
+        (the T tokens valid where attention_mask is set, index T): a differentiable prefix to continue from (the SQR
+        rollout in training), built from the scan's per-layer outputs rather than a carried cache.
         """
         cfg = self.cfg
         B, T, _ = x.shape
@@ -122,6 +125,9 @@ class TextModel(nnx.Module):
         if flash_decode:
             bias = jnp.where(mask[:, 0, :], 0.0, NEG).astype(jnp.float32)        # [B, S]
             interpret = jax.default_backend() != "gpu"
+        if kv_extra_slots is not None and cache is not None:
+            raise ValueError("kv_extra_slots builds a new cache; it cannot be combined with an input cache")
+        collect_kv = kv_extra_slots is not None
         layers = {k: getattr(self, k)[...] for k in self._LAYER_KEYS}
         eps = cfg.rms_norm_eps
         q_len = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
@@ -162,7 +168,7 @@ class TextModel(nnx.Module):
                 f = jax.lax.dynamic_index_in_dim(visual.feats, jnp.minimum(li, n_ds - 1), 0, keepdims=False)
                 add = jnp.take(f, visual.idx, axis=0).astype(dtype)
                 h = h + jnp.where((visual.mask & (li < n_ds))[..., None], add, jnp.zeros_like(add))
-            return (h, kc, vc), None
+            return (h, kc, vc), ((k, v) if collect_kv else None)
 
         if remat == "full":
             body = jax.checkpoint(body)
@@ -174,8 +180,13 @@ class TextModel(nnx.Module):
         vc = None if cache is None else cache.v
         # Single-token steps unroll the layer loop: a rolled loop costs a device->host predicate sync per layer and
         # dynamic cache indexing that forces copies; prefill keeps the compact rolled scan.
-        (h, kc, vc), _ = jax.lax.scan(body, (x, kc, vc), (layers, jnp.arange(cfg.num_hidden_layers)),
-                                      unroll=cfg.num_hidden_layers if (T == 1 and cache is not None) else 1)
+        (h, kc, vc), kv = jax.lax.scan(body, (x, kc, vc), (layers, jnp.arange(cfg.num_hidden_layers)),
+                                       unroll=cfg.num_hidden_layers if (T == 1 and cache is not None) else 1)
         normed = rms_norm(h, self.final_norm[...], eps)
         new_cache = None if cache is None else KVCache(kc, vc, valid, start + T)
+        if collect_kv:  # [L, B, T, K, hd] -> the cache layout [L, B, K, T + n, hd]
+            pad = ((0, 0), (0, 0), (0, 0), (0, kv_extra_slots), (0, 0))
+            ks, vs = (jnp.pad(a.transpose(0, 1, 3, 2, 4), pad) for a in kv)
+            valid = jnp.pad(attention_mask, ((0, 0), (0, kv_extra_slots)))
+            new_cache = KVCache(ks, vs, valid, jnp.asarray(T, jnp.int32))
         return h, normed, new_cache

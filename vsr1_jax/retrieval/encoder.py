@@ -10,9 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.models import embedder as E
-from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, text_positions
 from vsr1_jax.processing import prompts as P
@@ -157,12 +155,4 @@ class TextVideoEmbedder:
         return out
 
 
-def default_embedder(seed: int = 0, *, video_cfg: Any = None, opts: RunOptions = RunOptions()) -> TextVideoEmbedder:
-    """The tiny tokenizer + a tiny *random* Qwen3-VL (preset "tiny", 64-d) as the search engine, for tests and the
-    default demo (nothing is downloaded). Its vectors carry no meaning: retrieval over them is near chance, which
-    exercises every data path but not retrieval quality."""
-    model = Qwen3VL(get_preset("tiny"), rngs=nnx.Rngs(seed))
-    return TextVideoEmbedder(model, build_tiny_tokenizer(), video_cfg=video_cfg, opts=opts)
-
-
-__all__ = ["DEFAULT_VIDEO_CFG", "TextVideoEmbedder", "default_embedder"]
+__all__ = ["DEFAULT_VIDEO_CFG", "TextVideoEmbedder"]
