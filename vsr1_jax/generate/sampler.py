@@ -21,6 +21,7 @@ from vsr1_jax import sharding
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.models.qwen3_vl.text import KVCache
+from vsr1_jax.models.qwen3_vl.vision import VisionBatch, VisionBuckets, pack_vision, split_rows
 
 Grid = tuple[int, int, int]
 
@@ -45,6 +46,9 @@ class Prompts(NamedTuple):
     image_grids: tuple
     video_pixels: np.ndarray | None
     video_grids: tuple
+    # the same images/videos as one padded VisionBatch (pack_prompts(vision_buckets=...)): prefill then compiles once
+    # per bucket shape instead of once per grid combination
+    vision: VisionBatch | None = None
 
 
 class Generation(NamedTuple):
@@ -59,8 +63,13 @@ class Generation(NamedTuple):
 
 
 def pack_prompts(seqs: Sequence[Sequence[int]], *, cfg, pad_id: int, length: int | None = None,
-                 image_pixels=None, image_grids=(), video_pixels=None, video_grids=()) -> Prompts:
-    """Left-pad token lists to `length` (default: the longest) and compute M-RoPE positions host-side."""
+                 image_pixels=None, image_grids=(), video_pixels=None, video_grids=(),
+                 vision_buckets: VisionBuckets | None = None) -> Prompts:
+    """Left-pad token lists to `length` (default: the longest) and compute M-RoPE positions host-side.
+
+    vision_buckets: also pack the images and videos into a padded `VisionBatch` of these bucket sizes
+    (`Prompts.vision`, with its token index), which `Sampler.prefill` then uses: one compilation per bucket shape
+    (and prompt length) however the grids vary. VisionBuckets() pads nothing (exact sizes)."""
     T = max(len(s) for s in seqs) if length is None else length
     if any(len(s) > T for s in seqs):
         raise ValueError(f"a prompt of {max(len(s) for s in seqs)} tokens is longer than the padded length {T}")
@@ -74,8 +83,15 @@ def pack_prompts(seqs: Sequence[Sequence[int]], *, cfg, pad_id: int, length: int
                                  spatial_merge_size=cfg.vision.spatial_merge_size, image_grid_thw=image_grids,
                                  video_grid_thw=video_grids, attention_mask=mask)
     next_pos = (mask.sum(1) + deltas).astype(np.int32)   # = max position + 1
+    vision = None
+    if vision_buckets is not None:
+        items = list(zip(split_rows(image_pixels, image_grids), image_grids))
+        items += list(zip(split_rows(video_pixels, video_grids), video_grids))
+        pids = [cfg.image_token_id] * len(image_grids) + [cfg.video_token_id] * len(video_grids)
+        if items:
+            vision = pack_vision(items, cfg.vision, vision_buckets, input_ids=ids, placeholder_ids=pids)
     return Prompts(ids, mask, pos, next_pos, image_pixels, tuple(map(tuple, image_grids)), video_pixels,
-                   tuple(map(tuple, video_grids)))
+                   tuple(map(tuple, video_grids)), vision)
 
 
 def sample_logits(logits, key, sp: SamplingParams):
@@ -130,8 +146,8 @@ class Sampler:
         self._extend = jax.jit(self._extend_impl, donate_argnames=("cache",))
 
     # ---- pure pieces ----------------------------------------------------------------------------------------------
-    def _prefill_impl(self, state, ids, positions, mask, image_pixels, video_pixels, *, image_grids, video_grids,
-                      cache_size):
+    def _prefill_impl(self, state, ids, positions, mask, image_pixels, video_pixels, vision, *, image_grids,
+                      video_grids, cache_size):
         model = nnx.merge(self.graphdef, state)
         B = ids.shape[0]
         cache = KVCache.zeros(self.cfg.text, B, cache_size, self.opts.jdtype)
@@ -139,7 +155,7 @@ class Sampler:
             kv, valid = sharding.cache_shardings(self.mesh, self.cfg.text.num_key_value_heads)
             wsc = jax.lax.with_sharding_constraint
             cache = cache._replace(k=wsc(cache.k, kv), v=wsc(cache.v, kv), valid=wsc(cache.valid, valid))
-        x, visual = model.embed(ids, self.opts, image_pixels=image_pixels, image_grids=image_grids,
+        x, visual = model.embed(ids, self.opts, vision=vision, image_pixels=image_pixels, image_grids=image_grids,
                                 video_pixels=video_pixels, video_grids=video_grids)
         out = model.decode(x, positions, mask, opts=self.opts, cache=cache, visual=visual, logits="last")
         return out.logits, out.cache, out.hidden_pre_norm[:, -1]
@@ -193,7 +209,10 @@ class Sampler:
         self.params = params
 
     def prefill(self, prompts: Prompts, cache_size: int, *, params=None):
-        """-> (logits of the first new token [B, V], cache, pre-norm hidden of the last prompt token [B, D])."""
+        """-> (logits of the first new token [B, V], cache, pre-norm hidden of the last prompt token [B, D]).
+
+        With `prompts.vision` (a padded VisionBatch) the vision tower runs on it and the static pixels/grids are
+        not used, so the compiled prefill depends on the bucket shapes only."""
         T = prompts.ids.shape[1]
         if self.opts.attn_impl == "cudnn" and not np.all(prompts.mask):
             raise ValueError("attn_impl='cudnn' prefill needs unpadded prompts (the sampler left-pads); use "
@@ -208,7 +227,15 @@ class Sampler:
             ids = jax.device_put(ids, sharding.batch_sharding(self.mesh, 2))
             mask = jax.device_put(mask, sharding.batch_sharding(self.mesh, 2))
             pos = jax.device_put(pos, sharding.batch_sharding(self.mesh, 3, batch_axis=1))
-        return self._prefill(self._p(params), ids, pos, mask, f(prompts.image_pixels), f(prompts.video_pixels),
+        vision = prompts.vision
+        if vision is not None:
+            vision = jax.tree.map(jnp.asarray, vision)
+            if self.mesh is not None:
+                vision = vision._replace(
+                    token_index=jax.device_put(vision.token_index, sharding.batch_sharding(self.mesh, 2)))
+            return self._prefill(self._p(params), ids, pos, mask, None, None, vision, image_grids=(),
+                                 video_grids=(), cache_size=cache_size)
+        return self._prefill(self._p(params), ids, pos, mask, f(prompts.image_pixels), f(prompts.video_pixels), None,
                              image_grids=prompts.image_grids, video_grids=prompts.video_grids, cache_size=cache_size)
 
     def decode(self, cache, logits, next_pos, sp: SamplingParams, key=None, capture_id: int = -1, *,
