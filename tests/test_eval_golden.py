@@ -1,7 +1,13 @@
 """The evaluation path (episode engine -> detail rows -> report) writes byte-identical detail JSONL and result.json
-to the files the evaluation code wrote before the engine was rewritten (tests/fixtures/eval_golden, made by
-tools/make_eval_golden.py on commit 28a2dcd's code): the demo policy, rigged so that most episodes refine and run a
-second turn, on a small toy corpus."""
+to the golden files (tests/fixtures/eval_golden, tools/make_eval_golden.py): the demo policy, rigged so that most
+episodes refine and run a second turn, on a small toy corpus.
+
+History of the files: written by the evaluation code before the episode engine replaced it (commit efb88d4, on
+28a2dcd's code), and reproduced byte for byte by the engine (0564662). The padded vision batch (b1ea502) computes
+the position embedding as HF's 4-corner gather instead of a separable product, which moved the latent diagnostics
+of the detail rows (rollout_latent_norms / _cos_prev / _head) by at most 4e-6 relative; every rank, answer, span,
+text and the whole result.json stayed identical, and detail.jsonl was rewritten then. Any other change of these
+bytes is a behaviour change to explain."""
 import os
 import sys
 
