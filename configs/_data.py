@@ -8,14 +8,8 @@ import ml_collections
 def get_data_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
-    # --- where the prepared data lives ------------------------------------------------------------------------
-    c.root = ""  # <root>/<dataset>/…; given by the user, nothing is downloaded (README decision 10)
-    c.dataset = "charades-sta"  # one of the dataset dirs (E §0: scripts/common/env.bash L53-63)
-    c.datasets = ("activitynet", "charades-sta", "didemo")  # E §0
+    # The dataset folder, split and seed are top-level fields of configs/base.py (data_root, dataset, split).
     c.train_split = "train"  # E §3 layout
-    c.eval_split = "test"  # test = ActivityNet val_2, DiDeMo test, Charades test (E §3.1)
-    c.retrieval_dim = 2048  # Qwen3-VL-Embedding-2B; informative: D is read from the .npy files (S §1, MAIN L445-467)
-    c.seed = 42  # SEED=42: eval (E §0, TCK L143-180), SFT (S §8, VS), GRPO augment seed (G §5, DD:59-61)
 
     # --- loader (grain) ---------------------------------------------------------------------------------------
     c.loader = ml_collections.ConfigDict()
@@ -29,7 +23,6 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.sft.file = "sft_data/train_oneturn.json"  # E §3.8 (convert_match_grounding_to_oneturn.py L324-344)
     c.sft.per_device_batch_size = 1  # VS L52-54 (S §8)
     c.sft.gradient_accumulation_steps = 1  # VS L52-54 (S §8)
-    c.sft.num_epochs = 1  # VS L55 (S §8)
     c.sft.shuffle = True  # HF Trainer's default random sampler, seeded by seed 42 (S §8)
     c.sft.only_neg = False  # both matched and not-matched items (VS L126-129; S §8)
     c.sft.model_max_length = 46384  # collator truncation in training (VS L44; S §6.2)
@@ -63,20 +56,6 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.grpo.augment_seed = 42  # DD:59-61 (G §5)
     c.grpo.drop_missing_video_npy = True  # BV --drop-missing-video-npy default 1 (G §5)
 
-    # --- evaluation -------------------------------------------------------------------------------------------
-    c.eval = ml_collections.ConfigDict()
-    c.eval.max_samples = 0  # 0 = all; MAX_SAMPLES prefix after limit ratio (EVAL L2139-2148; E §2 step 1)
-    c.eval.limit_ratio = 1.0  # EVAL_LIMIT_RATIO; < 1 samples with random.Random(seed) (EVAL L2139-2148)
-    c.eval.num_shards = 1  # NUM_PROCESSES_PER_GPU=1 × EVAL_GPUS=0 (inference.bash L116-121; E §0)
-    c.eval.batch_size = 1  # VLLM_MAX_NUM_SEQS=1, VLLM_EVAL_BATCH_SIZE=0 → 1 (TCK L143-180; E §2.2)
-    c.eval.max_turn = 2  # MAX_TURN=2 from inference.bash (L116-121; E §0)
-    c.eval.topk = (1, 5, 10, 100)  # TOPK=1,5,10,100 (TCK L143-180; E §1.4)
-    c.eval.iou_thresholds = (0.3, 0.5, 0.7)  # IOU_THRESHOLDS (TCK L143-180; E §1.3)
-    c.eval.model_max_length = 20384  # MODEL_MAX_LENGTH (TCK L143-180; E §0)
-    c.eval.max_new_tokens = 1024  # EXTERNAL_EVAL_MAX_NEW_TOKENS (TCK L157; E §2.2)
-    c.eval.prompt_buckets = (2048, 4096, 8192, 12288, 16384, 20384)  # last = model_max_length (E §0)
-    c.eval.query_meta_duplicates = "last"  # later duplicate query text overwrites (EVAL L858-867; E §2 step 3)
-
     # --- offline builders (what the prepared files were made with; used by the synthetic/real build steps) -----
     c.build = ml_collections.ConfigDict()
     c.build.hard_negative_topk_pool = 50  # TOPK_POOL (08_build_hard_negatives.bash L20-21; E §3.7)
@@ -98,8 +77,4 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.build.sft_exclude_finish_reasons = ("length",)
     c.build.sft_balance_seed = 42  # convert_match_grounding_to_oneturn.py --balance_seed default
 
-    # --- tensorflow-datasets export ---------------------------------------------------------------------------
-    c.tfds = ml_collections.ConfigDict()
-    c.tfds.data_dir = ""  # where ArrayRecord shards go (tfds_builder.build)
-    c.tfds.embed_frames = False  # reference videos by id (port choice, tfds_builder module docstring)
     return c

@@ -29,14 +29,15 @@ def get_eval_config() -> ml_collections.ConfigDict:
 
     # ---- decoding: greedy (vLLM SamplingParams temperature 0, E:276-278)
     c.max_new_tokens = 1024  # TCK EXTERNAL_EVAL_MAX_NEW_TOKENS (E:29, E:277); the toy uses 128
-    c.model_max_length = 20384  # TCK MODEL_MAX_LENGTH (E:29); prompt truncation length
-    c.greedy = True
-    c.temperature = 0.0
+    # TCK MODEL_MAX_LENGTH (E:29): the original truncates longer prompts; the port skips such a query and counts it
+    # (`prompt_too_long`), since a cut prompt loses the video's end or the question
+    c.model_max_length = 20384
+    c.temperature = 0.0  # 0 = greedy
     c.top_p = 1.0
-    c.top_k = -1
-    c.repetition_penalty = 1.0
-    c.batch_size = 1  # VLLM_MAX_NUM_SEQS=1 / VLLM_EVAL_BATCH_SIZE=0 -> one query at a time (E:30, E:282-285)
-    c.bf16 = True  # TCK BF16=True (E:29)
+    c.top_k = -1  # -1 = off
+    c.repetition_penalty = 1.0  # the only supported value
+    # the original evaluates one query at a time (VLLM_MAX_NUM_SEQS=1, E:30); the port batches (config.agent)
+    # without changing results, and runs in config.model.dtype (TCK BF16=True, E:29)
     c.seed = 42  # TCK SEED=42 (E:29)
 
     # video input: the eval phase of configs/_video.py (get_video_config().eval) is the one source of truth
@@ -49,13 +50,11 @@ def get_eval_config() -> ml_collections.ConfigDict:
     # ---- retrieval engine (R:9, §4 E:450-506)
     c.retrieval = ml_collections.ConfigDict()
     c.retrieval.engine = "device"  # "device" (exact jnp matmul + top_k) | "faiss" (host IndexFlatIP via pure_callback)
-    c.retrieval.embed_dim = 2048  # Qwen3-VL-Embedding-2B hidden size (E:453-455); checked against the data, not forced
+    # the vector size is read from the embedding files (Qwen3-VL-Embedding-2B: 2048, E:453-455)
 
     # ---- metrics / report (§1)
     c.iou_thresholds = (0.3, 0.5, 0.7)  # TCK IOU_THRESHOLDS (E:24); inclusive >= (E:83-84)
     c.topk = (1, 5, 10, 100)  # TCK TOPK (E:29)
-    c.report = ml_collections.ConfigDict()
-    c.report.write_plots = True  # recall_at_k.png, vcmr_by_turn.png (vsr1_jax.eval.report.write_report)
     return c
 
 

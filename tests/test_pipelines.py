@@ -244,23 +244,23 @@ def test_pipelines_over_a_prepared_dataset(tmp_path):
 
 def test_data_config_defaults_drive_the_pipelines(tmp_path):
     sys.path.insert(0, str(Path(__file__).parents[1]))
-    from configs._data import get_data_config
+    from configs.base import get_config
 
-    c = get_data_config()
-    assert c.seed == 42 and c.sft.negative_pool_size == 24 and tuple(c.eval.topk) == (1, 5, 10, 100)
-    assert c.eval.max_turn == 2 and c.grpo.num_generations == 8 and c.grpo.hard_negative_topk == 24
+    full = get_config()
+    c = full.data  # the data section; evaluation and seeds live in their own sections of the base config
+    assert full.eval.seed == 42 and c.sft.negative_pool_size == 24 and tuple(full.eval.topk) == (1, 5, 10, 100)
+    assert full.eval.max_turn == 2 and c.grpo.num_generations == 8 and c.grpo.hard_negative_topk == 24
     # every bucket list is valid and ends at the original's maximum length
     assert c.sft.buckets[-1] == c.sft.model_max_length
     assert c.grpo.prompt_buckets[-1] == c.grpo.max_prompt_length
-    assert c.eval.prompt_buckets[-1] == c.eval.model_max_length
-    for b in (c.sft.buckets, c.grpo.prompt_buckets, c.eval.prompt_buckets):
+    for b in (c.sft.buckets, c.grpo.prompt_buckets):
         assert PL.bucket_length(b[-1], b) == b[-1]
     tiny = write_tiny_dataset(tmp_path)
     ds, spec, _ = PL.grpo_dataset(tiny["paths"], map_fn=fake_tokenize, batch_size=c.grpo.generation_batch_size,
-                                  repeat_each=c.grpo.repeat_each, seed=c.seed, num_epochs=c.grpo.num_epochs,
+                                  repeat_each=c.grpo.repeat_each, seed=full.eval.seed, num_epochs=c.grpo.num_epochs,
                                   hard_negative_k=c.grpo.hard_negative_topk, process_index=0, process_count=1)
     batch = ds[0]
     assert len(batch) == 8 and len({ex["qid"] for ex in batch}) == 1  # 1 prompt × G rollouts per round
-    es = eval_queries(tiny["paths"], c.eval_split, max_samples=c.eval.max_samples, limit_ratio=c.eval.limit_ratio,
-                      seed=c.seed)
+    es = eval_queries(tiny["paths"], full.split, max_samples=full.eval.max_samples,
+                      limit_ratio=full.eval.eval_limit_ratio, seed=full.eval.seed)
     assert es.rows_total == es.rows_total_before_limit  # the defaults evaluate every row

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 
+import jax
 from tqdm import tqdm
 
 from vsr1_jax import loading
@@ -61,14 +62,17 @@ def run_eval(config, models: loading.Models | None = None, *, output_dir: str | 
                            RunOptions.from_config(config.model), retriever=retriever)
     qvecs = queries.matrix[[q.q_row for q in qset.queries]]
     bar = tqdm(total=len(qset.queries), desc="episodes", unit="query", dynamic_ncols=True)
-    trajs = engine.run(qset.queries, qvecs, progress=bar.update)
+    ec = config.eval
+    sp = engine.sampling_params(ec.temperature, ec.top_p, ec.top_k)
+    trajs = engine.run(qset.queries, qvecs, sp, key=jax.random.key(ec.seed), progress=bar.update)
     bar.close()
     rows = detail_rows(trajs, ep_cfg.max_turn, ep_cfg.num_latents)
     detail = os.path.join(out_dir, f"detail_{config.dataset}_{split}.jsonl")
     report.write_detail_jsonl(rows, detail)
-    out = report.write_report(rows, out_dir, detail)
+    out = report.write_report(rows, out_dir, detail, ks=tuple(ec.topk), thresholds=tuple(ec.iou_thresholds))
     summary = dict(output_dir=os.path.abspath(out_dir), detail_jsonl=detail, queries=len(rows),
-                   skips={**qset.skips, "video_file_missing": engine.stats["video_file_missing"]},
+                   skips={**qset.skips, "video_file_missing": engine.stats["video_file_missing"],
+                          "prompt_too_long": engine.stats["prompt_too_long"]},
                    generate_s=engine.stats["generate_s"], refine_s=engine.stats["refine_s"],
                    wall_s=time.time() - t0, **{k: str(v) for k, v in out.items()})
     with open(os.path.join(out_dir, "run_summary.json"), "w") as f:

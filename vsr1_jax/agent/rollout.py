@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vsr1_jax.buckets import round_up
 from vsr1_jax.generate.sampler import Generation, SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
@@ -39,10 +40,20 @@ log = logging.getLogger(__name__)
 
 PROMPT_STYLES = ("eval", "grpo")
 
+# config.eval fields that document the original's setting and have no other implementation here (the refine gate
+# is unused, the refined query always goes through the embedder splice, pooled at the last latent and normalised,
+# turn 1 uses the stored query vector, every turn grounds, retrieval is over the whole corpus).
+SUPPORTED_ONLY = {"use_refine_gate": False, "use_query_embedder_path": True, "qfinal_pooling": "latent_last",
+                  "qfinal_normalize": True, "use_updated_query": False, "temporal": True, "rerank_topk": "all",
+                  "repetition_penalty": 1.0}
 
-def round_up(n: int, multiple: int) -> int:
-    """The smallest multiple of `multiple` that is >= n."""
-    return -(-int(n) // int(multiple)) * int(multiple)
+
+def check_supported(section, name: str, supported: dict = SUPPORTED_ONLY) -> None:
+    """Raise a ValueError naming `config.<name>.<field>` when a documented field holds another value."""
+    for field, value in supported.items():
+        if field in section and section[field] != value:
+            raise ValueError(f"config.{name}.{field}={section[field]!r} is not supported: only {value!r} (the "
+                             "original's shipped setting) is implemented")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +68,7 @@ class EpisodeConfig:
     outer_vision_tokens: bool = False  # transformers 4.57 / vLLM layout (processing/chat.py)
     timestamps_mode: str = "index"    # the original's fps=1, indices 0..T-1 convention
     batch_size: int = 16              # rows generated together (same video grid)
+    max_prompt_length: int = 20384    # MODEL_MAX_LENGTH: a longer prompt skips the query (`prompt_too_long`)
     length_bucket: int = 64           # prompts are left-padded to a multiple of this (few compiled shapes)
     # "eval": [system, user('Query: "q"\nRetrieved video: <video>')] (EVAL L934-966);
     # "grpo": [system, user(q), user('<information>\nRetrieved video: <video>\n</information>')] (grpo.md §1.1).
@@ -74,7 +86,8 @@ class EpisodeConfig:
     @classmethod
     def from_config(cls, config, mode: str = "eval") -> "EpisodeConfig":
         """The episode settings of `config` for evaluation (`config.eval`) or GRPO rollouts (`config.grpo`)."""
-        common = dict(embedder_max_length=config.eval.query_embedder_max_length,
+        check_supported(config.eval, "eval")
+        common = dict(max_prompt_length=config.eval.model_max_length, embedder_max_length=config.eval.query_embedder_max_length,
                       instruction=config.eval.query_embedder_input_prefix, refine_token=config.eval.refine_token,
                       num_latents=config.eval.refine_token_count,
                       outer_vision_tokens=config.prompts.outer_vision_tokens,
@@ -84,7 +97,7 @@ class EpisodeConfig:
                        batch_size=config.agent.batch_size, prompt_style="eval", **common)
         if mode == "grpo":
             g = config.grpo
-            return cls(max_turn=g.max_turns, max_new_tokens=g.max_completion_length,
+            return cls(max_turn=g.max_turns, max_new_tokens=config.data.grpo.max_completion_length,
                        batch_size=g.rollout_batch_size, prompt_style="grpo", refine_matched=True, **common)
         raise ValueError(f"mode={mode!r}: expected 'eval' or 'grpo'")
 
@@ -180,13 +193,14 @@ class EpisodeEngine:
         self.embedder_graphdef, self.embedder_params = nnx.split(embedder)
         self.id_map = list(retriever.id_map) if retriever is not None else []
         self.row_of = {d: i for i, d in enumerate(self.id_map)}
-        self.stats = {"video_file_missing": 0, "generate_s": 0.0, "refine_s": 0.0, "generated_tokens": 0}
+        self.stats = {"video_file_missing": 0, "prompt_too_long": 0, "generate_s": 0.0, "refine_s": 0.0,
+                      "generated_tokens": 0}
 
-    def sampling_params(self, temperature: float = 0.0) -> SamplingParams:
-        """Greedy (evaluation, temperature 0) or plain categorical sampling at `temperature` (GRPO: 1.0, no
-        top-p/top-k), stopping per row on `<|im_end|>` / `<|endoftext|>`."""
-        return SamplingParams(max_new_tokens=self.cfg.max_new_tokens, temperature=temperature,
-                              eos_ids=tuple(self.ids.eos_ids), pad_id=self.ids.pad)
+    def sampling_params(self, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0) -> SamplingParams:
+        """Greedy (evaluation, temperature 0) or categorical sampling at `temperature` (GRPO: 1.0, no top-p/top-k;
+        top_k <= 0 = off), stopping per row on `<|im_end|>` / `<|endoftext|>`."""
+        return SamplingParams(max_new_tokens=self.cfg.max_new_tokens, temperature=temperature, top_p=top_p,
+                              top_k=max(int(top_k), 0), eos_ids=tuple(self.ids.eos_ids), pad_id=self.ids.pad)
 
     # ---- public ------------------------------------------------------------------------------------------------
     def run(self, queries: Sequence, qvecs: np.ndarray, sp: SamplingParams | None = None, *, key=None,
@@ -269,6 +283,13 @@ class EpisodeEngine:
                 self.stats["video_file_missing"] += len(members)
                 for t in members:
                     t.active, t.stop_reason = False, "video_file_missing"
+                continue
+            if len(ids) > cfg.max_prompt_length:
+                log.warning("query %s: the prompt has %d tokens > max_prompt_length %d (config.eval."
+                            "model_max_length); skipped", members[0].query["qid"], len(ids), cfg.max_prompt_length)
+                self.stats["prompt_too_long"] += len(members)
+                for t in members:
+                    t.active, t.stop_reason = False, "prompt_too_long"
                 continue
             units.append((members, doc, int(ranks[s]), ids, vin))
         # group by video grid so one compiled prefill serves a batch

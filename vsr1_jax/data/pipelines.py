@@ -12,6 +12,7 @@ import grain
 import numpy as np
 from absl import flags
 
+from vsr1_jax.buckets import BucketOverflowError, bucket_length
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.queries import eval_queries, grpo_records, sft_records
 
@@ -30,21 +31,6 @@ def ensure_absl_flags_parsed() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Buckets and collation
 # ---------------------------------------------------------------------------------------------------------------
-class BucketOverflowError(ValueError):
-    """A row is longer than the largest bucket."""
-
-
-def bucket_length(n: int, buckets: Sequence[int]) -> int:
-    """Smallest bucket ≥ n. Buckets must be positive and strictly increasing. Raises BucketOverflowError when n
-    exceeds the largest bucket (the caller adds which row and which config field)."""
-    if not buckets or any(b <= 0 for b in buckets) or any(a >= b for a, b in zip(buckets, buckets[1:])):
-        raise ValueError(f"buckets must be positive and strictly increasing, got {tuple(buckets)}")
-    for b in buckets:
-        if n <= b:
-            return int(b)
-    raise BucketOverflowError(f"length {n} exceeds the largest bucket {buckets[-1]}")
-
-
 @dataclasses.dataclass(frozen=True)
 class PadSpec:
     """How one array field is padded: `pad_value` along `axis` (right padding). `buckets=None` means the

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vsr1_jax.buckets import round_up
 from vsr1_jax.models import embedder as E
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, text_positions
@@ -115,7 +116,7 @@ class TextVideoEmbedder:
         # group by padded length so short texts are not padded to the longest one of the whole call
         by_len: dict[int, list[int]] = {}
         for i, s in enumerate(seqs):
-            by_len.setdefault(-(-len(s) // self.length_bucket) * self.length_bucket, []).append(i)
+            by_len.setdefault(round_up(len(s), self.length_bucket), []).append(i)
         for length, idx in sorted(by_len.items()):
             for b in range(0, len(idx), batch_size):
                 chunk = idx[b:b + batch_size]
