@@ -13,12 +13,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs._data import get_data_config  # noqa: E402
 from configs._eval import get_eval_config  # noqa: E402
 from configs._synthetic import get_synthetic_config  # noqa: E402
+from configs._train import get_grpo_config, get_sft_config  # noqa: E402
 from configs._video import get_video_config  # noqa: E402
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.mode = "eval"                 # what main.py runs: "eval" (the search agent + metrics + report)
+    # what main.py runs: "eval" (the search agent + metrics + report), "sft" (Stage 1), "grpo" (Stage 2), "build"
+    # (the prepared data from raw videos) or "demo" (the toy pipeline: eval, SFT, eval, GRPO, eval, side by side)
+    c.mode = "eval"
     c.dataset = "charades-sta"      # folder under data_root: activitynet | charades-sta | didemo
     c.data_root = ""                # prepared data root (<data_root>/<dataset>/...); nothing is downloaded
     c.split = "test"
@@ -38,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval = get_eval_config()
     c.video = get_video_config()
     c.data = get_data_config()
+    c.sft = get_sft_config()
+    c.grpo = get_grpo_config()
     c.synthetic = get_synthetic_config()
 
     c.prompts = ml_collections.ConfigDict()

@@ -1,0 +1,91 @@
+"""Training defaults of the original VideoSearch-R1, Stage 1 (SFT) and Stage 2 (GRPO), each citing its spec line.
+Data selection (files, batch sizes, buckets, negatives) is in configs/_data.py (`config.data.sft` / `.grpo`).
+Spec pages (shared/spec/): S = sqr_and_sft.md, G = grpo.md."""
+from __future__ import annotations
+
+import ml_collections
+
+
+def _checkpointing(every_fraction: float, every_steps: int, keep: int) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.every_fraction = every_fraction  # save every this fraction of the total steps (0 = use every_steps)
+    c.every_steps = every_steps
+    c.keep = keep                      # newest checkpoints kept
+    c.async_save = True
+    return c
+
+
+def get_sft_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.learning_rate = 2e-5            # backbone (VS L56-65; S §8)
+    c.refine_learning_rate = 5e-5     # refine modules: projector_lr (VS L122; S §8)
+    c.warmup_steps = 0                # linear decay, warmup 0 (VS L57-59)
+    c.adam_beta1 = 0.9
+    c.adam_beta2 = 0.999
+    c.adam_epsilon = 1e-8
+    c.weight_decay = 0.0
+    c.max_grad_norm = 1.0
+    c.num_epochs = 1                  # VS L55
+    c.max_steps = 0                   # > 0: stop after this many optimizer steps (0 = the epochs decide)
+    c.seed = 42                       # VS (S §8)
+    # Parameters in bf16 as the original loads them (torch_dtype=bfloat16, bf16=True; S §8); the refine modules
+    # are created after loading, so they stay float32. float32 here = fp32 master weights for the backbone too.
+    c.param_dtype = "bfloat16"
+    # activation rematerialisation of the decoder scan body: "none" | "full" | "dots" (save matmul outputs only)
+    c.remat = "dots"
+    c.retrieval_loss_weight = 0.3     # lambda (VS L116; S §5)
+    c.retrieval_temperature = 0.1     # tau (VS L117; S §5)
+    c.filter_ambiguous_negatives = True  # retrieval_ignore_ambiguous_negatives (VS L119; S §5)
+    c.refine_token_count = 8          # rollout depth (VS; S §2.3)
+    c.label_buckets = (256, 512, 1024, 2048)  # assistant-token counts the LM loss is computed over (padded)
+    # videos are padded to these temporal groups (2 frames each; 64 frames = 32) and patches per frame (a
+    # 200,704-pixel frame is at most 784 patches of 16 x 16): the step compiles once per bucket combination
+    c.vision_group_buckets = (4, 8, 16, 32)
+    c.vision_patch_buckets = (256, 512, 784)
+    c.logprob_chunk = 256             # LM-head chunk (positions) of the loss
+    c.checkpoint = _checkpointing(0.05, 0, 10)  # every 5 % of steps, keep 10 (VS L75-78; S §8)
+    c.log_every = 1
+    c.export_hf = True                # write the final policy as a released-layout HF folder
+    return c
+
+
+def get_grpo_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.init_checkpoint = ""            # the Stage-1 checkpoint (orbax folder or HF folder); "" = config.checkpoint
+    c.learning_rate = 5e-7            # S2:251 (G §3.4), constant
+    c.adam_beta1 = 0.9
+    c.adam_beta2 = 0.999
+    c.adam_epsilon = 1e-8
+    c.weight_decay = 0.01             # S2:262 (no decay on biases and norms, HF default)
+    c.max_grad_norm = 1.0             # S2:260
+    c.param_dtype = "bfloat16"        # bf16 weights (S2:259)
+    c.remat = "dots"
+    # G, the per-device batch, the completion length and the epochs are in config.data.grpo
+    c.temperature = 1.0               # AR:218; logits are divided by it for scoring too
+    c.beta = 0.01                     # k3 KL weight (S2:397)
+    c.epsilon_low = 0.2               # AR:214-217
+    c.epsilon_high = 0.2
+    c.num_iterations = 1              # mu (AR:208-213): > 1 reuses a generation with stored old log-probs
+    c.steps_per_generation = 4        # 1 GPU: PDTBS 2 x spg 4 = 8 = 1 prompt x G (S2:332-341; G §3.1)
+    c.loss_type = "grpo"              # "grpo": mean over each sequence's tokens, then over the batch (AR:523);
+    #                                   "token_mean": mean over every completion token of the batch
+    c.max_turns = 1                   # 1 = what the original trains; > 1 = the paper's full agent loop (option)
+    c.rollout_batch_size = 8          # rows generated together
+    c.max_steps = 0                   # > 0: stop after this many optimizer steps
+    c.seed = 42
+    c.logprob_chunk = 256
+    # rewards (G §4): weights in the original's order; dataset configs override them
+    c.rewards = ml_collections.ConfigDict()
+    c.rewards.answer = 1.6            # W_ACC
+    c.rewards.think = 0.05            # W_THINK_REWARD
+    c.rewards.time_format = 0.05      # W_TIME_FMT
+    c.rewards.time_iou = 0.35         # W_TIME_IOU
+    c.rewards.refine = 0.8            # W_FMT (refine presence)
+    c.rewards.refine_quality = 0.5    # W_MARGIN
+    c.rewards.no_refine_penalty = 0.0  # GRPO_NO_REFINE_QUALITY_PENALTY
+    c.rewards.quality_temperature = 0.1  # GRPO_QUERY_REFINE_TEMPERATURE
+    c.rewards.quality = "delta"       # "delta" = p_after - p_before (shipped); "p_after"; "margin"
+    c.rewards.margin_scale = 1.0      # MARGIN_SCALE (the margin variant only)
+    c.checkpoint = _checkpointing(0.0, 200, 2)  # every 200 steps, keep 2 (S2:356, S2:402)
+    c.log_every = 1
+    return c

@@ -1,0 +1,158 @@
+"""Stage-2 GRPO (grpo.md §3; spec README decisions 5 and 6): group advantages, the clipped token objective with a
+k3 KL to the frozen Stage-1 reference, the scorer that computes per-token log-probs of the sampled ids in exactly
+the context the sampler saw, and one jitted update with gradient accumulation.
+
+Scoring layout of one row: the prompt left-padded to the bucket length P (as the sampler packed it), then the
+sampled ids right-padded to C, with M-RoPE positions continuing from the prompt's next position on all three axes
+(the decode positions of the sampler). Token t of the completion is predicted from position P - 1 + t. Only the
+sampled tokens carry loss weight, so in the multi-turn option nothing the policy did not sample (the retrieved
+video, the environment's text) is trained on.
+
+The loss is a weighted token sum: `token_weight` [B, C] is set on the host so that the sum is the original's
+aggregation exactly whatever the micro-batching: "grpo" = mean over each sequence's sampled tokens, then mean over
+the sequences of the generation batch (TRL `loss_type="grpo"` with GA = steps_per_generation); "token_mean" = mean
+over every sampled token of the generation batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.train.logprobs import token_logprobs
+from vsr1_jax.train.state import Graphdefs, TrainState
+
+LOSS_TYPES = ("grpo", "token_mean")
+
+
+# ---- advantages and weights (host, numpy) ------------------------------------------------------------------------
+def group_advantages(rewards: np.ndarray, group: int, eps: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """(advantages [N], zero-std group mask [N // group]) with A_i = (R_i - mean_g) / (std_g + eps), the std
+    unbiased (N - 1), over groups of `group` consecutive samples (TR:4915-4927)."""
+    r = np.asarray(rewards, np.float64).reshape(-1, group)
+    mean = r.mean(axis=1, keepdims=True)
+    std = r.std(axis=1, ddof=1, keepdims=True) if group > 1 else np.zeros_like(mean)
+    adv = (r - mean) / (std + eps)
+    return adv.reshape(-1).astype(np.float32), (std[:, 0] == 0)
+
+
+def token_weights(completion_mask: np.ndarray, sequence: np.ndarray, loss_type: str) -> np.ndarray:
+    """[B, C] float32 weights of the sampled tokens so that sum(w * per_token_loss) is the aggregation of
+    `loss_type`. sequence [B]: the sequence (trajectory) each row belongs to (rows of one trajectory = its turns),
+    -1 for padding rows."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type={loss_type!r}: expected one of {LOSS_TYPES}")
+    m = np.asarray(completion_mask, np.float64) * (np.asarray(sequence) >= 0)[:, None]
+    if loss_type == "token_mean":
+        return (m / max(m.sum(), 1.0)).astype(np.float32)
+    seqs = np.unique(sequence[sequence >= 0])
+    per_seq = {s: m[sequence == s].sum() for s in seqs}
+    w = np.zeros_like(m)
+    for b, s in enumerate(sequence):
+        if s >= 0:
+            w[b] = m[b] / max(per_seq[s], 1.0) / max(len(seqs), 1)
+    return w.astype(np.float32)
+
+
+# ---- the objective (device) ---------------------------------------------------------------------------------------
+def per_token_objective(logp, old_logp, ref_logp, advantages, *, epsilon_low: float, epsilon_high: float,
+                        beta: float):
+    """-> (per-token loss [B, C], kl [B, C], clipped [B, C] bool).
+
+    ratio = exp(logp - old); -min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A) + beta * KL with the k3
+    estimator KL = exp(ref - logp) - (ref - logp) - 1 (TR:5574-5678)."""
+    ratio = jnp.exp(logp - old_logp)
+    A = advantages[:, None]
+    clipped_ratio = jnp.clip(ratio, 1.0 - epsilon_low, 1.0 + epsilon_high)
+    loss = -jnp.minimum(ratio * A, clipped_ratio * A)
+    d = ref_logp - logp
+    kl = jnp.exp(d) - d - 1.0
+    if beta != 0.0:
+        loss = loss + beta * kl
+    clipped = ((ratio < 1.0 - epsilon_low) & (A < 0)) | ((ratio > 1.0 + epsilon_high) & (A > 0))
+    return loss, kl, clipped
+
+
+def score(policy, batch, *, opts: RunOptions, temperature: float, chunk: int):
+    """Per-token log-probs [B, C] of `completion_ids` under `policy` in the scoring layout (module docstring)."""
+    x, visual = policy.embed(batch["input_ids"], opts, vision=batch["vision"])
+    out = policy.decode(x, batch["positions"], batch["attention_mask"], opts=opts, visual=visual, logits="none")
+    C = batch["completion_ids"].shape[1]
+    P = batch["input_ids"].shape[1] - C       # the padded prompt length (static)
+    h = out.hidden[:, P - 1:P - 1 + C]
+    return token_logprobs(policy.text.logits, h, batch["completion_ids"], chunk=chunk, temperature=temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    epsilon_low: float = 0.2
+    epsilon_high: float = 0.2
+    beta: float = 0.01
+    temperature: float = 1.0
+    logprob_chunk: int = 256
+    use_old_logprobs: bool = False    # num_iterations > 1: the ratio uses the stored generation-time log-probs
+
+
+def grpo_loss(params, frozen, batch, *, graphdefs: Graphdefs, opts: RunOptions, lc: LossConfig):
+    policy, _ = graphdefs.modules(params, frozen)
+    logp = score(policy, batch, opts=opts, temperature=lc.temperature, chunk=lc.logprob_chunk)
+    old = batch["old_logprobs"] if lc.use_old_logprobs else jax.lax.stop_gradient(logp)
+    per_tok, kl, clipped = per_token_objective(logp, old, batch["ref_logprobs"], batch["advantages"],
+                                               epsilon_low=lc.epsilon_low, epsilon_high=lc.epsilon_high,
+                                               beta=lc.beta)
+    w = batch["token_weight"]
+    m = batch["completion_mask"].astype(jnp.float32)
+    loss = jnp.sum(per_tok * w)
+    aux = dict(kl_sum=jnp.sum(kl * m), clipped_sum=jnp.sum(clipped * m), tokens=jnp.sum(m))
+    return loss, aux
+
+
+def make_score_fn(graphdefs: Graphdefs, opts: RunOptions, lc: LossConfig):
+    """score_fn(params, frozen, batch [A, ...]) -> log-probs [A, B, C]: the reference (or old-policy) pass,
+    once per generation batch."""
+
+    def fn(params, frozen, batch):
+        policy, _ = graphdefs.modules(params, frozen)
+        return jax.lax.map(lambda mb: score(policy, mb, opts=opts, temperature=lc.temperature,
+                                            chunk=lc.logprob_chunk), batch)
+
+    return fn
+
+
+def make_train_step(graphdefs: Graphdefs, tx: optax.GradientTransformation, opts: RunOptions, lc: LossConfig,
+                    lr_fns: Mapping[str, Any]):
+    """grpo_step(state, batch) -> (state, metrics); batch leaves [A, ...] (A = steps_per_generation
+    micro-batches): the token-weighted losses and their gradients are summed over the micro-batches (the weights
+    already normalise over the whole generation batch). Non-finite loss or gradient: no update, counted."""
+    grad_fn = jax.value_and_grad(functools.partial(grpo_loss, graphdefs=graphdefs, opts=opts, lc=lc), has_aux=True)
+
+    def grpo_step(state: TrainState, batch):
+        def micro(acc, mb):
+            (loss, aux), g = grad_fn(state.params, state.frozen, mb)
+            return jax.tree.map(jnp.add, acc, g), (loss, aux)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, (losses, aux) = jax.lax.scan(micro, zeros, batch)
+        loss = losses.sum()
+        gnorm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        grads = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        new = state.replace(step=state.step + ok.astype(jnp.int32), params=keep(params, state.params),
+                            opt_state=keep(opt_state, state.opt_state),
+                            skipped=state.skipped + (~ok).astype(jnp.int32))
+        tokens = jnp.maximum(aux["tokens"].sum(), 1.0)
+        metrics = dict(loss=loss, grad_norm=gnorm, update_skipped=~ok, kl=aux["kl_sum"].sum() / tokens,
+                       clip_fraction=aux["clipped_sum"].sum() / tokens,
+                       **{f"lr_{k}": fn(state.step) for k, fn in lr_fns.items()})
+        return new, metrics
+
+    return grpo_step

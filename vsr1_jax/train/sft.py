@@ -1,0 +1,294 @@
+"""Stage-1 SFT (sqr_and_sft.md §2-§5, §8): the loss, the host-side examples and batches, and one jitted train step.
+
+loss = HF causal-LM loss over the assistant turn + lambda (0.3) x InfoNCE(q_final; positive + up to 24 negatives,
+tau 0.1), as the original's `compute_loss` (TRN L1664-1760). q_final is the refined query: z1 = refine_projector(the
+pre-norm hidden state at the row's last `<REFINE>`), z2..z8 from the policy continuing over the latents (a cached
+continuation of the same forward: its per-layer keys/values are the prefix, which equals the original's 7 full
+re-forwards under causal attention), then the frozen embedder on the query text with the projected latents
+spliced in. Gradients flow through the rollout and the embedder splice into the policy and the refine modules.
+
+Loss granularity follows the original's per-device micro-batch (1 row by default): rows are grouped by
+`config.data.sft.per_device_batch_size`; each group's LM loss is the mean over its label tokens and its InfoNCE loss
+the mean over its rows that have a term (0 if none), and the step loss is the mean over groups (DDP's gradient
+average).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from vsr1_jax.data.files import load_npy_video
+from vsr1_jax.buckets import BucketOverflowError, bucket_length, round_up
+from vsr1_jax.models import sqr as S
+from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.rope import get_rope_index
+from vsr1_jax.models.qwen3_vl.vision import VisionBatch, VisionBuckets, pack_vision
+from vsr1_jax.processing import chat
+from vsr1_jax.processing import prompts as P
+from vsr1_jax.processing.special_tokens import REFINE_TOKEN, special_ids
+from vsr1_jax.processing.video import preprocess_video
+from vsr1_jax.train.logprobs import token_logprobs
+from vsr1_jax.train.state import Graphdefs, TrainState
+
+
+# ---- host: one example -------------------------------------------------------------------------------------------
+class SkipExample(ValueError):
+    """A training item that cannot be used; the message names the item and the fix."""
+
+
+@dataclasses.dataclass
+class SFTExamples:
+    """record (data.queries.sft_records) -> example dict of numpy arrays. Picklable (grain workers)."""
+    tokenizer: Any
+    embed_tokenizer: Any
+    policy_cfg: Any                        # Qwen3VLConfig (token ids, merge size)
+    video_cfg: Any                         # configs/_video.py `sft`
+    video_meta: Mapping | None = None      # data.files.VideoMeta of train/video_npy_with_meta (timestamps "meta")
+    timestamps_mode: str = "index"
+    outer_vision_tokens: bool = False
+    instruction: str = P.EMBEDDER_INSTRUCTION
+    embedder_max_length: int = P.EMBEDDER_MAX_LENGTH
+    refine_token: str = REFINE_TOKEN
+
+    def __post_init__(self):
+        self.ids = special_ids(self.tokenizer, self.refine_token)
+
+    def _messages(self, rec) -> list:
+        msgs = []
+        for m in rec["messages"]:
+            content = m["content"]
+            if m["role"] == "user" and isinstance(content, str):
+                content = P.split_video_markers(content)
+            msgs.append({"role": m["role"], "content": content})
+        return msgs
+
+    def __call__(self, rec: Mapping) -> dict:
+        where = f"train_oneturn.json item {rec.get('index')} (qid {rec.get('qid')!r})"
+        try:
+            frames = load_npy_video(rec["video_path"])
+        except (FileNotFoundError, ValueError) as e:
+            return {"skip": "video_unreadable", "skip_detail": f"{where}: {e}", **_ids_of(rec)}
+        meta = None if self.video_meta is None else self.video_meta.get(rec["video_id"])
+        vin = preprocess_video(frames, self.video_cfg, self.timestamps_mode, meta)
+        enc = chat.encode_chat(self.tokenizer, self._messages(rec), video_grid_thw=[vin.grid_thw],
+                               timestamps=[vin.timestamps], outer_vision_tokens=self.outer_vision_tokens,
+                               ids=self.ids)
+        ids, loss_mask = enc.input_ids.astype(np.int32), enc.loss_mask
+        if not loss_mask.any():
+            return {"skip": "no_assistant_turn", "skip_detail": f"{where}: no assistant tokens; the item must end "
+                                                               "with an assistant message", **_ids_of(rec)}
+        refine = np.flatnonzero(ids == self.ids.refine)
+        pos, _ = get_rope_index(ids[None], image_token_id=self.policy_cfg.image_token_id,
+                                video_token_id=self.policy_cfg.video_token_id,
+                                spatial_merge_size=self.policy_cfg.vision.spatial_merge_size,
+                                video_grid_thw=[vin.grid_thw], attention_mask=np.ones((1, len(ids)), np.int32))
+        emb_ids = chat.embedder_query_ids(self.embed_tokenizer, rec["query"], self.instruction,
+                                          self.embedder_max_length)
+        return dict(input_ids=ids, loss_mask=loss_mask, positions=pos[:, 0].astype(np.int32),
+                    refine_index=int(refine[-1]) if refine.size else -1, pixel_rows=vin.pixel_rows,
+                    grid=tuple(vin.grid_thw), emb_ids=np.asarray(emb_ids, np.int32), **_ids_of(rec))
+
+
+def _ids_of(rec) -> dict:
+    return dict(index=int(rec.get("index", -1)), qid=str(rec["qid"]), query=str(rec["query"]),
+                pos_video_id=str(rec["pos_video_id"]), video_id=str(rec["video_id"]))
+
+
+# ---- device: the loss --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Static settings of the SFT loss (hashable: part of the jitted step's identity)."""
+    retrieval_loss_weight: float = 0.3     # lambda (VS L116)
+    temperature: float = 0.1               # tau (VS L117)
+    num_latents: int = 8                   # rollout depth
+    group_size: int = 1                    # rows per original micro-batch (per_device_train_batch_size)
+    logprob_chunk: int = 256
+
+
+def infonce_rows(q, candidates, mask, temperature: float):
+    """Per-row InfoNCE: -log softmax([q.pos, q.n_1 .. q.n_m] / tau)[0]. q [B, D] and candidates [B, 1+K, D] unit
+    rows; mask [B, 1+K] marks the positive (first) and the kept negatives."""
+    logits = jnp.einsum("bd,bkd->bk", q.astype(jnp.float32), candidates.astype(jnp.float32)) / temperature
+    logits = jnp.where(mask, logits, -jnp.inf)
+    return -jax.nn.log_softmax(logits, axis=-1)[:, 0]
+
+
+def lm_token_logprobs(policy, hidden, label_src, label_ids, chunk: int):
+    """log p(label_ids | prefix) from the final hidden states at `label_src` = label position - 1 ([B, A])."""
+    h = jnp.take_along_axis(hidden, label_src[..., None], axis=1)
+    return token_logprobs(policy.text.logits, h, label_ids, chunk=chunk)
+
+
+def sft_loss(params, frozen, embedder_params, batch, *, graphdefs: Graphdefs, embedder_graphdef, opts: RunOptions,
+             lc: LossConfig):
+    """-> (loss, aux). batch: a device batch of `SFTBatcher` (one micro-batch)."""
+    policy, head = graphdefs.modules(params, frozen)
+    embedder = nnx.merge(embedder_graphdef, jax.lax.stop_gradient(embedder_params))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    B = ids.shape[0]
+    x, visual = policy.embed(ids, opts, vision=batch["vision"])
+    out = policy.decode(x, batch["positions"], mask, opts=opts, visual=visual, logits="none",
+                        kv_extra_slots=lc.num_latents - 1)
+    # causal-LM loss over the assistant tokens (HF shifts labels by one)
+    lp = lm_token_logprobs(policy, out.hidden, batch["label_src"], batch["label_ids"], lc.logprob_chunk)
+    lmask = batch["label_mask"].astype(jnp.float32)
+    nll = -lp * lmask
+    # SQR: z1 from the pre-norm hidden at the last <REFINE>, z2..zN continuing from the forward's keys/values
+    ridx = jnp.maximum(batch["refine_index"], 0)
+    rows = jnp.arange(B)
+    h_refine = out.hidden_pre_norm[rows, ridx]
+    refine_pos = batch["positions"][0, rows, ridx]
+    Z, _ = S.rollout_cached(policy, head, out.cache, h_refine, ridx, refine_pos, opts=opts,
+                            num_latents=lc.num_latents)
+    q = S.q_final(embedder, head, Z, batch["emb_ids"], batch["emb_is_latent"], batch["emb_latent_index"],
+                  batch["emb_mask"], opts=opts)
+    ret_valid = batch["ret_valid"] & batch["row_valid"]
+    ret = jnp.where(ret_valid, infonce_rows(q, batch["candidates"], batch["candidate_mask"], lc.temperature), 0.0)
+    # the original's per-device micro-batches: token-mean LM loss and valid-row-mean InfoNCE per group, then mean
+    g = lc.group_size
+    row_w = batch["row_valid"].astype(jnp.float32)
+    lm_g = (nll * row_w[:, None]).reshape(B // g, -1).sum(-1) / jnp.maximum(
+        (lmask * row_w[:, None]).reshape(B // g, -1).sum(-1), 1.0)
+    nv = ret_valid.astype(jnp.float32).reshape(B // g, g)
+    ret_g = ret.reshape(B // g, g).sum(-1) / jnp.maximum(nv.sum(-1), 1.0)
+    group_w = (row_w.reshape(B // g, g).sum(-1) > 0).astype(jnp.float32)
+    n_groups = jnp.maximum(group_w.sum(), 1.0)
+    lm_loss = (lm_g * group_w).sum() / n_groups
+    ret_loss = (ret_g * group_w).sum() / n_groups
+    loss = lm_loss + lc.retrieval_loss_weight * ret_loss
+    aux = dict(lm_loss=lm_loss, infonce_loss=ret_loss, infonce_rows=ret_valid.sum(), label_tokens=(lmask * row_w[:, None]).sum(),
+               q_final=jax.lax.stop_gradient(q))
+    return loss, aux
+
+
+def make_train_step(graphdefs: Graphdefs, embedder_graphdef, tx: optax.GradientTransformation, opts: RunOptions,
+                    lc: LossConfig, lr_fns: Mapping[str, Any]):
+    """train_step(state, embedder_params, batch) -> (state, metrics); batch leaves have a leading accumulation
+    axis [A, ...]: gradients are averaged over the A micro-batches (gradient accumulation). A non-finite loss or
+    gradient leaves params and optimizer state unchanged and counts the skip."""
+    loss_fn = functools.partial(sft_loss, graphdefs=graphdefs, embedder_graphdef=embedder_graphdef, opts=opts, lc=lc)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def train_step(state: TrainState, embedder_params, batch):
+        def micro(acc, mb):
+            (loss, aux), g = grad_fn(state.params, state.frozen, embedder_params, mb)
+            return jax.tree.map(jnp.add, acc, g), (loss, aux)
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, (losses, aux) = jax.lax.scan(micro, zeros, batch)
+        A = losses.shape[0]
+        grads = jax.tree.map(lambda x: x / A, grads)
+        loss = losses.mean()
+        gnorm = optax.global_norm(grads)
+        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+        grads = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        new = state.replace(step=state.step + ok.astype(jnp.int32), params=keep(params, state.params),
+                            opt_state=keep(opt_state, state.opt_state),
+                            skipped=state.skipped + (~ok).astype(jnp.int32))
+        metrics = dict(loss=loss, lm_loss=aux["lm_loss"].mean(), infonce_loss=aux["infonce_loss"].mean(),
+                       infonce_rows=aux["infonce_rows"].sum(), label_tokens=aux["label_tokens"].sum(),
+                       grad_norm=gnorm, update_skipped=~ok, q_final=aux["q_final"],
+                       **{f"lr_{k}": fn(state.step) for k, fn in lr_fns.items()})
+        return new, metrics
+
+    return train_step
+
+
+# ---- host: batches -----------------------------------------------------------------------------------------------
+def _bucket(lengths, buckets, rows, field: str, what: str) -> int:
+    """The bucket of the longest row, or an error naming the row, the config field and the fix."""
+    i = int(np.argmax(lengths))
+    try:
+        return bucket_length(lengths[i], buckets)
+    except BucketOverflowError:
+        raise BucketOverflowError(f"train_oneturn.json item {rows[i]['index']} (qid {rows[i]['qid']!r}) has "
+                                  f"{lengths[i]} {what}, more than the largest bucket of {field} {tuple(buckets)}; "
+                                  "add a larger bucket") from None
+
+
+@dataclasses.dataclass
+class SFTCollate:
+    """Examples of one optimizer step (A micro-batches x B rows, in order) -> host batch dict with a leading [A, B]
+    shape on every array, padded to buckets so the step compiles once per bucket combination:
+    - tokens: right-padded to the smallest `buckets` length;
+    - the LM loss positions (assistant tokens) to the smallest `label_buckets` count;
+    - videos (one per row) into a `VisionBatch` per micro-batch with common group / patch buckets;
+    - the refined-query embedder prompt to a fixed length (embedder_max_length + latents, rounded up to 32).
+    Unusable examples (`skip`) are replaced by a copy of a usable row with `row_valid` False, and counted.
+    Python-side fields (qid, pos/retrieved ids) come back as [A][B] lists. Picklable (grain workers)."""
+    policy_cfg: Any
+    pad_id: int
+    accumulation: int
+    buckets: tuple[int, ...]
+    label_buckets: tuple[int, ...]
+    group_buckets: tuple[int, ...] | None
+    patch_buckets: tuple[int, ...] | None
+    num_latents: int = 8
+    splice_tail: int = 6
+    embedder_max_length: int = P.EMBEDDER_MAX_LENGTH
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        examples = list(examples)
+        A = self.accumulation
+        if len(examples) % A:
+            raise ValueError(f"{len(examples)} examples do not split into {A} micro-batches")
+        good = [e for e in examples if "skip" not in e]
+        skips = [e for e in examples if "skip" in e]
+        if not good:
+            raise SkipExample("every example of this step is unusable: " + "; ".join(e["skip_detail"] for e in skips))
+        rows = [e if "skip" not in e else good[0] for e in examples]
+        valid = np.asarray(["skip" not in e for e in examples])
+        n = len(rows)
+        label_pos = [np.flatnonzero(e["loss_mask"][1:]) + 1 for e in rows]   # HF shifts the labels by one
+        T = _bucket([len(e["input_ids"]) for e in rows], self.buckets, rows, "config.data.sft.buckets", "tokens")
+        La = _bucket([max(len(p), 1) for p in label_pos], self.label_buckets, rows, "config.sft.label_buckets",
+                     "assistant tokens")
+        ids = np.full((n, T), self.pad_id, np.int32)
+        mask = np.zeros((n, T), np.int32)
+        pos = np.zeros((3, n, T), np.int32)
+        lsrc = np.zeros((n, La), np.int32)
+        lids = np.zeros((n, La), np.int32)
+        lmask = np.zeros((n, La), bool)
+        for i, (e, lp) in enumerate(zip(rows, label_pos)):
+            L = len(e["input_ids"])
+            ids[i, :L], mask[i, :L], pos[:, i, :L] = e["input_ids"], 1, e["positions"]
+            lsrc[i, :len(lp)], lids[i, :len(lp)], lmask[i, :len(lp)] = lp - 1, e["input_ids"][lp], True
+        refine = np.asarray([e["refine_index"] for e in rows], np.int32)
+        emb_len = round_up(self.embedder_max_length + self.num_latents, 32)
+        e_ids, e_lat, e_idx, e_mask = S.splice_layout([list(e["emb_ids"]) for e in rows], self.num_latents,
+                                                       self.splice_tail, pad_id=self.pad_id)
+        padw = ((0, 0), (0, emb_len - e_ids.shape[1]))
+        e_ids, e_lat, e_idx, e_mask = (np.pad(a, padw) for a in (e_ids, e_lat, e_idx, e_mask))
+        vcfg = self.policy_cfg.vision
+        grids = [e["grid"] for e in rows]
+        G = bucket_length(max(g[0] for g in grids), self.group_buckets) if self.group_buckets else max(
+            g[0] for g in grids)
+        HW = bucket_length(max(g[1] * g[2] for g in grids), self.patch_buckets) if self.patch_buckets else max(
+            g[1] * g[2] for g in grids)
+        B = n // A
+        vb = VisionBuckets(items=(B,), groups=(G,), patches=(HW,))
+        visions = [pack_vision([(e["pixel_rows"], e["grid"]) for e in rows[a * B:(a + 1) * B]], vcfg, vb,
+                               input_ids=ids[a * B:(a + 1) * B], placeholder_ids=self.policy_cfg.video_token_id)
+                   for a in range(A)]
+        vision = VisionBatch(*(np.stack(parts) for parts in zip(*visions)))
+        split = lambda x, axis=0: np.stack(np.split(x, A, axis=axis), axis=axis)  # noqa: E731 [.., n, ..] -> [A, ..]
+        out = dict(input_ids=split(ids), attention_mask=split(mask), positions=np.moveaxis(split(pos, 1), 1, 0),
+                   label_src=split(lsrc), label_ids=split(lids), label_mask=split(lmask), refine_index=split(refine),
+                   has_refine=split(refine >= 0), emb_ids=split(e_ids), emb_is_latent=split(e_lat),
+                   emb_latent_index=split(e_idx), emb_mask=split(e_mask), row_valid=split(valid), vision=vision)
+        for key in ("qid", "query", "pos_video_id", "video_id", "index"):
+            vals = [e[key] for e in rows]
+            out[key] = [vals[a * B:(a + 1) * B] for a in range(A)]
+        out["skipped"] = [e["skip_detail"] for e in skips]
+        out["skip_reasons"] = [e["skip"] for e in skips]
+        return out

@@ -1,0 +1,209 @@
+"""Stage-1 SFT run: the prepared layout's train_oneturn.json through the grain pipeline, the InfoNCE candidates on
+the host, the jitted step on the mesh, and the loop (train/loop.py) with checkpoints, metrics and resume.
+
+    python -m vsr1_jax.main --config=configs/<dataset>.py --config.mode=sft --config.checkpoint=<stage-0 model>
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from vsr1_jax import sharding
+from vsr1_jax.data.files import read_hard_negatives, read_video_meta
+from vsr1_jax.data.paths import PreparedPaths
+from vsr1_jax.data.pipelines import build_dataset, make_iterator
+from vsr1_jax.data.queries import load_corpus, load_queries, sft_records
+from vsr1_jax.loading import Models
+from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.processing.special_tokens import special_ids
+from vsr1_jax.train import loop, optim, sft
+from vsr1_jax.train import state as state_lib
+from vsr1_jax.train.negatives import NegativeSampler
+
+log = logging.getLogger(__name__)
+
+
+def cast_params(module, dtype) -> None:
+    """Store every floating Param of `module` in `dtype` (in place)."""
+    for _, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        v = var.get_value()
+        if jnp.issubdtype(v.dtype, jnp.floating):
+            var.set_value(v.astype(dtype))
+
+
+def batch_shardings(mesh, batch: dict):
+    """Shard every array of a host batch on its B axis (axis 1 of [A, B, ...]; axis 2 of positions [A, 3, B, T])
+    over the mesh's data-parallel axes; Python lists stay on the host."""
+    names = tuple(n for n in sharding.BATCH if mesh.shape[n] > 1)
+    b = names if len(names) > 1 else (names[0] if names else None)
+
+    def spec(key, x):
+        axis = 2 if key == "positions" else 1
+        s = [None] * np.ndim(x)
+        s[axis] = b
+        return NamedSharding(mesh, PartitionSpec(*s))
+
+    return {k: (jax.tree.map(lambda x, k=k: spec(k, x), v) if not isinstance(v, list) else None)
+            for k, v in batch.items()}
+
+
+class SFTTask:
+    """Everything of Stage 1 that is not the generic loop (see loop.Task)."""
+
+    def __init__(self, config, models: Models, *, mesh=None):
+        c, d = config, config.data.sft
+        self.config, self.mesh = config, mesh
+        paths = PreparedPaths(c.data_root, c.dataset)
+        split = c.data.train_split
+        corpus = load_corpus(paths, split)
+        queries = load_queries(paths, split)
+        self.q_orig = {m.qid.strip(): queries.matrix[i] for i, m in enumerate(queries.meta)}
+        hard = read_hard_negatives(paths.hard_negatives) if paths.hard_negatives.exists() else {}
+        self.negatives = NegativeSampler(corpus.docid2row, corpus.matrix, hard, pool_size=d.negative_pool_size,
+                                         seed=d.random_negative_seed, ambiguous_margin=d.ambiguous_negative_margin,
+                                         filter_ambiguous=c.sft.filter_ambiguous_negatives)
+        records, counts = sft_records(paths, docid2row=corpus.docid2row)
+        if not records:
+            raise ValueError(f"{paths.sft_oneturn}: no usable SFT items ({dict(counts)})")
+        self.counts = Counter({f"data_{k}": v for k, v in counts.items()})
+        tok = models.tokenizer
+        self.ids = special_ids(tok, c.eval.refine_token)
+        meta_path = paths.video_npy_meta(split)
+        examples = sft.SFTExamples(tok, models.embed_tokenizer, models.policy.cfg, c.video.sft,
+                                   video_meta=read_video_meta(meta_path) if meta_path.exists() else None,
+                                   timestamps_mode=c.video.timestamps_mode,
+                                   outer_vision_tokens=c.prompts.outer_vision_tokens,
+                                   instruction=c.eval.query_embedder_input_prefix,
+                                   embedder_max_length=c.eval.query_embedder_max_length,
+                                   refine_token=c.eval.refine_token)
+        dp = 1 if mesh is None else sharding.batch_divisor(mesh)
+        self.B = d.per_device_batch_size * dp
+        self.A = d.gradient_accumulation_steps
+        collate = sft.SFTCollate(models.policy.cfg, self.ids.pad, self.A, tuple(d.buckets), tuple(c.sft.label_buckets),
+                                 tuple(c.sft.vision_group_buckets) or None, tuple(c.sft.vision_patch_buckets) or None,
+                                 num_latents=c.sft.refine_token_count,
+                                 embedder_max_length=c.eval.query_embedder_max_length)
+        per_process = self.A * self.B // jax.process_count()
+        ds, spec = build_dataset(records, map_fn=examples, batch_size=per_process, collate_fn=collate,
+                                 seed=c.sft.seed, shuffle=d.shuffle, num_epochs=c.sft.num_epochs)
+        self.iterator = make_iterator(ds, spec, worker_count=c.data.loader.worker_count,
+                                      worker_buffer_size=c.data.loader.worker_buffer_size,
+                                      read_threads=c.data.loader.read_threads,
+                                      prefetch_buffer_size=c.data.loader.prefetch_buffer_size)
+        self.total_steps = len(ds) if not c.sft.max_steps else min(len(ds), c.sft.max_steps)
+        # model, optimizer, state
+        opts = RunOptions.from_config(c.model, remat=c.sft.remat)
+        cast_params(models.policy, jnp.dtype(c.sft.param_dtype))
+        opt = optim.sft_optimizer(c.sft, self.total_steps)
+        self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, opt.tx,
+                                                      c.sft.seed, mesh)
+        emb = models.embedder
+        if mesh is not None:
+            sharding.shard_module(emb, mesh)
+        self.embedder_graphdef, self.embedder_params = nnx.split(emb)
+        lc = sft.LossConfig(retrieval_loss_weight=c.sft.retrieval_loss_weight, temperature=c.sft.retrieval_temperature,
+                            num_latents=c.sft.refine_token_count, group_size=d.per_device_batch_size,
+                            logprob_chunk=c.sft.logprob_chunk)
+        step = sft.make_train_step(self.graphdefs, self.embedder_graphdef, opt.tx, opts, lc, opt.schedules)
+        self._step = step
+        self._jit = None
+        self.params_total = state_lib.count_params(self.state.params)
+        log.info("SFT: %d items, %d steps of %d x %d rows; %d trainable parameters", len(records), self.total_steps,
+                 self.A, self.B, self.params_total)
+
+    # ---- loop.Task ---------------------------------------------------------------------------------------------
+    def next_batch(self):
+        host = next(self.iterator)
+        for reason in host.pop("skip_reasons"):
+            self.counts[f"skipped_{reason}"] += 1
+        for detail in host.pop("skipped"):
+            log.warning("skipped: %s", detail)
+        cand, cmask, valid, refresh = [], [], [], []
+        K = self.negatives.pool_size
+        for a in range(self.A):
+            for b in range(self.B):
+                qid, pos, top1 = host["qid"][a][b], host["pos_video_id"][a][b], host["video_id"][a][b]
+                ids, n_sel = ([], 0)
+                if host["has_refine"][a, b] and host["row_valid"][a, b]:
+                    ids, n_sel = self.negatives.candidates(qid, pos, top1, self.q_orig.get(qid))
+                    if n_sel == 0:
+                        self.counts["infonce_no_positive_or_query" if pos not in self.negatives.row_of
+                                    or qid not in self.q_orig else "infonce_no_negatives"] += 1
+                    elif not ids:
+                        self.counts["infonce_all_negatives_ambiguous"] += 1
+                v, m = self.negatives.candidate_vectors(ids, K + 1)
+                cand.append(v)
+                cmask.append(m)
+                valid.append(bool(ids))
+                refresh.append(n_sel > 0)
+        shape = (self.A, self.B)
+        host["candidates"] = np.stack(cand).reshape(*shape, K + 1, -1)
+        host["candidate_mask"] = np.stack(cmask).reshape(*shape, K + 1)
+        host["ret_valid"] = np.asarray(valid).reshape(shape)
+        host["_refresh"] = np.asarray(refresh).reshape(shape)
+        return host
+
+    def _device(self, host):
+        arrays = {k: v for k, v in host.items() if not isinstance(v, list) and not k.startswith("_")}
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, arrays)
+        shardings = batch_shardings(self.mesh, arrays)
+        return {k: jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), v, shardings[k])
+                for k, v in arrays.items()}
+
+    def step(self, state, host):
+        if self._jit is None:
+            kw = dict(donate_argnums=(0,))
+            if self.mesh is not None:
+                st = state_lib.shardings_of(state)
+                kw.update(in_shardings=(st, state_lib.shardings_of(self.embedder_params), None),
+                          out_shardings=(st, None))
+            self._jit = jax.jit(self._step, **kw)
+        return self._jit(state, self.embedder_params, self._device(host))
+
+    def after_step(self, step: int, host, metrics) -> dict:
+        q = np.asarray(jax.device_get(metrics.pop("q_final")), np.float32)       # [A, B, D]
+        out = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        refreshed = 0
+        # the original refreshes from the second optimizer step on (global_step > 0), every step (VS L141)
+        every = self.config.data.sft.hard_negative_refresh_steps
+        if every > 0 and step > 0 and step % every == 0:
+            sel = host["_refresh"]
+            qids = [host["qid"][a][b] for a in range(self.A) for b in range(self.B) if sel[a, b]]
+            pos = [host["pos_video_id"][a][b] for a in range(self.A) for b in range(self.B) if sel[a, b]]
+            refreshed = self.negatives.refresh(qids, pos, q[sel])
+        out.update(hard_negatives_refreshed=refreshed, tokens=float(np.sum(host["attention_mask"])),
+                   **{k: float(v) for k, v in self.counts.items()})
+        return out
+
+    def host_state(self) -> dict:
+        return {"data": self.iterator.get_state(), "negatives": self.negatives.state_dict(),
+                "counts": dict(self.counts)}
+
+    def load_host_state(self, state: dict) -> None:
+        if "data" in state:
+            self.iterator.set_state(state["data"])
+        if "negatives" in state:
+            self.negatives.load_state_dict(state["negatives"])
+        self.counts = Counter(state.get("counts", {}))
+
+
+def run_sft(config, models: Models, *, out_dir: str | None = None):
+    """Train Stage 1; returns (task, final state). Checkpoints, metrics.jsonl and TensorBoard go to out_dir
+    (default `<config.output_dir>/sft`)."""
+    out_dir = out_dir or os.path.join(config.output_dir, "sft")
+    mesh = sharding.make_mesh(config.mesh.to_dict()) if jax.device_count() > 1 else None
+    task = SFTTask(config, models, mesh=mesh)
+    state, steps, stopped = loop.run(task, task.state, out_dir=out_dir, ckpt_cfg=config.sft.checkpoint,
+                                     log_every=config.sft.log_every, desc="sft")
+    task.state = state
+    return task, state, stopped
+
+

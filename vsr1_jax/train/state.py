@@ -1,0 +1,81 @@
+"""The train state: a pytree of arrays that a jitted step takes and returns (donated), plus the static graph
+definitions that turn it back into modules.
+
+params["policy" | "head"] hold the *trainable* leaves of the policy (Qwen3VL) and the SQR head; frozen[...] the rest
+(not differentiated, not in the optimizer). The query embedder is frozen in both stages and travels beside the state.
+`nnx.split` / `nnx.merge` happen inside the jitted functions (`Graphdefs.modules`).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from vsr1_jax import sharding
+from vsr1_jax.models import sqr as S
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+
+Path = tuple[str, ...]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array            # int32 []: optimizer updates applied
+    params: dict               # {"policy": nnx.State, "head": nnx.State} trainable leaves
+    frozen: dict               # {"policy": nnx.State, "head": nnx.State} the other leaves
+    opt_state: Any             # optax state over `params`
+    rng: jax.Array             # uint32 key data (jax.random.key_data) for sampling
+    skipped: jax.Array         # int32 []: updates skipped for a non-finite loss or gradient
+
+
+class Graphdefs(NamedTuple):
+    """Static (hashable) structure of the modules; pass as a static jit argument."""
+    policy: Any
+    head: Any
+
+    def modules(self, params: dict, frozen: dict) -> tuple[Qwen3VL, S.SQRHead]:
+        return (nnx.merge(self.policy, params["policy"], frozen["policy"]),
+                nnx.merge(self.head, params["head"], frozen["head"]))
+
+
+def _split(module, name: str, trainable: Callable[[Path], bool]):
+    def is_trainable(path, _):
+        return trainable((name,) + tuple(str(p) for p in path))
+
+    return nnx.split(module, is_trainable, ...)
+
+
+def split_models(policy: Qwen3VL, head: S.SQRHead, trainable: Callable[[Path], bool]):
+    """-> (Graphdefs, params, frozen): trainable(("policy" | "head", *module path)) picks the trained leaves."""
+    pg, pt, pf = _split(policy, "policy", trainable)
+    hg, ht, hf = _split(head, "head", trainable)
+    return Graphdefs(pg, hg), {"policy": pt, "head": ht}, {"policy": pf, "head": hf}
+
+
+def create(policy: Qwen3VL, head: S.SQRHead, trainable: Callable[[Path], bool], tx: optax.GradientTransformation,
+           seed: int, mesh=None) -> tuple[TrainState, Graphdefs]:
+    """A fresh train state. With a mesh, every parameter is first placed by the logical-axis rules
+    (`sharding.RULES`) and the optimizer state is created under jit, so its moments inherit those shardings."""
+    if mesh is not None:
+        sharding.shard_module(policy, mesh)
+        sharding.shard_module(head, mesh)
+    graphdefs, params, frozen = split_models(policy, head, trainable)
+    opt_state = jax.jit(tx.init)(params)
+    scalars = dict(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)),
+                   skipped=jnp.zeros((), jnp.int32))
+    if mesh is not None:
+        scalars = jax.device_put(scalars, sharding.replicated(mesh))
+    return TrainState(params=params, frozen=frozen, opt_state=opt_state, **scalars), graphdefs
+
+
+def shardings_of(tree):
+    """The shardings of a placed pytree (the train step's in/out shardings for the state)."""
+    return jax.tree.map(lambda x: x.sharding, tree)
+
+
+def count_params(tree) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(tree)))
