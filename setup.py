@@ -22,6 +22,9 @@ setup(
         "absl-py",
         "tokenizers",
         "pillow",
+        # video decoding for the build (vsr1_jax/data/build/frames.py: the original's extract_npy.py decodes with
+        # PyAV; abi3 wheels with FFmpeg inside for Python >= 3.11)
+        "av>=14",
         "tqdm",
         "matplotlib",
     ],

@@ -64,6 +64,7 @@ def get_synthetic_config() -> ml_collections.ConfigDict:
     c.build.top1_pool_match = data.build.top1_pool_match  # 1000
     c.build.top1_pool_not_match = data.build.top1_pool_not_match  # 1000
     c.build.top1_pool_seed = data.build.top1_pool_seed  # 42
+    c.build.sft_exclude_finish_reasons = data.build.sft_exclude_finish_reasons  # ("length",)
 
     # SFT items: the original's top-1 pool has plenty of hits (R@1 ~ 20-55 %); a random embedder gets ~1/N, so
     # matched items are added as GRPO's builder adds them (GT video shown instead of the top-1, ⌈#not_matched ·

@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from vsr1_jax.data.files import (
     id_map_from_docid2row,
     l2_normalize_rows,
     read_raw_annotation,
+    read_video_embed_meta,
     write_docid2row,
     write_embeddings,
     write_faiss_index,
@@ -33,8 +34,11 @@ from vsr1_jax.data.files import (
     write_video_npy,
     write_video_npy_meta,
 )
+from vsr1_jax.data.build import oneturn as OT
+from vsr1_jax.data.build import select as SEL
+from vsr1_jax.data.build import teacher as TE
+from vsr1_jax.data.build.pipeline import Embedder
 from vsr1_jax.data.paths import SPLITS, PreparedPaths
-from vsr1_jax.data.queries import query_text_map
 from vsr1_jax.data.records import QueryMetaRow, RawAnnotationRow, VideoEmbedMeta, VideoNpyMeta
 from vsr1_jax.data.validate import ValidationReport, validate_dataset
 from vsr1_jax.processing import prompts as P
@@ -50,14 +54,6 @@ from vsr1_jax.processing import prompts as P
 # (build_hard_negatives_npy.py), the top-1 pool with templated "teacher" reasoning and its one-turn SFT conversion
 # (build_top1_pool.py, convert_match_grounding_to_oneturn.py), the GRPO rows + stats
 # (build_verified_search_minimal_top1.py). numpy only: no JAX model code is imported here.
-
-
-class Embedder(Protocol):
-    """The search engine: unit-norm float32 rows [N, D] for texts and for uint8 [T, H, W, 3] videos."""
-
-    def embed_texts(self, texts: list[str], batch_size: int = 32) -> np.ndarray: ...
-
-    def embed_videos(self, videos: list[np.ndarray], batch_size: int = 8) -> np.ndarray: ...
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,11 +380,6 @@ def _embed(fn, items: list, batch_size: int, n_expected: int, what: str) -> np.n
     return out
 
 
-def _rank_order(scores: np.ndarray) -> np.ndarray:
-    """Descending, ties to the lower row (the eval's argmax picks the first index, EVAL L3280)."""
-    return np.argsort(-scores, axis=-1, kind="stable")
-
-
 def _rel(paths: PreparedPaths, path: Path) -> str:
     # Paths inside files are relative to the dataset dir: absolute ones would differ between build roots and break
     # byte-identical output for equal seeds (consumers look videos up by id first, video.py VideoMeta.lookup).
@@ -467,235 +458,53 @@ def _write_split(paths: PreparedPaths, split: str, videos: list[SyntheticVideo],
     return l2_normalize_rows(q_emb), l2_normalize_rows(v_emb), meta, docid2row
 
 
-def _hard_negatives(meta, order, doc_ids, cfg) -> dict[str, list[str]]:
-    """build_hard_negatives_npy.py L116-154: top-TOPK_POOL by cosine, positive and duplicates skipped, ≤ MAX."""
-    pool, cap = int(cfg.build.hard_negative_topk_pool), int(cfg.build.hard_negative_max)
-    out = {}
-    for i, m in enumerate(meta):
-        negs: list[str] = []
-        for r in order[i, :pool]:
-            d = doc_ids[int(r)]
-            if d != m.pos_doc_id and d not in negs:
-                negs.append(d)
-            if len(negs) >= cap:
-                break
-        out[m.qid] = negs
-    return out
+def _teacher_text(m: QueryMetaRow, shown: str, q2event, video_by_id) -> str:
+    """The templated "teacher" answer in the original prompts' output format ("Reasoning: ...", GM L31-63)."""
+    video, ev = q2event[m.qid]
+    shown_video = video_by_id[shown]
+    text = (matched_reasoning(ev, video.background, shown_video) if shown == m.pos_doc_id
+            else not_matched_reasoning(ev, video.background, shown_video))
+    return f"Reasoning: {text}"
 
 
-def _sft(paths, meta, q2event, scores, order, doc_ids, docid2row, video_by_id, cfg,
+def _sft(paths, raw_rows, meta, q2event, scores, order, doc_ids, docid2row, video_by_id, embed_meta, cfg,
          log) -> tuple[list[dict], list[dict]]:
-    """Top-1 pool (build_top1_pool.py L464-485) + templated teacher fields (generate_match_grounding.py L561-589),
-    and their one-turn conversion (convert_match_grounding_to_oneturn.py L300-344)."""
-    rows = {"match": [], "not_match": []}
-    for i, m in enumerate(meta):
-        top1 = doc_ids[int(order[i, 0])]
-        rows["match" if top1 == m.pos_doc_id else "not_match"].append((i, top1, 1, None))
-    # up to 1000 + 1000, sampled with seed 42 (05_build_top1_pool.bash L30-31), kept in query order
-    rng = random.Random(int(cfg.build.top1_pool_seed))
-    for label, cap in (("match", cfg.build.top1_pool_match), ("not_match", cfg.build.top1_pool_not_match)):
-        if len(rows[label]) > int(cap):
-            rows[label] = sorted(rng.sample(rows[label], int(cap)))
-    n_top1_match = len(rows["match"])
-    added = 0
-    if cfg.sft.augment_match_to_balance and rows["not_match"]:
-        # synthetic-only (configs/_synthetic.py): show the GT video for some misses, as GRPO's builder balances
-        need = max(0, int(math.ceil(len(rows["not_match"]) * float(cfg.sft.target_match_ratio))) - n_top1_match)
+    """The original's top-1 pool (build_top1_pool.py, `build.select.top1_pool`), a templated teacher parsed as the
+    original parses its model (`build.teacher.output_row`) and the one-turn conversion (`build.oneturn`); plus the
+    synthetic-only GT-video positives (configs/_synthetic.py `sft.augment_match_to_balance`)."""
+    meta_json = [m.to_json() for m in meta]
+    doc_meta = {r.doc_id: r.to_json() for r in embed_meta}
+    top1 = order[:, 0]
+    pool, pool_stats = SEL.top1_pool(meta_json, top1, scores[np.arange(len(meta)), top1], doc_ids, doc_meta,
+                                     raw_rows, num_match=int(cfg.build.top1_pool_match),
+                                     num_not_match=int(cfg.build.top1_pool_not_match),
+                                     seed=int(cfg.build.top1_pool_seed))
+    n_match = pool_stats["selected_match"]
+    misses = [r for r in pool if r["gold_label"] == "not_match"]
+    added = []
+    if cfg.sft.augment_match_to_balance and misses:
+        # synthetic-only: show the GT video for some misses, as GRPO's builder balances (shuffled cycles)
+        need = max(0, int(math.ceil(len(misses) * float(cfg.sft.target_match_ratio))) - n_match)
         aug_rng = random.Random(int(cfg.sft.augment_seed))
         picked: list = []
         while len(picked) < need:
-            cycle = list(rows["not_match"])
+            cycle = list(misses)
             aug_rng.shuffle(cycle)
             picked.extend(cycle[:need - len(picked)])
-        for i, top1, _, _ in picked:
-            pos = meta[i].pos_doc_id
-            rank = int(np.flatnonzero(order[i] == docid2row[pos])[0]) + 1
-            rows["match"].append((i, pos, rank, top1))
-        added = len(picked)
-    pool = sorted(rows["match"] + rows["not_match"], key=lambda r: (r[0], r[2]))
-
-    reasoning_rows, items = [], []
-    for i, shown, rank, source_top1 in pool:
-        m = meta[i]
-        video, ev = q2event[m.qid]
-        shown_video = video_by_id[shown]
-        is_match = shown == m.pos_doc_id
-        text = (matched_reasoning(ev, video.background, shown_video) if is_match
-                else not_matched_reasoning(ev, video.background, shown_video))
-        pair_id = f"{m.qid}::{shown}"
-        row = {
-            "pair_id": pair_id, "qid": m.qid, "query": m.query, "query_index": i, "query_pos_doc_id": m.pos_doc_id,
-            "fig_score": m.fig_score, "top1_doc_id": shown, "top1_score": float(scores[i, docid2row[shown]]),
-            "top1_rank": rank, "gold_label": "match" if is_match else "not_match", "top1_video_id": shown,
-            "top1_video_path": _rel(paths, paths.video_npy("train", shown)), "top1_start": 0.0,
-            "top1_end": shown_video.duration, "top1_duration": shown_video.duration,
-            "gt_video_id": m.pos_doc_id, "gt_video_path": _rel(paths, paths.video_npy("train", m.pos_doc_id)),
-            "gt_start": float(ev.start), "gt_end": float(ev.end), "gt_duration": float(ev.end - ev.start),
-            "model_label": "matched" if is_match else "not_matched", "model_reasoning": text,
-            "model_temporal_grounding": f"{P.format_seconds(ev.start)} - {P.format_seconds(ev.end)}" if is_match
-            else "",
-            "model_temporal_start": float(ev.start) if is_match else None,
-            "model_temporal_end": float(ev.end) if is_match else None,
-            "model_think": text, "model_finish_reason": "stop", "model_error": None, "parsed_ok": True,
-            "model_gold_consistent": True,
-        }
-        if source_top1 is not None:
-            row.update(augmentation_type="gt_video_positive", source_top1_doc_id=source_top1)
-        reasoning_rows.append(row)
-        answer = P.MATCHED if is_match else P.NOT_MATCHED
-        target = P.assistant_target(answer, text, float(ev.start), float(ev.end)) if is_match \
-            else P.assistant_target(answer, text)
-        gold = "pos" if is_match else "neg"
-        items.append({
-            "qid": m.qid, "query": m.query,
-            "messages": [{"role": "system", "content": P.sft_system_prompt()},
-                         {"role": "user", "content": P.USER_TURN_TEMPLATE.format(query=m.query)},
-                         {"role": "assistant", "content": target}],
-            "videos": [f"{shown}.npy"],
-            "meta": {"source": "pairs_with_reasoning", "gold_label": gold, "video_id": shown,
-                     "query_pos_video_id": m.pos_doc_id, "pair_id": pair_id, "episode_type": "T1",
-                     "num_negs": 0 if is_match else 1, "top1_video_id": shown, "top1_gold_label": gold},
-        })
-    log(f"sft: {len(items)} items ({n_top1_match} top-1 matches, {len(rows['not_match'])} misses, "
-        f"{added} GT-video positives added)")
+        raw_index = SEL.RawIndex(raw_rows)
+        for src in picked:
+            i, pos = src["query_index"], src["query_pos_doc_id"]
+            row = SEL.pool_row(meta_json[i], i, pos, float(scores[i, docid2row[pos]]), doc_meta, raw_index)
+            row.update(top1_rank=int(np.flatnonzero(order[i] == docid2row[pos])[0]) + 1,
+                       augmentation_type="gt_video_positive", source_top1_doc_id=src["top1_doc_id"])
+            added.append(row)
+    by_qid = {m.qid: m for m in meta}
+    reasoning_rows = [TE.output_row(r, _teacher_text(by_qid[r["qid"]], r["top1_doc_id"], q2event, video_by_id),
+                                    None, "stop") for r in pool + added]
+    items, _ = OT.convert_rows(reasoning_rows, exclude_finish_reasons=tuple(cfg.build.sft_exclude_finish_reasons))
+    log(f"sft: {len(items)} items ({n_match} top-1 matches, {len(misses)} misses, "
+        f"{len(added)} GT-video positives added)")
     return reasoning_rows, items
-
-
-def _grpo(paths, raw_rows, meta, q_emb, v_emb, doc_ids, dataset, cfg) -> tuple[list[dict], dict]:
-    """build_verified_search_minimal_top1.py `build_dataset` (L236-478) on the in-memory matrices."""
-    g = cfg.grpo
-    topk, depth_cfg = int(g.hard_negative_topk), int(g.hard_negative_depth)
-    text2row = query_text_map(meta, duplicates="first")  # BV `_load_query_meta`: first occurrence wins
-    stats: dict[str, Any] = {
-        "dataset_name": dataset, "raw_annotation": _rel(paths, paths.raw_annotation("train")),
-        "rows_total": 0, "rows_written": 0, "rows_matched": 0, "rows_not_matched": 0, "rows_written_raw": 0,
-        "rows_matched_raw": 0, "rows_not_matched_raw": 0, "drop_empty_query_or_gt": 0, "drop_query_missing_meta": 0,
-        "drop_invalid_qrow": 0, "drop_empty_top1": 0, "drop_missing_video_npy": 0,
-        "augment_match_to_balance": int(bool(g.augment_match_to_balance)),
-        "target_match_ratio": float(g.target_match_ratio), "augment_seed": int(g.augment_seed),
-        "rows_augmented_match_added": 0, "rows_augmented_match_target": 0, "rows_augmented_match_candidates": 0,
-        "rows_augmented_drop_missing_gt_npy": 0, "rows_augmented_drop_missing_gt_time": 0,
-        "hard_negative_topk": topk, "hard_negative_depth": depth_cfg, "hard_negative_avg_count": 0.0,
-    }
-    depth = max(1, depth_cfg, topk + 1)
-    problem_prefix = P.sft_system_prompt()  # BV L20-32 is the SFT text verbatim
-    rows = []
-    for ex in raw_rows:
-        stats["rows_total"] += 1
-        query, gt_video = ex.query_text, str(ex.video or "").strip()
-        gt_time = _normalize_time_span(ex.time)
-        gt_duration = _positive_or_none(ex.duration)
-        if not query or not gt_video:
-            stats["drop_empty_query_or_gt"] += 1
-            continue
-        q_row = text2row.get(query)
-        if q_row is None:
-            stats["drop_query_missing_meta"] += 1
-            continue
-        scores = v_emb @ q_emb[q_row]
-        top = _rank_order(scores)[:depth]
-        top1 = doc_ids[int(top[0])]
-        if not paths.video_npy_exists("train", top1):
-            stats["drop_missing_video_npy"] += 1
-            continue
-        neg_ids, neg_scores, neg_ranks = [], [], []
-        for rank, r in enumerate(top.tolist(), start=1):
-            d = doc_ids[r]
-            if d == gt_video or d in neg_ids:
-                continue
-            neg_ids.append(d)
-            neg_scores.append(float(scores[r]))
-            neg_ranks.append(rank)
-            if len(neg_ids) >= topk:
-                break
-        is_match = top1 == gt_video
-        rows.append({
-            "problem_id": -1, "qid": meta[q_row].qid, "problem": f"{problem_prefix}\n\nQuery:\n{query}",
-            "data_type": "video", "problem_type": "multiple choice",
-            "options": ["<answer>matched</answer>", "<answer>not_matched</answer><REFINE>"],
-            "solution": "<answer>matched</answer>" if is_match else "<answer>not_matched</answer><REFINE>",
-            "path": f"{top1}.npy", "data_source": f"Verified-Search-Minimal-Top1-{dataset}", "query": query,
-            "gt_video": gt_video, "gt_time": gt_time, "gt_duration": gt_duration, "retrieved_video": top1,
-            "label": "matched" if is_match else "not_matched", "hard_negative_ids": neg_ids,
-            "hard_negative_scores": neg_scores, "hard_negative_ranks": neg_ranks, "is_augmented": False,
-        })
-    n_match = sum(r["label"] == "matched" for r in rows)
-    n_not = sum(r["label"] == "not_matched" for r in rows)
-    stats.update(rows_written_raw=len(rows), rows_matched_raw=n_match, rows_not_matched_raw=n_not)
-
-    if g.augment_match_to_balance and g.target_match_ratio > 0.0 and n_not > 0:
-        target = int(math.ceil(n_not * float(g.target_match_ratio)))
-        stats["rows_augmented_match_target"] = target
-        need = max(0, target - n_match)
-        if need > 0:
-            candidates = []
-            for r in rows:
-                if r["label"] != "not_matched":
-                    continue
-                if not paths.video_npy_exists("train", r["gt_video"]):
-                    stats["rows_augmented_drop_missing_gt_npy"] += 1
-                    continue
-                if _matched_solution(r["gt_time"], r["gt_duration"]) is None:
-                    stats["rows_augmented_drop_missing_gt_time"] += 1
-                    continue
-                candidates.append(r)
-            stats["rows_augmented_match_candidates"] = len(candidates)
-            if candidates:
-                rng = random.Random(int(g.augment_seed))
-                selected: list[dict] = []
-                while len(selected) < need:  # shuffled cycles: with replacement across cycles (BV L430-436)
-                    cycle = list(candidates)
-                    rng.shuffle(cycle)
-                    selected.extend(cycle[:need - len(selected)])
-                aug_rows = []
-                for src in selected:
-                    aug = dict(src)
-                    aug.update(problem_id=-1, solution=_matched_solution(src["gt_time"], src["gt_duration"]),
-                               path=f"{src['gt_video']}.npy", retrieved_video=src["gt_video"], label="matched",
-                               is_augmented=True, augmentation_type="gt_video_positive",
-                               source_label="not_matched", source_retrieved_video=src["retrieved_video"])
-                    aug_rows.append(aug)
-                stats["rows_augmented_match_added"] = len(aug_rows)
-                rows.extend(aug_rows)
-    for i, r in enumerate(rows):
-        r["problem_id"] = i
-    stats.update(rows_written=len(rows), rows_matched=sum(r["label"] == "matched" for r in rows),
-                 rows_not_matched=sum(r["label"] == "not_matched" for r in rows))
-    if rows:
-        stats["hard_negative_avg_count"] = sum(len(r["hard_negative_ids"]) for r in rows) / float(len(rows))
-    return rows, stats
-
-
-def _normalize_time_span(raw: Any) -> list[float] | None:
-    """BV `_normalize_time_span`: [start, end] finite with end > start, else None."""
-    if not isinstance(raw, (list, tuple)) or len(raw) < 2:
-        return None
-    try:
-        s, e = float(raw[0]), float(raw[1])
-    except (TypeError, ValueError):
-        return None
-    if not (math.isfinite(s) and math.isfinite(e)) or e <= s:
-        return None
-    return [s, e]
-
-
-def _positive_or_none(raw: Any) -> float | None:
-    """BV `_normalize_duration`: a finite duration > 0, else None."""
-    try:
-        d = float(raw)
-    except (TypeError, ValueError):
-        return None
-    return d if math.isfinite(d) and d > 0 else None
-
-
-def _matched_solution(gt_time: list[float] | None, gt_duration: float | None) -> str | None:
-    """BV `_format_matched_solution_with_time`: the GT span (else [0, duration]) with 2 decimals; None when neither
-    exists (BV then writes a span-less solution and skips the row)."""
-    if gt_time is None:
-        if gt_duration is None:
-            return None
-        gt_time = [0.0, float(gt_duration)]
-    return f"<answer>matched</answer><start>{gt_time[0]:.2f}</start><end>{gt_time[1]:.2f}</end><REFINE>"
 
 
 def build_synthetic_dataset(root, dataset: str = "synthetic", cfg=None, *, embedder: Embedder,
@@ -739,21 +548,31 @@ def build_synthetic_dataset(root, dataset: str = "synthetic", cfg=None, *, embed
     queries, q_emb, v_emb, meta, docid2row = per_split["train"]
     doc_ids = id_map_from_docid2row(docid2row)
     scores = q_emb @ v_emb.T
-    order = _rank_order(scores)
+    order = SEL.rank_order(scores)
     counts["train/top1_hits"] = int(sum(doc_ids[int(order[i, 0])] == m.pos_doc_id for i, m in enumerate(meta)))
     log(f"train: top-1 retrieval hits {counts['train/top1_hits']}/{len(meta)}; writing hard negatives")
-    write_hard_negatives(paths.hard_negatives, _hard_negatives(meta, order, doc_ids, cfg))
+    meta_json = [m.to_json() for m in meta]
+    negatives, _ = SEL.hard_negatives(meta_json, order[:, :int(cfg.build.hard_negative_topk_pool)], doc_ids,
+                                      max_negatives=int(cfg.build.hard_negative_max))
+    write_hard_negatives(paths.hard_negatives, negatives)
 
+    raw_rows = [r.to_json() for r in read_raw_annotation(paths.raw_annotation("train"))]
     q2event = {f"{q.desc_id}_fig": (q.video, q.event) for q in queries}
     video_by_id = {v.video_id: v for v in plans["train"]}
-    reasoning_rows, items = _sft(paths, meta, q2event, scores, order, doc_ids, docid2row, video_by_id, cfg,
-                                 log)
+    embed_meta = read_video_embed_meta(paths.video_embed_meta("train"))
+    reasoning_rows, items = _sft(paths, raw_rows, meta, q2event, scores, order, doc_ids, docid2row, video_by_id,
+                                 embed_meta, cfg, log)
     write_sft_reasoning(paths.sft_reasoning, reasoning_rows)
     write_sft_items(paths.sft_oneturn, items)
     counts["sft/items"] = len(items)
 
-    raw_rows = read_raw_annotation(paths.raw_annotation("train"))
-    grpo_rows, stats = _grpo(paths, raw_rows, meta, q_emb, v_emb, doc_ids, dataset, cfg)
+    g = cfg.grpo
+    grpo_rows, stats = SEL.grpo_rows(
+        raw_rows, meta_json, q_emb, SEL.numpy_search(v_emb), doc_ids, lambda v: paths.video_npy_exists("train", v),
+        dataset_name=dataset, problem_prefix=P.sft_system_prompt(), hard_negative_topk=int(g.hard_negative_topk),
+        hard_negative_depth=int(g.hard_negative_depth), augment_match_to_balance=bool(g.augment_match_to_balance),
+        target_match_ratio=float(g.target_match_ratio), augment_seed=int(g.augment_seed),
+        raw_annotation=_rel(paths, paths.raw_annotation("train")))
     write_grpo_rows(paths.grpo_rows, grpo_rows)
     write_grpo_stats(paths.grpo_stats, stats)
     counts["grpo/rows"] = len(grpo_rows)
