@@ -14,4 +14,9 @@ def get_config():
     c = base_config()
     c.dataset = "activitynet"
     c.output_dir = "outputs/activitynet"
+    # --config.mode=build: the VERIFIED file names in data.build.annotations (01_data_generate.bash L15-17;
+    # the test split is val_2)
+    c.data.build.train_annotation = "activitynet_fig_train.jsonl"
+    c.data.build.test_annotation = "activitynet_fig_val_2.jsonl"
+    c.data.build.dataset_name = "ActivityNet"  # GRPO data_source suffix (09_build_*.bash DATASET_NAME L24)
     return c

@@ -14,4 +14,8 @@ def get_config():
     c = base_config()
     c.dataset = "charades-sta"
     c.output_dir = "outputs/charades"
+    # --config.mode=build: the VERIFIED file names in data.build.annotations (01_data_generate_charades.bash L15-17)
+    c.data.build.train_annotation = "charades_fig_train.jsonl"
+    c.data.build.test_annotation = "charades_fig_test.jsonl"
+    c.data.build.dataset_name = "Charades"  # GRPO data_source suffix (09_build_*.bash DATASET_NAME L24)
     return c

@@ -14,4 +14,8 @@ def get_config():
     c = base_config()
     c.dataset = "didemo"
     c.output_dir = "outputs/didemo"
+    # --config.mode=build: the VERIFIED file names in data.build.annotations (01_data_generate_didemo.bash L15-17)
+    c.data.build.train_annotation = "didemo_fig_train.jsonl"
+    c.data.build.test_annotation = "didemo_fig_test.jsonl"
+    c.data.build.dataset_name = "DiDeMo"  # GRPO data_source suffix (09 DATASET_NAME; spelling inferred)
     return c

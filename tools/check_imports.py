@@ -37,6 +37,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "loading": (4, BELOW),
     "agent": (5, BELOW),
     "train": (6, BELOW),
+    "prepare": (6, BELOW),
     "main": (7, BELOW),
     "bench": (7, BELOW),
     "distributed": (7, BELOW),
