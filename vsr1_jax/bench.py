@@ -5,6 +5,8 @@
   sqr      the 7-step cached latent rollout vs the original's 7 full re-forwards (video re-encoded each time)
   parity   max relative logit error vs HF on a video prompt, fp32 and bf16
   episode  per-query latency of a 2-turn episode (generate + rollout + q_final + retrieval, twice) at batch B
+  build    the data build's per-video cost: PyAV decode (npy frames + search-engine frames) and the
+           Qwen3-VL-Embedding-2B forward (random weights), plus the query-embedding rate
 
 Models are the real configs with random weights (HF initialises, both sides use the same tensors). Imports stay
 off grain/faiss/ml_collections so this runs on a bare accelerator machine with jax + torch + transformers.
@@ -12,24 +14,31 @@ off grain/faiss/ml_collections so this runs on a bare accelerator machine with j
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
 import sys
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vsr1_jax.data.build import frames as FR
+from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, broadcast_group, pack_prompts
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset
 from vsr1_jax.models.qwen3_vl.model import RunOptions
 from vsr1_jax.models.qwen3_vl.params import model_from_hf_state_dict
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, token_types
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
 from vsr1_jax.models.qwen3_vl.text import Visual
+from vsr1_jax.retrieval.encoder import TextVideoEmbedder
 from vsr1_jax.retrieval.topk import exact_topk
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM datasheet
@@ -414,9 +423,86 @@ def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, 
     return res
 
 
+def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, queries=256, workers=8, reps=2,
+                preset="qwen3_vl_embedding_2b"):
+    """Per-video seconds of the build's two costly steps on this machine: decoding (npy frames at 1 fps <= 64,
+    resized to <= 200704 px, and the search engine's <= 64 frames at full size; `workers` threads as the build
+    runs them) and embedding a batch of `batch` videos with Qwen3-VL-Embedding-2B (random weights, bf16), plus
+    queries/s of the text embedding. Videos are synthetic (mpeg4, moving squares) of the given size and length; the
+    tiny tokenizer stands in for Qwen's (only the few text tokens differ, so the cost is the same)."""
+    folder = tempfile.mkdtemp(prefix="bench_build_")
+    paths = []
+    t0 = time.perf_counter()
+    for k in range(videos):
+        def frames(k=k):
+            for i in range(seconds * fps):
+                f = np.empty((height, width, 3), np.uint8)
+                f[:] = np.asarray([40 * k % 255, 90, 160], np.uint8)
+                x = (i * 4) % (width - 32)
+                f[40:72, x:x + 32] = 255
+                yield f
+        paths.append(FR.write_test_video(os.path.join(folder, f"v{k}.mp4"), frames(), fps=fps))
+    log(f"build: wrote {videos} videos of {seconds} s at {fps} fps, {width}x{height} "
+        f"in {time.perf_counter() - t0:.1f} s")
+    dur = float(seconds)
+
+    def npy(p):
+        return FR.extract_npy_frames(p, extract_utc="bench")
+
+    def emb(p):
+        return FR.embedder_frames(p, duration=dur)
+
+    t = time.perf_counter()
+    npys = [npy(p) for p in paths]
+    t_npy = (time.perf_counter() - t) / videos
+    t = time.perf_counter()
+    embs = [emb(p)[0] for p in paths]
+    t_emb_dec = (time.perf_counter() - t) / videos
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        t = time.perf_counter()
+        list(pool.map(npy, paths))
+        list(pool.map(emb, paths))
+        t_dec_par = (time.perf_counter() - t) / videos
+    npy_bytes = int(npys[0][0].nbytes)
+    log(f"build: decode per video npy {t_npy:.2f} s + embed frames {t_emb_dec:.2f} s (serial); "
+        f"{t_dec_par:.2f} s with {workers} threads; npy {npys[0][0].shape} = {npy_bytes / 1e6:.1f} MB")
+
+    base = get_preset(preset)
+    tok = build_tiny_tokenizer()
+    ids = {"image_token_id": 780, "video_token_id": 781, "vision_start_token_id": 777, "vision_end_token_id": 778}
+    cfg = dataclasses.replace(base, **ids)
+    t = time.perf_counter()
+    model = Qwen3VL(cfg, rngs=nnx.Rngs(0))
+    opts = RunOptions(dtype="bfloat16", attn_impl="xla", vision_attn_impl=ATTN)
+    embedder = TextVideoEmbedder(model, tok, opts=opts, max_length=1 << 20)
+    log(f"build: random {preset} in {time.perf_counter() - t:.1f} s")
+    vids = [embs[i % videos] for i in range(batch)]
+    t = time.perf_counter()
+    embedder.embed_videos(vids, batch_size=batch)
+    t_first = time.perf_counter() - t
+    t_batch = timeit(lambda: embedder.embed_videos(vids, batch_size=batch), n=reps, warmup=0)
+    grid = embedder.video_inputs(vids[0])[1]
+    texts = [f"a person in a red shirt picks up the {i}th box and walks to the door" for i in range(queries)]
+    embedder.embed_texts(texts[:32], batch_size=32)
+    t_txt = timeit(lambda: embedder.embed_texts(texts, batch_size=32), n=reps, warmup=0)
+    embed_s = t_batch / batch
+    per_video = t_dec_par + embed_s
+    res = {"embedder_preset": preset, "videos": videos, "seconds": seconds, "fps": fps, "size": [width, height], "batch": batch,
+           "workers": workers, "decode_npy_s_per_video": t_npy, "decode_embed_frames_s_per_video": t_emb_dec,
+           "decode_parallel_s_per_video": t_dec_par, "npy_shape": list(npys[0][0].shape), "npy_bytes": npy_bytes,
+           "embed_frames": int(embs[0].shape[0]), "embed_grid_thw": list(grid.grid_thw),
+           "embed_video_tokens": int(grid.num_tokens), "embed_first_call_s": t_first,
+           "embed_s_per_video": embed_s, "embed_queries_per_s": queries / t_txt,
+           "decode_plus_embed_s_per_video": per_video, "videos_per_hour_serial": 3600.0 / per_video,
+           "videos_per_hour_overlapped": 3600.0 / max(t_dec_par, embed_s)}
+    log(f"build: embed {embed_s:.3f} s per video (batch {batch}, first call {t_first:.1f} s), "
+        f"{queries / t_txt:.0f} queries/s; decode + embed {per_video:.2f} s per video")
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", default="forward", help="comma list of forward,decode,sqr,parity,episode (or all)")
+    ap.add_argument("--what", default="forward", help="comma list of forward,decode,sqr,parity,episode,build (or all)")
     ap.add_argument("--preset", default="qwen3_vl_2b")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF PyTorch baselines")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench_<what>.json")
@@ -444,6 +530,8 @@ def main(argv=None):
             res = bench_sqr(cfg, decode_attn=args.decode_attn, **size)
         elif what == "parity":
             res = bench_parity(cfg, **size)
+        elif what == "build":
+            res = bench_build()
         elif what == "episode":
             res = bench_episode(cfg, batches=tuple(int(b) for b in args.batches.split(",")),
                                 new_tokens=args.new_tokens, decode_attn=args.decode_attn, **size)

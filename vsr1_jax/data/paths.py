@@ -7,10 +7,12 @@ import dataclasses
 import os
 from pathlib import Path
 
-# Where to point users when a file is missing. vsr1_jax has no builder for the real datasets: the original's
-# download script fetches the prepared tree; the synthetic generator writes a complete toy tree in this layout.
-BUILD_HINT = ("the original's `bash scripts/download_data.bash` fetches the prepared tree; for a synthetic tree in "
-              "this layout: `python -m vsr1_jax.main --config=configs/toy.py` (writes outputs/toy/data)")
+# Where to point users when a file is missing: the original's download script fetches the prepared tree, the build
+# mode makes it from raw videos (vsr1_jax/prepare.py), and the synthetic generator writes a complete toy tree.
+BUILD_HINT = ("the original's `bash scripts/download_data.bash` fetches the prepared tree; `python -m vsr1_jax.main "
+              "--config=configs/<dataset>.py --config.mode=build ...` builds it from raw videos (README 'Building the "
+              "prepared data'); for a synthetic tree in this layout: `python -m vsr1_jax.main --config=configs/toy.py` "
+              "(writes outputs/toy/data)")
 
 SPLITS = ("train", "test")
 

@@ -315,22 +315,26 @@ def embedder_frames(path: str | os.PathLike, *, duration: float | None, sample_f
     return np.stack(frames).astype(np.uint8), meta_info
 
 
-def write_test_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 10, codec: str = "mpeg4") -> Path:
-    """Encode uint8 [T, H, W, 3] frames into a video file (tests and benchmarks make their own videos; H and W
-    even for yuv420p)."""
+def write_test_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: int = 10,
+                     codec: str = "mpeg4") -> Path:
+    """Encode uint8 [H, W, 3] frames (an array [T, H, W, 3] or any iterable, e.g. a generator for long videos) into
+    a video file; tests and benchmarks make their own videos. H and W even (yuv420p)."""
     av = av_module()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     container = av.open(str(path), "w")
+    stream = None
     try:
-        stream = container.add_stream(codec, rate=Fraction(fps))
-        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
-        stream.pix_fmt = "yuv420p"
         for arr in frames:
+            if stream is None:
+                stream = container.add_stream(codec, rate=Fraction(fps))
+                stream.width, stream.height = int(arr.shape[1]), int(arr.shape[0])
+                stream.pix_fmt = "yuv420p"
             for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")):
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        if stream is not None:
+            for packet in stream.encode():
+                container.mux(packet)
     finally:
         container.close()
     return path
