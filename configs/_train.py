@@ -71,6 +71,9 @@ def get_grpo_config() -> ml_collections.ConfigDict:
     #                                   "token_mean": mean over every completion token of the batch
     c.max_turns = 1                   # 1 = what the original trains; > 1 = the paper's full agent loop (option)
     c.rollout_batch_size = 8          # rows generated together
+    # the GRPO pixel budget (S2:243-248) caps a frame at 65,536 px = 256 patches of 16 x 16; 64 frames = 32 groups
+    c.vision_group_buckets = (4, 8, 16, 32)
+    c.vision_patch_buckets = (64, 128, 256)
     c.max_steps = 0                   # > 0: stop after this many optimizer steps
     c.seed = 42
     c.logprob_chunk = 256
@@ -87,5 +90,6 @@ def get_grpo_config() -> ml_collections.ConfigDict:
     c.rewards.quality = "delta"       # "delta" = p_after - p_before (shipped); "p_after"; "margin"
     c.rewards.margin_scale = 1.0      # MARGIN_SCALE (the margin variant only)
     c.checkpoint = _checkpointing(0.0, 200, 2)  # every 200 steps, keep 2 (S2:356, S2:402)
+    c.export_hf = True
     c.log_every = 1
     return c

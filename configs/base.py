@@ -56,7 +56,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.agent.length_bucket = 64
 
     c.demo = ml_collections.ConfigDict()
-    c.demo.enabled = False
+    c.demo.enabled = False          # build the tiny models and the synthetic corpus instead of loading them
+    c.demo.grpo = True              # mode "demo": run Stage 2 after Stage 1
     c.demo.policy_seed = 0
     c.demo.embedder_seed = 0
     c.demo.zero_init_refine = True

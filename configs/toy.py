@@ -12,16 +12,46 @@ from configs.base import get_config as base_config  # noqa: E402
 
 def get_config():
     c = base_config()
+    c.mode = "demo"                 # eval -> SFT -> eval -> GRPO -> eval, with a side-by-side report
     c.dataset = "synthetic"
     c.data_root = "outputs/toy/data"
     c.output_dir = "outputs/toy"
     c.model.dtype = "float32"
     c.demo.enabled = True
-    # Random weights: a zero-initialised last projector layer (the original's Stage-1 init) would make every latent
-    # zero; keep them random so the demo exercises the refined-query path.
-    c.demo.zero_init_refine = False
+    c.demo.zero_init_refine = True  # the original's Stage-1 init (zero last projector layer)
+    c.synthetic.reasoning = "short"  # one-sentence SFT reasoning: what a 2-layer, 64-d policy learns in minutes
     c.eval.max_new_tokens = 128     # the original toy's value (eval_and_data.md §6 step 7)
-    # The synthetic frames are 64x64: keep them at that size instead of upscaling to the eval minimum.
-    c.video.eval.min_pixels = 32 * 32
+    # The synthetic frames are 64x64: keep them at that size instead of upscaling to each phase's minimum.
+    for phase in (c.video.eval, c.video.sft, c.video.grpo):
+        phase.min_pixels = 32 * 32
     c.agent.batch_size = 16
+
+    # --- Stage 1 on a laptop CPU: the tiny policy needs a far larger learning rate than the 2B/4B models' 2e-5,
+    # several epochs, float32 weights and buckets sized for the toy's ~500-token prompts and 64x64 frames.
+    c.sft.num_epochs = 6
+    c.sft.learning_rate = 3e-3
+    c.sft.refine_learning_rate = 3e-3
+    c.sft.param_dtype = "float32"
+    c.sft.remat = "none"
+    c.sft.label_buckets = (64, 128)
+    c.sft.vision_group_buckets = (4, 8)
+    c.sft.vision_patch_buckets = (16, 64)
+    c.sft.checkpoint.every_fraction = 0.25
+    c.sft.checkpoint.keep = 2
+    c.sft.export_hf = False
+    c.data.sft.per_device_batch_size = 8
+    c.data.sft.buckets = (512, 768, 1024)
+
+    # --- Stage 2: a short GRPO run from the SFT policy (1 prompt x 8 samples per step)
+    c.demo.grpo = True
+    c.grpo.max_steps = 30
+    c.grpo.learning_rate = 1e-4
+    c.grpo.param_dtype = "float32"
+    c.grpo.remat = "none"
+    c.grpo.vision_group_buckets = (4, 8)
+    c.grpo.vision_patch_buckets = (16, 64)
+    c.grpo.checkpoint.every_steps = 10
+    c.grpo.export_hf = False
+    c.data.grpo.max_completion_length = 64
+    c.data.grpo.prompt_buckets = (512, 768, 1024)
     return c

@@ -466,3 +466,33 @@ def test_checkpoint_manager_keeps_n_and_restores(tmp_path):
         m.save(4, state)  # without extra
         m.wait()
         assert m.restore_extra(4) is None and m.all_steps() == [3, 4]
+
+
+def test_export_of_in_memory_models_loads_in_transformers(tiny_pair, tmp_path):
+    """A trained policy (here: the tiny model with a random SQR head) + embedder + tokenizer written with
+    `convert.export_hf`: transformers loads the policy with the same logits, the refine_* tensors and the tokenizer
+    are there, query_embedder/ loads too, and hf-to-orbax reads the folder back into the same params."""
+    from flax import nnx
+    from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
+    from tests.test_sqr import random_head
+    from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
+    from vsr1_jax.models import sqr as S
+    hf, model, cfg = tiny_pair
+    head = random_head(cfg.text.hidden_size, D=48, He=64, seed=1)
+    params = nnx.to_pure_dict(nnx.state(model))
+    sqr = nnx.to_pure_dict(nnx.state(head))
+    tok = build_tiny_tokenizer()
+    dst = str(tmp_path / "export")
+    convert.export_hf(dst, cfg, params, sqr_params=sqr, sqr_cfg=head.cfg, tokenizer=tok,
+                      embedder=(cfg, params, tok))
+    back = Qwen3VLForConditionalGeneration.from_pretrained(dst).eval()
+    ids = torch.tensor([[5, 9, 33, 100, 7]])
+    with torch.no_grad():
+        np.testing.assert_allclose(back(input_ids=ids).logits.numpy(), hf(input_ids=ids).logits.numpy(), atol=1e-5)
+    assert AutoTokenizer.from_pretrained(dst).convert_tokens_to_ids("<REFINE>") == len(tok) - 1
+    st = safetensors.torch.load_file(os.path.join(dst, "model.safetensors"))
+    np.testing.assert_array_equal(st["refine_projector.0.weight"].numpy(), np.asarray(head.proj_fc1_kernel[...]).T)
+    Qwen3VLForConditionalGeneration.from_pretrained(os.path.join(dst, "query_embedder"))
+    ck = convert.load_hf_folder(dst)
+    np.testing.assert_array_equal(ck.params["text"]["q_kernel"], np.asarray(model.text.q_kernel[...]))
+    assert isinstance(ck.sqr_cfg, S.SQRConfig) and ck.embedder is not None

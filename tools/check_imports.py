@@ -38,12 +38,13 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "agent": (5, BELOW),
     "train": (6, BELOW),
     "prepare": (6, BELOW),
-    "main": (7, BELOW),
-    "bench": (7, BELOW),
-    "distributed": (7, BELOW),
+    "demo": (7, BELOW),
+    "main": (8, BELOW),
+    "bench": (8, BELOW),
+    "distributed": (8, BELOW),
 }
 # Components that only the listed ones may import (on top of the rules above).
-ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {"train": ("main", "bench")}
+ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {"train": ("main", "bench", "demo")}
 
 _FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 

@@ -28,7 +28,13 @@ SWAP_WITH_REFINE, SWAP_WITH_IM_END = 699, 547
 
 def golden_config():
     c = get_config()
-    c.data_root, c.output_dir = "data", "out"
+    # pinned, so changes of the demo's settings do not move the golden setup
+    c.mode, c.data_root, c.output_dir = "eval", "data", "out"
+    c.demo.zero_init_refine = False
+    c.synthetic.reasoning = "full"
+    c.video.eval.min_pixels = 32 * 32
+    c.agent.batch_size = 16
+    c.model.dtype = "float32"
     c.synthetic.train.num_videos, c.synthetic.test.num_videos = 4, 8
     c.synthetic.progress = False
     c.eval.max_new_tokens = 32

@@ -35,6 +35,7 @@ import tempfile
 from collections import defaultdict
 from typing import Iterable
 
+import jax
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
@@ -45,8 +46,8 @@ from vsr1_jax.models.qwen3_vl.config import ConfigError, Qwen3VLConfig
 from vsr1_jax.models.qwen3_vl.model import abstract_model
 from vsr1_jax.models.sqr import SQRConfig, SQRHead
 from vsr1_jax.processing.special_tokens import REFINE_TOKEN
-from vsr1_jax.safetensors_io import (INDEX_FILE, ST_DTYPES, SafetensorsError, SafetensorsFolder, parse_size,
-                                     write_safetensors)
+from vsr1_jax.safetensors_io import (INDEX_FILE, NP_TO_ST, ST_DTYPES, SafetensorsError, SafetensorsFolder,
+                                     parse_size, write_safetensors)
 
 log = logging.getLogger(__name__)
 
@@ -626,6 +627,77 @@ def load_converted(dst: str, *, target=None) -> Converted:
         emb = load_converted(os.path.join(dst, meta["query_embedder"]))
     return Converted(cfg=cfg, params=tree["model"], sqr_params=tree.get("sqr"), sqr_cfg=_sqr_config(meta.get("sqr")),
                      embedder=emb, tokenizer_dir=_tokenizer_dir(os.path.join(dst, HF_FILES_DIR)), meta=meta)
+
+
+# ---- in-memory models -> a released-layout HF folder ----------------------------------------------------------
+
+def _export_meta(cfg: Qwen3VLConfig, model: dict, sqr: dict | None, sqr_dims: dict | None, files: list[str],
+                 with_embedder: bool) -> dict:
+    """vsr1_checkpoint.json for params that came from training, not from a source folder: the HF keys in the key
+    table's order, each in its parameter's dtype."""
+    flat = {**{k: v for k, v in _flatten(model).items()},
+            **({("sqr",) + k: v for k, v in _flatten(sqr).items()} if sqr else {})}
+    entries = list(P.expand(_layout_rules(cfg, "model."))) + (list(P.expand(P.sqr_rules())) if sqr else [])
+    tensors = []
+    for e in entries:
+        x = flat[e.ours]
+        tensors.append({"key": e.hf, "dtype": NP_TO_ST[np.dtype(x.dtype)],
+                        "shape": list(P.expected_hf_shape(e, x.shape, cfg))})
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "videosearch_r1" if sqr else "qwen3_vl",
+            "source": "training", "key_layout": "Qwen3VLForConditionalGeneration", "key_prefix": "model.",
+            "tie_word_embeddings": cfg.tie_word_embeddings, "dropped_tied_lm_head": False,
+            "source_dtypes": sorted({t["dtype"] for t in tensors}),
+            "param_dtypes": {"model": _dtype_names(_flatten(model)), **({"sqr": _dtype_names(_flatten(sqr))}
+                                                                       if sqr else {})},
+            "sqr": sqr_dims, "hf_tensors": tensors, "hf_files": files,
+            "query_embedder": EMBEDDER_DIR if with_embedder else None}
+
+
+def _write_converted(out: str, cfg: Qwen3VLConfig, model: dict, sqr: dict | None, sqr_dims: dict | None, tokenizer,
+                     embedder) -> None:
+    tree = {"model": model, **({"sqr": sqr} if sqr else {})}
+    checkpoint.save_params(os.path.join(out, PARAMS_DIR), jax.tree.map(np.asarray, tree))
+    with open(os.path.join(out, CONFIG_FILE), "w") as f:
+        json.dump(cfg.to_hf_dict(), f, indent=2)
+    files_dir = os.path.join(out, HF_FILES_DIR)
+    os.makedirs(files_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(files_dir)
+    if embedder is not None:
+        e_cfg, e_params, e_tok = embedder
+        emb = os.path.join(out, EMBEDDER_DIR)
+        os.makedirs(emb)
+        _write_converted(emb, e_cfg, e_params, None, None, e_tok, None)
+    meta = _export_meta(cfg, model, sqr, sqr_dims, _non_weight_files(files_dir, set()), embedder is not None)
+    with open(os.path.join(out, META_FILE), "w") as f:
+        f.write(_dump_meta(meta))
+
+
+def export_hf(dst: str, cfg: Qwen3VLConfig, params: dict, *, sqr_params: dict | None = None, sqr_cfg=None,
+              tokenizer=None, embedder: tuple | None = None, overwrite: bool = False, quiet: bool = True) -> str:
+    """Write in-memory models (e.g. a trained policy) as a released-layout HF folder that `transformers` loads: the
+    policy's safetensors with the `refine_*` tensors, config.json, the tokenizer, and `query_embedder/` from
+    embedder = (cfg, params, tokenizer). params are nested dicts shaped like `nnx.state(...)` (numpy or jax
+    arrays), written in their own dtypes. Goes through a converted folder and `orbax_to_hf`, the same writer as
+    the CLI."""
+    sqr_dims = None
+    if sqr_params is not None:
+        sqr_dims = {"policy_hidden": sqr_cfg.policy_hidden, "retrieval_dim": sqr_cfg.retrieval_dim,
+                    "embedder_hidden": sqr_cfg.embedder_hidden}
+    dst = os.path.abspath(dst)
+    if os.path.lexists(dst) and not overwrite:
+        raise ConvertError(f"{dst} already exists; pass overwrite=True to replace it")
+    parent = os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.export-", dir=parent)
+    try:
+        conv = os.path.join(tmp, "converted")
+        os.makedirs(conv)
+        _write_converted(conv, cfg, params, sqr_params, sqr_dims, tokenizer, embedder)
+        orbax_to_hf(conv, dst, overwrite=overwrite, quiet=quiet)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------------

@@ -1,30 +1,43 @@
-"""Entry point: `python -m vsr1_jax.main --config=configs/<name>.py [--config.x.y=...]`; dispatches on config.mode."""
+"""Entry point: `python -m vsr1_jax.main --config=configs/<name>.py [--config.x.y=...]`; dispatches on config.mode
+(eval | sft | grpo | demo | build) to the run that owns it. No logic of its own."""
 import logging
 
-from absl import app, flags
+from absl import app
 from ml_collections import config_flags
 
+from vsr1_jax import demo
 from vsr1_jax.agent.evaluate import run_eval
 from vsr1_jax.loading import SetupError
+from vsr1_jax.prepare import run_build
+from vsr1_jax.train.grpo_run import main_grpo
+from vsr1_jax.train.sft_run import main_sft
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/toy.py", "ml_collections config file")
+
+MODES = {
+    "eval": run_eval,       # the search agent over the test queries -> detail JSONL, result.json, report
+    "sft": main_sft,        # Stage 1 -> checkpoints, metrics, the final model as an HF folder
+    "grpo": main_grpo,      # Stage 2 from a Stage-1 model -> checkpoints, metrics, the final model
+    "demo": demo.run_demo,  # the toy pipeline: eval, SFT, eval, GRPO, eval, and the side-by-side report
+    "build": run_build,     # raw videos + annotations -> the prepared layout (the original's 11 steps)
+}
 
 
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _CONFIG.value
-    if config.mode == "eval":
-        try:
-            summary = run_eval(config)
-        except SetupError as e:
-            raise SystemExit(f"error: {e}") from None
-        print(f"results written under {summary['output_dir']}")
-        for k in ("result_json", "report_txt", "recall_at_k_png", "vcmr_by_turn_png"):
-            if k in summary:
-                print(f"  {k}: {summary[k]}")
-    else:
-        raise SystemExit(f"error: config.mode={config.mode!r} is not available (known: 'eval')")
+    run = MODES.get(config.mode)
+    if run is None:
+        raise SystemExit(f"error: config.mode={config.mode!r} is not available (known: {', '.join(MODES)})")
+    try:
+        summary = run(config)
+    except SetupError as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"{config.mode}: outputs under {summary['output_dir']}")
+    for k, v in summary.items():
+        if k != "output_dir" and isinstance(v, str) and v.startswith("/"):
+            print(f"  {k}: {v}")
 
 
 if __name__ == "__main__":

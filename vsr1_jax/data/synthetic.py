@@ -283,15 +283,21 @@ def _seen(video: SyntheticVideo) -> str:
     return text
 
 
-def matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo) -> str:
-    """Teacher-style reasoning for a video that contains the queried event: what is seen, and when."""
+def matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo, short: bool = False) -> str:
+    """Teacher-style reasoning for a video that contains the queried event: what is seen, and when. short: one
+    sentence (the demo's tiny policy learns it in minutes; the full text is ~290 tiny-tokenizer tokens)."""
+    if short:
+        return f"The {query_event.color} {query_event.shape} moving {_words(query_event)['direction']} appears " \
+               f"{_when(query_event)}."
     ask = f"The query asks for {_what(query_event)} on a {query_background} background."
     return (f"{ask} {_seen(video)} The {query_event.color} {query_event.shape} has the queried colour, shape, "
             f"direction and position on the queried background, so the scene matches {_when(query_event)}.")
 
 
-def not_matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo) -> str:
-    """Teacher-style reasoning for a video without the queried event: what is seen and which attributes differ."""
+def not_matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo,
+                          short: bool = False) -> str:
+    """Teacher-style reasoning for a video without the queried event: what is seen and which attributes differ.
+    short: one sentence naming the closest candidate and what differs."""
     ask = f"The query asks for {_what(query_event)} on a {query_background} background."
     want = _key(query_event, query_background)
 
@@ -309,6 +315,9 @@ def not_matched_reasoning(query_event: Event, query_background: str, video: Synt
     if not diffs:  # impossible by construction: event tuples are unique in a split
         raise AssertionError(f"video {video.video_id} contains the queried event; it cannot be a negative")
     diff_text = diffs[0] if len(diffs) == 1 else ", ".join(diffs[:-1]) + " and " + diffs[-1]
+    if short:
+        labels = [x.split(" (")[0] for x in diffs]
+        return f"The video shows {_what(best)}; its {' and '.join(labels)} differ from the query."
     still = ""
     d = video.distractor
     if d is not None and (d.color, d.shape) == (query_event.color, query_event.shape):
@@ -458,12 +467,12 @@ def _write_split(paths: PreparedPaths, split: str, videos: list[SyntheticVideo],
     return l2_normalize_rows(q_emb), l2_normalize_rows(v_emb), meta, docid2row
 
 
-def _teacher_text(m: QueryMetaRow, shown: str, q2event, video_by_id) -> str:
+def _teacher_text(m: QueryMetaRow, shown: str, q2event, video_by_id, short: bool = False) -> str:
     """The templated "teacher" answer in the original prompts' output format ("Reasoning: ...", GM L31-63)."""
     video, ev = q2event[m.qid]
     shown_video = video_by_id[shown]
-    text = (matched_reasoning(ev, video.background, shown_video) if shown == m.pos_doc_id
-            else not_matched_reasoning(ev, video.background, shown_video))
+    text = (matched_reasoning(ev, video.background, shown_video, short) if shown == m.pos_doc_id
+            else not_matched_reasoning(ev, video.background, shown_video, short))
     return f"Reasoning: {text}"
 
 
@@ -499,7 +508,8 @@ def _sft(paths, raw_rows, meta, q2event, scores, order, doc_ids, docid2row, vide
                        augmentation_type="gt_video_positive", source_top1_doc_id=src["top1_doc_id"])
             added.append(row)
     by_qid = {m.qid: m for m in meta}
-    reasoning_rows = [TE.output_row(r, _teacher_text(by_qid[r["qid"]], r["top1_doc_id"], q2event, video_by_id),
+    reasoning_rows = [TE.output_row(r, _teacher_text(by_qid[r["qid"]], r["top1_doc_id"], q2event, video_by_id,
+                                                            cfg.get("reasoning", "full") == "short"),
                                     None, "stop") for r in pool + added]
     items, _ = OT.convert_rows(reasoning_rows, exclude_finish_reasons=tuple(cfg.build.sft_exclude_finish_reasons))
     log(f"sft: {len(items)} items ({n_match} top-1 matches, {len(misses)} misses, "

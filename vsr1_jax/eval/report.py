@@ -255,6 +255,24 @@ def _new_figure(size=(6.4, 4.0)):
     return fig
 
 
+def plot_curves(series: Mapping[str, Sequence[tuple[float, float]]], path: str | os.PathLike, *, title: str,
+                ylabel: str, xlabel: str = "optimizer step") -> Path:
+    """Line plot of named (x, y) series, e.g. training losses or rewards per step."""
+    fig = _new_figure((6.4, 3.6))
+    ax = fig.add_subplot(1, 1, 1)
+    for name, pts in series.items():
+        if pts:
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = Path(path)
+    fig.savefig(p, format="png")
+    return p
+
+
 def plot_recall_at_k(result: Mapping[str, Any], path: str | os.PathLike, ks: Sequence[int] = M.TOPK) -> Path:
     """Grouped bars of R@k (%) for the original query (orig_rank) vs the refined one (final_rank) from result.json."""
     fig = _new_figure()

@@ -45,6 +45,8 @@ class Task(Protocol):
     def after_step(self, step: int, batch, metrics: dict) -> dict: ...  # host work; returns scalars to log
     def host_state(self) -> dict: ...                                   # JSON-able, saved with each checkpoint
     def load_host_state(self, state: dict) -> None: ...
+    # optional: checkpoint_ok(step) -> bool: False while a step's host state cannot be checkpointed (GRPO between
+    # the num_iterations updates of one generation round); saves (and a SIGTERM exit) wait for the next True
 
 
 class MetricsWriter:
@@ -171,9 +173,10 @@ def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: 
                     bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()
                                      if k in ("loss", "reward", "grad_norm") and isinstance(v, float)})
                 bar.update(1)
-                if step % interval == 0 or step == task.total_steps or stop.requested:
+                ok = getattr(task, "checkpoint_ok", lambda s: True)(step)
+                if ok and (step % interval == 0 or step == task.total_steps or stop.requested):
                     mngr.save(step, state, extra=task.host_state(), force=True)
-                if stop.requested:
+                if stop.requested and ok:
                     stopped = True
                     break
     finally:

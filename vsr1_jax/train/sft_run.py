@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vsr1_jax import sharding
+from vsr1_jax import loading, sharding
 from vsr1_jax.data.files import read_hard_negatives, read_video_meta
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
@@ -193,6 +193,28 @@ class SFTTask:
         if "negatives" in state:
             self.negatives.load_state_dict(state["negatives"])
         self.counts = Counter(state.get("counts", {}))
+
+
+def main_sft(config) -> dict:
+    """`--config.mode=sft`: load the starting models (the demo's, or `config.checkpoint`), train, and write the
+    final model as a released-layout HF folder under `<output_dir>/sft/hf` (`config.sft.export_hf`)."""
+    if not config.demo.enabled:
+        if not config.checkpoint:
+            raise loading.SetupError(f"--config.checkpoint is empty: Stage 1 starts from a Qwen3-VL policy with an "
+                                     f"SQR head and a query embedder; {loading.CONVERT_HINT}")
+        loading.check_dataset(config)
+    models = loading.load_models(config)
+    out_dir = os.path.join(config.output_dir, "sft")
+    task, state, stopped = run_sft(config, models, out_dir=out_dir)
+    summary = dict(output_dir=os.path.abspath(out_dir), metrics_jsonl=os.path.abspath(os.path.join(out_dir,
+                                                                                                    "metrics.jsonl")),
+                   checkpoints=os.path.abspath(os.path.join(out_dir, "checkpoints")), steps=int(state.step),
+                   stopped_early=stopped)
+    if not stopped and config.sft.export_hf:
+        summary["hf_folder"] = os.path.abspath(state_lib.export_hf(os.path.join(out_dir, "hf"), state,
+                                                                   task.graphdefs, models.embedder,
+                                                                   models.tokenizer, models.embed_tokenizer))
+    return summary
 
 
 def run_sft(config, models: Models, *, out_dir: str | None = None):

@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
 
-from vsr1_jax import sharding
+from vsr1_jax import convert, sharding
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL
 
@@ -79,3 +80,17 @@ def shardings_of(tree):
 
 def count_params(tree) -> int:
     return int(sum(x.size for x in jax.tree.leaves(tree)))
+
+
+def export_hf(dst: str, state: TrainState, graphdefs: Graphdefs, embedder, tokenizer, embed_tokenizer) -> str:
+    """The trained policy + SQR head (+ the frozen query embedder and both tokenizers) as a released-layout HF
+    folder that transformers loads (convert.export_hf). Process 0 writes it; every process must call this (the
+    parameters are gathered from all hosts first)."""
+    policy, head = graphdefs.modules(state.params, state.frozen)
+    gather = multihost_utils.process_allgather if jax.process_count() > 1 else jax.device_get
+    pure = lambda m: gather(nnx.to_pure_dict(nnx.state(m)))  # noqa: E731
+    p, h, e = pure(policy), pure(head), pure(embedder)
+    if jax.process_index() == 0:
+        convert.export_hf(dst, policy.cfg, p, sqr_params=h, sqr_cfg=head.cfg, tokenizer=tokenizer,
+                          embedder=(embedder.cfg, e, embed_tokenizer), overwrite=True)
+    return dst

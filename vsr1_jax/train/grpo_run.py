@@ -1,0 +1,324 @@
+"""Stage-2 GRPO run (grpo.md): rollouts with the agent's own episode engine and the policy's current weights, the six
+rewards, group advantages, reference (and, for num_iterations > 1, old) log-probs once per generation, and the
+jitted update inside the generic loop (train/loop.py).
+
+    python -m vsr1_jax.main --config=configs/<dataset>.py --config.mode=grpo --config.checkpoint=<Stage-1 model>
+
+One generation round = P prompts x G samples (`config.data.grpo.generation_batch_size` rows; P = rows / G): the
+first turn shows the pre-computed top-1 video of `train.minimal_top1.jsonl` (what the original trains); with
+`config.grpo.max_turns > 1` the engine runs the paper's loop (refine -> re-retrieve over the train corpus -> verify
+and ground again) and every turn's sampled tokens are scored with the trajectory's advantage. A round is scored as
+`steps_per_generation` micro-batches of `per_device_batch_size` x data-parallel rows and used for
+`num_iterations` optimizer steps.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from vsr1_jax import loading, sharding
+from vsr1_jax.agent.evaluate import video_source_for
+from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine, Trajectory
+from vsr1_jax.buckets import bucket_length
+from vsr1_jax.data.paths import PreparedPaths
+from vsr1_jax.data.pipelines import build_dataset, make_iterator
+from vsr1_jax.data.queries import grpo_records, load_corpus, load_queries
+from vsr1_jax.generate.sampler import pack_prompts
+from vsr1_jax.loading import Models
+from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.vision import VisionBatch, VisionBuckets
+from vsr1_jax.processing.parsing import parse_answer_reward
+from vsr1_jax.retrieval.topk import make_retriever
+from vsr1_jax.train import grpo, loop, optim
+from vsr1_jax.train import rewards as R
+from vsr1_jax.train import state as state_lib
+from vsr1_jax.train.sft_run import batch_shardings, cast_params
+
+log = logging.getLogger(__name__)
+
+
+# ---- host: trajectories -> rewards -> the scoring batch -----------------------------------------------------------
+def reward_samples(trajs: list[Trajectory], records: list[dict], group: int, vectors) -> list[R.RewardSample]:
+    """The final turn of each trajectory as the rewards see it (grpo.md §4). `vectors(rec, traj)` gives
+    (q_orig, pos_vec, neg_vecs) or Nones."""
+    out = []
+    for i, t in enumerate(trajs):
+        rec = records[i // group]
+        last = t.turns[-1]
+        q_orig, pos, negs = vectors(rec, t)
+        gt_time = rec["gt_time"] if rec["has_gt_time"] else None
+        text = "\n".join(turn.text for turn in t.turns)  # every assistant message of the episode (TR:4559-4570)
+        out.append(R.RewardSample(text=text, retrieved_id=last.doc_id, gt_id=rec["gt_video"], gt_time=gt_time,
+                                  has_refine=last.has_refine, q_final=last.q_next, q_orig=q_orig, pos_vec=pos,
+                                  neg_vecs=negs))
+    return out
+
+
+def scoring_batch(trajs: list[Trajectory], advantages: np.ndarray, *, cfg, pad_id: int, micro_batches: int,
+                  rows_per_micro: int, prompt_buckets, completion_length: int, group_buckets, patch_buckets,
+                  loss_type: str) -> dict:
+    """Every turn of every trajectory as one scored row (the sampler's left-padded prompt, then its sampled ids),
+    grouped into `micro_batches` x `rows_per_micro` rows with fixed bucket shapes; missing rows are padding with
+    zero weight. Returns host arrays with a leading [A, m] shape."""
+    rows = [(i, turn) for i, t in enumerate(trajs) for turn in t.turns]
+    A, m = micro_batches, rows_per_micro
+    if len(rows) > A * m:
+        raise ValueError(f"{len(rows)} scored rows do not fit {A} micro-batches of {m} rows; raise "
+                         "config.grpo.steps_per_generation or lower max_turns")
+    P = bucket_length(max(len(t.prompt_ids) for _, t in rows), prompt_buckets)
+    C = completion_length
+    G = bucket_length(max(t.video.grid_thw[0] for _, t in rows), group_buckets)
+    HW = bucket_length(max(t.video.grid_thw[1] * t.video.grid_thw[2] for _, t in rows), patch_buckets)
+    seq = np.full(A * m, -1, np.int64)
+    seq[:len(rows)] = [i for i, _ in rows]
+    cmask = np.zeros((A * m, C), bool)
+    comp = np.full((A * m, C), pad_id, np.int32)
+    adv = np.zeros(A * m, np.float32)
+    for r, (i, t) in enumerate(rows):
+        n = len(t.sampled_ids)
+        comp[r, :n], cmask[r, :n], adv[r] = t.sampled_ids, True, advantages[i]
+    weights = grpo.token_weights(cmask, seq, loss_type)
+    parts = []
+    for a in range(A):
+        sel = [rows[min(r, len(rows) - 1)][1] for r in range(a * m, (a + 1) * m)]
+        p = pack_prompts([list(t.prompt_ids) for t in sel], cfg=cfg, pad_id=pad_id, length=P,
+                         video_pixels=np.concatenate([t.video.pixel_rows for t in sel]),
+                         video_grids=[tuple(t.video.grid_thw) for t in sel],
+                         vision_buckets=VisionBuckets(items=(m,), groups=(G,), patches=(HW,)))
+        sl = slice(a * m, (a + 1) * m)
+        ids = np.concatenate([p.ids, comp[sl]], 1)
+        mask = np.concatenate([p.mask, cmask[sl].astype(np.int32)], 1)
+        cpos = p.next_pos[:, None] + np.arange(C)[None]
+        pos = np.concatenate([p.positions, np.broadcast_to(cpos[None], (3, m, C))], 2)
+        vision = p.vision._replace(token_index=np.concatenate(
+            [p.vision.token_index, np.full((m, C), -1, np.int32)], 1))
+        parts.append(dict(input_ids=ids, attention_mask=mask, positions=pos.astype(np.int32), vision=vision,
+                          completion_ids=comp[sl], completion_mask=cmask[sl], advantages=adv[sl],
+                          token_weight=weights[sl]))
+    out = {k: np.stack([pt[k] for pt in parts]) for k in parts[0] if k != "vision"}
+    out["vision"] = VisionBatch(*(np.stack(x) for x in zip(*[pt["vision"] for pt in parts])))
+    return out
+
+
+class GRPOTask:
+    """Everything of Stage 2 that is not the generic loop (see loop.Task)."""
+
+    def __init__(self, config, models: Models, *, mesh=None):
+        c, d, g = config, config.data.grpo, config.grpo
+        self.config, self.mesh = config, mesh
+        paths = PreparedPaths(c.data_root, c.dataset)
+        split = c.data.train_split
+        corpus = load_corpus(paths, split)
+        queries = load_queries(paths, split)
+        records, counts = grpo_records(paths, docid2row=corpus.docid2row, hard_negative_k=d.hard_negative_topk)
+        kept = []
+        for r in records:   # the reward needs the stored query vector and the GT video vector (TR:3838-3846)
+            if queries.lookup(r["query"]) is None:
+                counts["drop_query_missing_meta"] += 1
+            elif r["gt_video"] not in corpus.docid2row:
+                counts["drop_gt_not_in_corpus"] += 1
+            else:
+                kept.append(r)
+        counts["rows_used"] = len(kept)
+        self.stats = dict(counts)
+        if not kept:
+            raise ValueError(f"{paths.grpo_rows}: no usable GRPO rows ({self.stats})")
+        self.corpus, self.queries = corpus, queries
+        self.G = d.num_generations
+        self.prompts_per_round = d.generation_batch_size // self.G
+        ds, spec = build_dataset(kept, batch_size=self.prompts_per_round * jax.process_count(), seed=g.seed,
+                                 shuffle=True, num_epochs=d.num_epochs)
+        self.iterator = make_iterator(ds, spec, read_threads=c.data.loader.read_threads,
+                                      prefetch_buffer_size=c.data.loader.prefetch_buffer_size)
+        self.mu = g.num_iterations
+        self.rounds = len(ds)
+        self.total_steps = self.rounds * self.mu if not g.max_steps else min(self.rounds * self.mu, g.max_steps)
+        dp = 1 if mesh is None else sharding.batch_divisor(mesh)
+        self.m = d.per_device_batch_size * dp
+        self.A = g.steps_per_generation * g.max_turns
+        if self.A * self.m < d.generation_batch_size // jax.process_count():
+            raise ValueError(f"steps_per_generation x per_device_batch_size x data-parallel = "
+                             f"{g.steps_per_generation * self.m} rows < generation_batch_size "
+                             f"{d.generation_batch_size}: the round would not fit")
+        # models
+        self.opts = RunOptions.from_config(c.model, remat=g.remat)
+        cast_params(models.policy, jnp.dtype(g.param_dtype))
+        opt = optim.grpo_optimizer(g)
+        self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.grpo_trainable, opt.tx,
+                                                      g.seed, mesh)
+        self.ref_params = jax.tree.map(jnp.copy, self.state.params)   # the frozen Stage-1 reference
+        self.models = models
+        retriever = make_retriever(c.eval.retrieval.engine, corpus.matrix, corpus.docid2row) if g.max_turns > 1 \
+            else None
+        self.engine = EpisodeEngine(models.policy, models.head, models.embedder, models.tokenizer,
+                                    models.embed_tokenizer, video_source_for(paths, split), c.video.grpo,
+                                    EpisodeConfig.from_config(c, "grpo"), RunOptions.from_config(c.model),
+                                    retriever=retriever)
+        self.sp = self.engine.sampling_params(g.temperature)
+        self.weights = R.RewardWeights.from_config(g.rewards)
+        self.lc = grpo.LossConfig(epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high, beta=g.beta,
+                                  temperature=g.temperature, logprob_chunk=g.logprob_chunk,
+                                  use_old_logprobs=self.mu > 1)
+        self._train = grpo.make_train_step(self.graphdefs, opt.tx, self.opts, self.lc, opt.schedules)
+        self._score = grpo.make_score_fn(self.graphdefs, self.opts, self.lc)
+        self._jit_train = self._jit_score = None
+        self.key = jax.random.key(g.seed)
+        self.round = 0
+        self._pending = None      # (batch, host metrics, iterations left) of the current generation round
+        log.info("GRPO: %d prompts, %d rounds of %d x %d, %d optimizer steps", len(kept), self.rounds,
+                 self.prompts_per_round, self.G, self.total_steps)
+
+    # ---- helpers -------------------------------------------------------------------------------------------------
+    def _vectors(self, rec, traj):
+        hit = self.queries.lookup(rec["query"])
+        q_orig = None if hit is None else self.queries.matrix[hit[0]]
+        row = self.corpus.docid2row.get(rec["gt_video"])
+        pos = None if row is None else self.corpus.matrix[row]
+        negs = list(dict.fromkeys(rec["hard_negative_ids"]))
+        for t in traj.turns:   # every turn's retrieved video other than the GT is a negative too (TR:3977-3991)
+            for doc in (t.doc_id, t.next_doc_id):
+                if doc and doc != rec["gt_video"] and doc not in negs and doc in self.corpus.docid2row:
+                    negs.append(doc)
+        nv = self.corpus.matrix[[self.corpus.docid2row[x] for x in negs]] if negs else None
+        return q_orig, pos, nv
+
+    def _device(self, batch):
+        if self.mesh is None:
+            return jax.tree.map(jnp.asarray, batch)
+        sh = batch_shardings(self.mesh, batch)
+        return {k: jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), v, sh[k])
+                for k, v in batch.items()}
+
+    def _generate(self, state):
+        """One generation round: rollouts -> rewards -> advantages -> scored batch (+ reference / old log-probs)."""
+        recs = next(self.iterator)
+        lo = jax.process_index() * self.prompts_per_round
+        recs = recs[lo:lo + self.prompts_per_round]
+        t0 = time.perf_counter()
+        policy, _ = self.graphdefs.modules(state.params, state.frozen)
+        queries = [dict(index=int(r["problem_id"]), qid=r["qid"], query=r["query"], gt_doc_id=r["gt_video"],
+                        gt_start=float(r["gt_time"][0]), gt_end=float(r["gt_time"][1]), duration=None)
+                   for r in recs]
+        qvecs = np.stack([self.queries.matrix[self.queries.lookup(r["query"])[0]] for r in recs])
+        gen0 = self.engine.stats["generated_tokens"]
+        trajs = self.engine.run(queries, qvecs, self.sp, key=jax.random.fold_in(self.key, self.round),
+                                group=self.G, first_docs=[r["retrieved_video"] for r in recs],
+                                params=nnx.state(policy))
+        rollout_s = time.perf_counter() - t0
+        samples = reward_samples(trajs, recs, self.G, self._vectors)
+        scores = R.score_samples(samples, self.weights)
+        adv, zero_std = grpo.group_advantages(scores["total"], self.G)
+        g = self.config.grpo
+        batch = scoring_batch(trajs, adv, cfg=policy.cfg, pad_id=self.engine.ids.pad, micro_batches=self.A,
+                              rows_per_micro=self.m // jax.process_count() or 1,
+                              prompt_buckets=tuple(self.config.data.grpo.prompt_buckets),
+                              completion_length=self.config.data.grpo.max_completion_length,
+                              group_buckets=tuple(g.vision_group_buckets),
+                              patch_buckets=tuple(g.vision_patch_buckets), loss_type=g.loss_type)
+        dev = self._device(batch)
+        if self._jit_score is None:
+            self._jit_score = jax.jit(self._score)
+        dev["ref_logprobs"] = self._jit_score(self.ref_params, state.frozen, dev)
+        if self.mu > 1:
+            dev["old_logprobs"] = self._jit_score(state.params, state.frozen, dev)
+        lens = np.asarray([len(t.sampled_ids) for tr in trajs for t in tr.turns])
+        answers = [parse_answer_reward(tr.turns[-1].text) for tr in trajs]
+        host = {f"reward_{k}": float(np.mean(scores[k])) for k in R.REWARD_NAMES}
+        host.update(reward=float(np.mean(scores["total"])), reward_std=float(np.std(scores["total"])),
+                    frac_reward_zero_std=float(np.mean(zero_std)), completion_length=float(lens.mean()),
+                    completion_length_max=float(lens.max()), truncated_rate=float(np.mean(
+                        [t.truncated for tr in trajs for t in tr.turns])),
+                    refine_rate=float(np.mean([tr.turns[-1].has_refine for tr in trajs])),
+                    accept_reject_accuracy=float(np.mean(scores["answer"] > 0)),
+                    answered_rate=float(np.mean([a in ("matched", "not_matched") for a in answers])),
+                    turns_mean=float(np.mean([len(tr.turns) for tr in trajs])), rollout_s=rollout_s,
+                    rollout_tokens_per_s=(self.engine.stats["generated_tokens"] - gen0) / max(rollout_s, 1e-9))
+        return dev, host
+
+    # ---- loop.Task ---------------------------------------------------------------------------------------------
+    def next_batch(self):
+        return None  # the round is generated inside `step`, with the state's current weights
+
+    def step(self, state, _):
+        if self._pending is None or self._pending[2] == 0:
+            dev, host = self._generate(state)
+            self.round += 1
+            self._pending = [dev, host, self.mu]
+        dev, host, _ = self._pending
+        self._pending[2] -= 1
+        if self._jit_train is None:
+            kw = dict(donate_argnums=(0,))
+            if self.mesh is not None:
+                st = state_lib.shardings_of(state)
+                kw.update(in_shardings=(st, None), out_shardings=(st, None))
+            self._jit_train = jax.jit(self._train, **kw)
+        t0 = time.perf_counter()
+        state, metrics = self._jit_train(state, dev)
+        metrics = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        metrics.update(host, update_s=time.perf_counter() - t0)
+        return state, metrics
+
+    def after_step(self, step: int, batch, metrics: dict) -> dict:
+        return metrics
+
+    def checkpoint_ok(self, step: int) -> bool:
+        """Only between generation rounds: a round's rollouts are not part of the checkpoint."""
+        return self._pending is None or self._pending[2] == 0
+
+    def host_state(self) -> dict:
+        return {"data": self.iterator.get_state(), "round": self.round}
+
+    def load_host_state(self, state: dict) -> None:
+        if "data" in state:
+            self.iterator.set_state(state["data"])
+        self.round = int(state.get("round", 0))
+
+
+def run_grpo(config, models: Models, *, out_dir: str | None = None):
+    """Train Stage 2 from `models` (the Stage-1 policy); returns (task, final state, stopped early)."""
+    out_dir = out_dir or os.path.join(config.output_dir, "grpo")
+    mesh = sharding.make_mesh(config.mesh.to_dict()) if jax.device_count() > 1 else None
+    task = GRPOTask(config, models, mesh=mesh)
+    os.makedirs(out_dir, exist_ok=True)
+    if jax.process_index() == 0:
+        with open(os.path.join(out_dir, "grpo_data_stats.json"), "w") as f:
+            json.dump(task.stats, f, indent=2)
+    state, steps, stopped = loop.run(task, task.state, out_dir=out_dir, ckpt_cfg=config.grpo.checkpoint,
+                                     log_every=config.grpo.log_every, desc="grpo")
+    task.state = state
+    return task, state, stopped
+
+
+def main_grpo(config) -> dict:
+    """`--config.mode=grpo`: start from the Stage-1 model (`config.grpo.init_checkpoint`, else
+    `config.checkpoint`; the demo's SFT output in the demo), train, export the final model."""
+    path = config.grpo.init_checkpoint or config.checkpoint
+    if not config.demo.enabled:
+        if not path:
+            raise loading.SetupError("GRPO starts from a Stage-1 model: pass --config.grpo.init_checkpoint=<orbax or "
+                                     f"HF folder> (or --config.checkpoint); {loading.CONVERT_HINT}")
+        loading.check_dataset(config)
+        models = loading.load_checkpoint(path, dtype=jnp.dtype(config.model.dtype))
+    else:
+        models = loading.load_checkpoint(path) if path else loading.load_models(config)
+    out_dir = os.path.join(config.output_dir, "grpo")
+    task, state, stopped = run_grpo(config, models, out_dir=out_dir)
+    summary = dict(output_dir=os.path.abspath(out_dir), metrics_jsonl=os.path.abspath(os.path.join(out_dir,
+                                                                                                    "metrics.jsonl")),
+                   checkpoints=os.path.abspath(os.path.join(out_dir, "checkpoints")), steps=int(state.step),
+                   stopped_early=stopped)
+    if not stopped and config.grpo.export_hf:
+        summary["hf_folder"] = os.path.abspath(state_lib.export_hf(os.path.join(out_dir, "hf"), state,
+                                                                   task.graphdefs, models.embedder,
+                                                                   models.tokenizer, models.embed_tokenizer))
+    return summary
+
+
+__all__ = ["GRPOTask", "main_grpo", "reward_samples", "run_grpo", "scoring_batch"]
