@@ -96,7 +96,12 @@ def run_demo(config) -> dict:
             raise SystemExit("interrupted during GRPO; run the same command again to resume")
         models = trained_models(models, gtask, gstate)
         rows = loop.read_metrics(os.path.join(out, "grpo"))
-        curves["grpo"] = {k: [(r["step"], r[k]) for r in rows if k in r] for k in ("reward", "reward_std")}
+        rewards = [(r["step"], r["reward"]) for r in rows]
+        smooth = [(s, sum(v for _, v in rewards[max(0, i - 4):i + 1]) / len(rewards[max(0, i - 4):i + 1]))
+                  for i, (s, _) in enumerate(rewards)]
+        curves["grpo"] = {"total reward": rewards, "moving mean (5 steps)": smooth}
+        q = max(len(rewards) // 4, 1)
+        grpo_change = (sum(v for _, v in rewards[:q]) / q, sum(v for _, v in rewards[-q:]) / q)
         t = time.time()
         stages["after GRPO"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_grpo")))
         times["eval after GRPO"] = time.time() - t
@@ -110,6 +115,9 @@ def run_demo(config) -> dict:
     with open(report, "w") as f:
         f.write("# vsr1_jax demo: the tiny policy before and after training\n\n")
         f.write(_table(stages) + "\n")
+        if "grpo" in curves:
+            f.write(f"GRPO mean total reward per step: first quarter {grpo_change[0]:.3f} -> last quarter "
+                    f"{grpo_change[1]:.3f}\n\n")
         f.write("Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + "\n\n")
         for p in pngs:
             f.write(f"![{os.path.basename(p)}]({os.path.basename(p)})\n\n")

@@ -26,6 +26,7 @@ MODES = {
 def main(argv):
     del argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO through absl
     config = _CONFIG.value
     run = MODES.get(config.mode)
     if run is None:

@@ -31,6 +31,7 @@ from vsr1_jax.buckets import round_up
 from vsr1_jax.generate.sampler import Generation, SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.vision import VisionBuckets
 from vsr1_jax.processing import chat, parsing
 from vsr1_jax.processing import prompts as P
 from vsr1_jax.processing.special_tokens import REFINE_TOKEN, special_ids
@@ -76,6 +77,9 @@ class EpisodeConfig:
     # Evaluation refines only rows that did not accept the video; GRPO's retrieval reward needs q_final of every
     # row that wrote <REFINE> (grpo.md §4 r_query_refine_quality), matched ones included.
     refine_matched: bool = False
+    # pad each generation batch's videos to these sizes (models.qwen3_vl.vision.VisionBuckets): the prefill then
+    # compiles once per bucket instead of once per video grid; None = exact grids (evaluation)
+    vision_buckets: VisionBuckets | None = None
 
     def __post_init__(self):
         if self.prompt_style not in PROMPT_STYLES:
@@ -98,7 +102,9 @@ class EpisodeConfig:
         if mode == "grpo":
             g = config.grpo
             return cls(max_turn=g.max_turns, max_new_tokens=config.data.grpo.max_completion_length,
-                       batch_size=g.rollout_batch_size, prompt_style="grpo", refine_matched=True, **common)
+                       batch_size=g.rollout_batch_size, prompt_style="grpo", refine_matched=True,
+                       vision_buckets=VisionBuckets(items=None, groups=tuple(g.vision_group_buckets),
+                                                    patches=tuple(g.vision_patch_buckets)), **common)
         raise ValueError(f"mode={mode!r}: expected 'eval' or 'grpo'")
 
 
@@ -313,7 +319,7 @@ class EpisodeEngine:
         length = round_up(max(map(len, seqs)), cfg.length_bucket)
         p = pack_prompts(seqs, cfg=self.policy_cfg, pad_id=self.ids.pad, length=length,
                          video_pixels=np.concatenate([u[4].pixel_rows for u in units]),
-                         video_grids=[tuple(u[4].grid_thw) for u in units])
+                         video_grids=[tuple(u[4].grid_thw) for u in units], vision_buckets=cfg.vision_buckets)
         t0 = time.perf_counter()
         gen = self.sampler.generate(p, sp, self._next_key(), group=group, capture_id=self.ids.refine,
                                     extra_slots=cfg.num_latents, params=self._params)

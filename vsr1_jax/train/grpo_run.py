@@ -157,7 +157,10 @@ class GRPOTask:
         self.models = models
         retriever = make_retriever(c.eval.retrieval.engine, corpus.matrix, corpus.docid2row) if g.max_turns > 1 \
             else None
-        self.engine = EpisodeEngine(models.policy, models.head, models.embedder, models.tokenizer,
+        # the train step donates the state, whose frozen head shares buffers with models.head: the engine keeps
+        # its own copy of the (frozen) SQR head; the policy weights are passed in every round
+        head = nnx.merge(*jax.tree.map(jnp.copy, nnx.split(models.head)))
+        self.engine = EpisodeEngine(models.policy, head, models.embedder, models.tokenizer,
                                     models.embed_tokenizer, video_source_for(paths, split), c.video.grpo,
                                     EpisodeConfig.from_config(c, "grpo"), RunOptions.from_config(c.model),
                                     retriever=retriever)
