@@ -38,6 +38,17 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
+    # multi-host (vsr1_jax/distributed.py; launch/ sets these through VSR1_* environment variables). Empty / -1 / 0
+    # = take it from the environment; nothing set and no multi-task SLURM step = one process
+    c.distributed = ml_collections.ConfigDict()
+    c.distributed.mode = "auto"             # auto | off | explicit | jax (JAX's own detection: Cloud TPU, SLURM, ...)
+    c.distributed.coordinator_address = ""  # host:port of process 0 ($VSR1_COORDINATOR)
+    c.distributed.num_processes = 0         # ($VSR1_NUM_PROCESSES)
+    c.distributed.process_id = -1           # ($VSR1_PROCESS_ID)
+    c.distributed.local_device_ids = ""     # comma list of this process's GPUs ($VSR1_LOCAL_DEVICE_IDS)
+    c.distributed.initialization_timeout_s = 300  # waiting for the other processes to join
+    c.distributed.heartbeat_timeout_s = 100       # a process silent this long is declared dead (the job fails)
+
     c.eval = get_eval_config()
     c.video = get_video_config()
     c.data = get_data_config()

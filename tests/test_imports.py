@@ -67,13 +67,21 @@ def test_relative_import_cycle(tmp_path):
     ("models/m.py", "from vsr1_jax.processing import video\n", "models may import only: buckets, kernels"),
     ("data/d.py", "from vsr1_jax.retrieval import index\n", "data may import only: buckets, processing"),
     ("agent/e.py", "from vsr1_jax.train import grpo\n", "agent (layer 5) imports train (layer 6)"),
-    ("distributed.py", "from vsr1_jax.train import grpo\n", "only main, bench, demo may import train"),
+    ("distributed.py", "from vsr1_jax.train import grpo\n", "distributed (layer 0) imports train (layer 6)"),
 ])
 def test_layer_arrows(tmp_path, src, text, message):
     pkg = _package(tmp_path, {src: text, "data/files.py": "", "processing/video.py": "",
                               "retrieval/index.py": "", "train/grpo.py": ""})
     got = check_imports.check(pkg)
     assert [v.kind for v in got] == ["layer"] and message in got[0].message, got
+
+
+def test_only_listed_components_import_train(tmp_path):
+    # a top-rank component that is not main, bench or demo (every rank-8 one of the real table is one of them)
+    layers = {**check_imports.LAYERS, "tool": (9, check_imports.BELOW)}
+    pkg = _package(tmp_path, {"tool.py": "from vsr1_jax.train import grpo\n", "train/grpo.py": ""})
+    got = check_imports.check(pkg, layers=layers)
+    assert [v.kind for v in got] == ["layer"] and "only main, bench, demo may import train" in got[0].message, got
 
 
 def test_type_checking_imports_count(tmp_path):

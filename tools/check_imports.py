@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "compiles": (0, ()),
     "buckets": (0, ()),
     "safetensors_io": (0, ()),
+    "distributed": (0, ()),   # jax.distributed setup + cross-process helpers; main calls it first
     "models": (1, ("kernels", "buckets")),
     "data": (2, ("processing", "buckets")),
     "retrieval": (2, ("models", "processing", "buckets")),
@@ -41,7 +42,6 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "demo": (7, BELOW),
     "main": (8, BELOW),
     "bench": (8, BELOW),
-    "distributed": (8, BELOW),
 }
 # Components that only the listed ones may import (on top of the rules above).
 ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {"train": ("main", "bench", "demo")}

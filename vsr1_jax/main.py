@@ -2,10 +2,11 @@
 (eval | sft | grpo | demo | build) to the run that owns it. No logic of its own."""
 import logging
 
+import jax
 from absl import app
 from ml_collections import config_flags
 
-from vsr1_jax import demo
+from vsr1_jax import demo, distributed
 from vsr1_jax.agent.evaluate import run_eval
 from vsr1_jax.loading import SetupError
 from vsr1_jax.prepare import run_build
@@ -32,9 +33,17 @@ def main(argv):
     if run is None:
         raise SystemExit(f"error: config.mode={config.mode!r} is not available (known: {', '.join(MODES)})")
     try:
+        distributed.initialize(config)  # multi-host jobs (launch/): before anything touches a device
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    if config.mode == "build" and jax.process_count() > 1:
+        raise SystemExit("error: --config.mode=build runs in one process; start it without launch/")
+    try:
         summary = run(config)
     except SetupError as e:
         raise SystemExit(f"error: {e}") from None
+    if not distributed.is_primary():
+        return
     print(f"{config.mode}: outputs under {summary['output_dir']}")
     for k, v in summary.items():
         if k != "output_dir" and isinstance(v, str) and v.startswith("/"):
