@@ -190,10 +190,15 @@ class ShardedEpochsDataset(grain.MapDataset):
     each epoch when shuffling) so all processes run the same number of steps — required when a step is a collective.
     Without it process k keeps ⌈(N-k)/P⌉ (eval: every row is evaluated once, EVAL L2169-2184 `local_pos % P == k`).
     num_epochs=None repeats forever.
+
+    With `block` = b (multi-host training), the epochs form one global stream (epoch 0's order, then epoch 1's, …)
+    cut into global micro-batches of b·P rows, and process k takes rows k·b … k·b+b-1 of each: its local batches of
+    whole blocks are its devices' part of the global batches a single process would form from the same stream,
+    whatever P is (only whole global micro-batches are kept; `even_shards` does not apply).
     """
 
     def __init__(self, parent: grain.MapDataset, *, seed: int, shuffle: bool, num_epochs: int | None,
-                 shard_index: int, shard_count: int, even_shards: bool):
+                 shard_index: int, shard_count: int, even_shards: bool, block: int | None = None):
         super().__init__(parent)
         if shard_count < 1 or not 0 <= shard_index < shard_count:
             raise ValueError(f"need 0 <= process_index < process_count, got {shard_index}/{shard_count}")
@@ -205,8 +210,17 @@ class ShardedEpochsDataset(grain.MapDataset):
         self._k, self._p = shard_index, shard_count
         self._per_epoch = self._n // shard_count if even_shards else len(range(shard_index, self._n, shard_count))
         self._epochs = num_epochs
+        if block is not None and block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self._block = block
 
     def __len__(self) -> int:
+        if self._block is not None:
+            if self._n == 0:
+                return 0
+            if self._epochs is None:
+                return sys.maxsize
+            return (self._n * self._epochs) // (self._block * self._p) * self._block
         if self._per_epoch == 0:
             return 0
         return sys.maxsize if self._epochs is None else self._per_epoch * self._epochs
@@ -214,6 +228,11 @@ class ShardedEpochsDataset(grain.MapDataset):
     def __getitem__(self, index):
         if isinstance(index, slice):
             return self.slice(index)
+        if self._block is not None:
+            b = self._block
+            g = (index // b) * b * self._p + self._k * b + index % b   # position in the global stream
+            epoch, pos = divmod(g, self._n)
+            return self._ordered[epoch * self._n + pos if self._shuffle else pos]
         epoch, j = divmod(index, self._per_epoch)
         pos = j * self._p + self._k
         # ShuffleMapDataset maps index epoch·N + pos to epoch e's permutation (it reseeds per epoch).
@@ -221,7 +240,7 @@ class ShardedEpochsDataset(grain.MapDataset):
 
     def __str__(self) -> str:
         return (f"ShardedEpochsDataset(shard={self._k}/{self._p}, per_epoch={self._per_epoch}, "
-                f"epochs={self._epochs}, shuffle={self._shuffle})")
+                f"epochs={self._epochs}, shuffle={self._shuffle}, block={self._block})")
 
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
@@ -247,9 +266,27 @@ class PipelineSpec:
     even_shards: bool
     drop_remainder: bool
     repeat_each: int
+    block: int | None = None   # the multi-host block layout (ShardedEpochsDataset); None: interleaved shards
 
     def fingerprint(self) -> str:
-        return hashlib.sha1(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        d = dataclasses.asdict(self)
+        if d["block"] is None:  # specs without blocks keep the fingerprints they always had
+            del d["block"]
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def process_independent(self) -> bool:
+        """Batch n holds the same global rows whatever the process count (one process, or the block layout)."""
+        return self.process_count == 1 or self.block is not None
+
+    def global_fingerprint(self) -> str:
+        """What decides the global batches, without the process layout: equal for the same run on any number of
+        processes (see `DataIterator.position_state`)."""
+        d = dataclasses.asdict(self)
+        for k in ("process_index", "process_count", "block", "batch_size", "even_shards"):
+            del d[k]
+        d["global_batch_size"] = None if self.batch_size is None else self.batch_size * self.process_count
+        return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _json_default(o):
@@ -274,12 +311,13 @@ def build_dataset(records: Sequence[Any], *, map_fn: Callable[[Any], Any] | None
                   seed: int = 42, shuffle: bool = True, num_epochs: int | None = 1,
                   process_index: int | None = None, process_count: int | None = None,
                   even_shards: bool = True, drop_remainder: bool = True,
-                  repeat_each: int = 1) -> tuple[grain.MapDataset, PipelineSpec]:
+                  repeat_each: int = 1, block: int | None = None) -> tuple[grain.MapDataset, PipelineSpec]:
     """records → (shuffled, sharded, repeated) → map_fn per example → batches of `batch_size` rows.
 
     `batch_size` counts rows after `repeat_each` (what the jitted step sees), so with repeat_each=G each batch holds
-    batch_size/G prompts × G copies. len(dataset) is this process's number of steps. Returns the grain MapDataset
-    and the spec (pass both to `make_iterator`).
+    batch_size/G prompts × G copies. len(dataset) is this process's number of steps. `block`: the multi-host layout
+    of ShardedEpochsDataset (batch_size a multiple of it). Returns the grain MapDataset and the spec (pass both to
+    `make_iterator`).
     """
     k, p = _process(process_index, process_count)
     if repeat_each < 1:
@@ -287,8 +325,11 @@ def build_dataset(records: Sequence[Any], *, map_fn: Callable[[Any], Any] | None
     if repeat_each > 1 and (batch_size is None or batch_size % repeat_each):
         raise ValueError(f"repeat_each={repeat_each} needs a batch_size divisible by it, got {batch_size}")
     ds = grain.MapDataset.source(list(records))
+    if block is not None and (batch_size is None or batch_size % block or repeat_each != 1):
+        raise ValueError(f"block={block} needs a batch_size that is a multiple of it (got {batch_size}) and "
+                         f"repeat_each=1 (got {repeat_each})")
     ds = ShardedEpochsDataset(ds, seed=seed, shuffle=shuffle, num_epochs=num_epochs, shard_index=k,
-                              shard_count=p, even_shards=even_shards)
+                              shard_count=p, even_shards=even_shards, block=block)
     if map_fn is not None:
         ds = ds.map(map_fn)
     if batch_size is not None:
@@ -298,7 +339,7 @@ def build_dataset(records: Sequence[Any], *, map_fn: Callable[[Any], Any] | None
         ds = ds.batch(batch_size // repeat_each, drop_remainder=drop_remainder, batch_fn=collate)
     spec = PipelineSpec(records_digest=records_digest(records), batch_size=batch_size, seed=seed, shuffle=shuffle,
                         num_epochs=num_epochs, process_index=k, process_count=p, even_shards=even_shards,
-                        drop_remainder=drop_remainder, repeat_each=repeat_each)
+                        drop_remainder=drop_remainder, repeat_each=repeat_each, block=block)
     return ds, spec
 
 
@@ -307,26 +348,56 @@ class DataIterator:
 
     get_state() → a small JSON-serialisable dict (grain's state + the pipeline fingerprint); set_state() refuses a
     state saved by a pipeline with different records/seed/batching/sharding, which would otherwise resume silently
-    on different batches.
+    on different batches. position_state() / set_position_state() are the process-count independent alternative
+    that training checkpoints use (a batch count); use one pair or the other on an iterator, not both.
     """
 
     def __init__(self, dataset: grain.MapDataset, spec: PipelineSpec, *, worker_count: int = 0,
                  worker_buffer_size: int = 1, read_threads: int = 1, prefetch_buffer_size: int = 8):
         self.spec = spec
         self.steps = len(dataset)
-        ids = dataset.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
-                                                        prefetch_buffer_size=prefetch_buffer_size))
-        if worker_count > 0:
+        self._dataset = dataset
+        self._options = dict(worker_count=worker_count, worker_buffer_size=worker_buffer_size,
+                             read_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)
+        self.position = 0  # batches taken so far (restores included)
+        self._it = self._open(dataset)
+
+    def _open(self, dataset):
+        o = self._options
+        ids = dataset.to_iter_dataset(grain.ReadOptions(num_threads=o["read_threads"],
+                                                        prefetch_buffer_size=o["prefetch_buffer_size"]))
+        if o["worker_count"] > 0:
             ensure_absl_flags_parsed()
-            ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                               per_worker_buffer_size=worker_buffer_size))
-        self._it = iter(ids)
+            ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=o["worker_count"],
+                                                               per_worker_buffer_size=o["worker_buffer_size"]))
+        return iter(ids)
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        return next(self._it)
+        out = next(self._it)
+        self.position += 1
+        return out
+
+    def position_state(self) -> dict:
+        """The iterator's place as the number of batches taken: the same on every process of a multi-host run and
+        valid for the same run on another process count (needs a process-independent layout: one process or
+        `block`). JSON-serialisable."""
+        if not self.spec.process_independent:
+            raise ValueError("position_state needs one process or the block layout (build_dataset(block=...))")
+        return {"global_fingerprint": self.spec.global_fingerprint(), "batches": int(self.position)}
+
+    def set_position_state(self, state: Mapping) -> None:
+        """Continue after `state["batches"]` batches (see `position_state`)."""
+        if state.get("global_fingerprint") != self.spec.global_fingerprint():
+            raise ValueError(
+                f"iterator state was saved by a different pipeline (global fingerprint "
+                f"{state.get('global_fingerprint')!r} != {self.spec.global_fingerprint()!r}); records, seed, global "
+                "batch size or epochs changed")
+        n = int(state["batches"])
+        self._it = self._open(self._dataset[n:])
+        self.position = n
 
     def get_state(self) -> dict:
         return {"fingerprint": self.spec.fingerprint(), "grain": self._it.get_state()}
