@@ -44,10 +44,27 @@ def _no_ocdbt_merge_note(record: logging.LogRecord) -> bool:
     return "Skipping merge of OCDBT" not in record.getMessage()
 
 
+def _process_local(*trees) -> dict:
+    """orbax options for a save/restore that one process does alone in a multi-process job (e.g. process 0
+    exporting a model, or every process reading a converted checkpoint into host memory): its barriers then wait
+    for this process only. Empty (orbax's defaults, every process takes part) with one process, or when a leaf is a
+    global array (or restores into one)."""
+    if jax.process_count() == 1:
+        return {}
+    for leaf in jax.tree.leaves(trees):
+        sh = getattr(leaf, "sharding", None)
+        if sh is not None and not sh.is_fully_addressable:
+            return {}
+    k = jax.process_index()
+    return {"multiprocessing_options": ocp.options.MultiprocessingOptions(
+        primary_host=k, active_processes={k}, barrier_sync_key_prefix=f"vsr1_process_{k}")}
+
+
 def save_params(directory, tree, *, overwrite: bool = False) -> None:
     """Write a pytree of numpy / jax arrays to `directory` (synchronously; numpy leaves stay on the host).
 
     The directory must not exist unless `overwrite`. Peak extra host memory is a few chunks, not a model copy.
+    In a multi-process job, host arrays are written by the calling process alone (see `_process_local`).
     """
     path = _abs(directory)
     if os.path.exists(path) and not overwrite:
@@ -56,7 +73,8 @@ def save_params(directory, tree, *, overwrite: bool = False) -> None:
     save_args = jax.tree.map(
         lambda x: ocp.SaveArgs(chunk_byte_size=_CHUNK_BYTES) if getattr(x, "nbytes", 0) > _CHUNK_BYTES
         else ocp.SaveArgs(), tree)
-    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False))
+    mp = _process_local(tree)
+    ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(use_ocdbt=False, **mp), **mp)
     absl_log = logging.getLogger("absl")
     absl_log.addFilter(_no_ocdbt_merge_note)
     try:
@@ -68,7 +86,8 @@ def save_params(directory, tree, *, overwrite: bool = False) -> None:
 
 def params_metadata(directory):
     """The saved tree with `jax.ShapeDtypeStruct` leaves (no sharding): what `restore_params` would return."""
-    ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+    mp = _process_local()
+    ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler(**mp), **mp)
     try:
         meta = ckptr.metadata(_abs(directory))
     finally:
@@ -85,7 +104,7 @@ def _to_shape_dtype(meta):
 
 
 def _default_sharding():
-    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])  # this process's (devices()[0] is process 0's)
 
 
 def _restore_target(directory, target, shardings):
@@ -126,13 +145,14 @@ def restore_params(directory, target=None, shardings=None, *, partial: bool = Fa
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such checkpoint directory")
     tgt = _restore_target(path, target, shardings)
+    mp = _process_local(tgt)
     if partial and tgt is not None:
         # StandardRestore cannot omit saved subtrees; PyTreeRestore can (same on-disk format).
-        ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler())
+        ckptr = ocp.Checkpointer(ocp.PyTreeCheckpointHandler(**mp), **mp)
         args = ocp.args.PyTreeRestore(item=tgt, restore_args=ocp.checkpoint_utils.construct_restore_args(tgt),
                                       partial_restore=True)
     else:
-        ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler())
+        ckptr = ocp.Checkpointer(ocp.StandardCheckpointHandler(**mp), **mp)
         args = ocp.args.StandardRestore() if tgt is None else ocp.args.StandardRestore(tgt)
     try:
         return ckptr.restore(path, args=args)

@@ -146,6 +146,30 @@ def check_batch(batch: int, mesh, what: str = "batch") -> None:
                          f"(mesh {dict(mesh.shape)}); pad the batch or change config.mesh")
 
 
+def process_rows(mesh, rows: int, process_index: int | None = None) -> tuple[int, int]:
+    """[start, stop) of a batch of `rows` (split over the data-parallel axes, `batch_sharding`) that this process's
+    devices hold: the rows its host must supply to `jax.make_array_from_process_local_data`. One process: (0, rows).
+    A mesh that gives one process a non-contiguous set of rows is refused."""
+    check_batch(rows, mesh)
+    k = jax.process_index() if process_index is None else process_index
+    spans = set()
+    for dev, idx in batch_sharding(mesh, 1).devices_indices_map((rows,)).items():
+        if dev.process_index == k:
+            sl = idx[0]
+            spans.add((sl.start or 0, rows if sl.stop is None else sl.stop))
+    if not spans:
+        raise ValueError(f"process {k} holds no device of the mesh {dict(mesh.shape)}")
+    spans = sorted(spans)
+    start, stop = spans[0][0], spans[-1][1]
+    covered = start
+    for a, b in spans:
+        if a > covered:
+            raise ValueError(f"process {k} holds rows {spans} of the batch: not one contiguous block; order the "
+                             "mesh so that each host's devices are adjacent on the data/fsdp axes")
+        covered = max(covered, b)
+    return start, stop
+
+
 def cache_shardings(mesh, num_kv_heads: int):
     """(k/v [L, B, K, S, hd], valid [B, S]) shardings: batch over data/fsdp, KV heads over tensor when they divide."""
     b = batch_sharding(mesh, 5, batch_axis=1).spec[1]

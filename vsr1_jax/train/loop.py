@@ -12,6 +12,9 @@ hard-negative lists, ...). The loop owns everything else:
   always at the end and on SIGTERM (the signal finishes the current step, saves, and exits).
 - metrics: one JSON line per logged step in `<output_dir>/metrics.jsonl` and TensorBoard scalars in
   `<output_dir>/tensorboard` (tensorboardX); a tqdm bar with rate and ETA. Process 0 writes them.
+- multi-host: every process runs the loop in step; orbax writes each process's shards and process 0 the metadata
+  and the host state (which the tasks keep identical on every process); the restore target is the current
+  state's shardings, so a checkpoint restores on another process count or mesh.
 - the XLA compilations of each step are counted and logged (`compiles`): a step that compiles again after the
   first batches means a shape escaped the buckets.
 """
@@ -30,6 +33,7 @@ import numpy as np
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
+from vsr1_jax import distributed
 from vsr1_jax.checkpoint import CheckpointManager
 from vsr1_jax.compiles import CompileCounter
 
@@ -174,9 +178,12 @@ def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: 
                                      if k in ("loss", "reward", "grad_norm") and isinstance(v, float)})
                 bar.update(1)
                 ok = getattr(task, "checkpoint_ok", lambda s: True)(step)
-                if ok and (step % interval == 0 or step == task.total_steps or stop.requested):
+                # a signal may reach one process of a multi-host job: all of them stop together (saving is a
+                # collective)
+                requested = distributed.any_process(stop.requested)
+                if ok and (step % interval == 0 or step == task.total_steps or requested):
                     mngr.save(step, state, extra=task.host_state(), force=True)
-                if stop.requested and ok:
+                if requested and ok:
                     stopped = True
                     break
     finally:

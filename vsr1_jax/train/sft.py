@@ -237,9 +237,24 @@ class SFTCollate:
     splice_tail: int = 6
     embedder_max_length: int = P.EMBEDDER_MAX_LENGTH
 
-    def __call__(self, examples: Sequence[dict]) -> dict:
+    @staticmethod
+    def sizes(examples: Sequence[dict]) -> tuple[int, int, int, int]:
+        """The unpadded maxima that pick this batch's buckets: (tokens, assistant tokens, frame groups, patches per
+        group). Multi-host runs take the maximum over the processes and pass it as `min_sizes`, so every process
+        pads its rows to the same buckets."""
+        good = [e for e in examples if "skip" not in e]
+        if not good:
+            return (0, 0, 0, 0)
+        return (max(len(e["input_ids"]) for e in good),
+                max(max(int(np.count_nonzero(e["loss_mask"][1:])), 1) for e in good),
+                max(int(e["grid"][0]) for e in good), max(int(e["grid"][1] * e["grid"][2]) for e in good))
+
+    def __call__(self, examples: Sequence[dict], min_sizes: Sequence[int] | None = None) -> dict:
+        """min_sizes: (tokens, assistant tokens, frame groups, patches) that the buckets must hold besides these
+        rows (see `sizes`)."""
         examples = list(examples)
         A = self.accumulation
+        m_tok, m_lab, m_grp, m_hw = (int(x) for x in ((0, 0, 0, 0) if min_sizes is None else min_sizes))
         if len(examples) % A:
             raise ValueError(f"{len(examples)} examples do not split into {A} micro-batches")
         good = [e for e in examples if "skip" not in e]
@@ -253,6 +268,7 @@ class SFTCollate:
         T = _bucket([len(e["input_ids"]) for e in rows], self.buckets, rows, "config.data.sft.buckets", "tokens")
         La = _bucket([max(len(p), 1) for p in label_pos], self.label_buckets, rows, "config.sft.label_buckets",
                      "assistant tokens")
+        T, La = max(T, bucket_length(m_tok, self.buckets)), max(La, bucket_length(m_lab, self.label_buckets))
         ids = np.full((n, T), self.pad_id, np.int32)
         mask = np.zeros((n, T), np.int32)
         pos = np.zeros((3, n, T), np.int32)
@@ -271,10 +287,10 @@ class SFTCollate:
         e_ids, e_lat, e_idx, e_mask = (np.pad(a, padw) for a in (e_ids, e_lat, e_idx, e_mask))
         vcfg = self.policy_cfg.vision
         grids = [e["grid"] for e in rows]
-        G = bucket_length(max(g[0] for g in grids), self.group_buckets) if self.group_buckets else max(
-            g[0] for g in grids)
-        HW = bucket_length(max(g[1] * g[2] for g in grids), self.patch_buckets) if self.patch_buckets else max(
-            g[1] * g[2] for g in grids)
+        G = bucket_length(max([g[0] for g in grids] + [m_grp]), self.group_buckets) if self.group_buckets else max(
+            [g[0] for g in grids] + [m_grp])
+        HW = bucket_length(max([g[1] * g[2] for g in grids] + [m_hw]), self.patch_buckets) if self.patch_buckets \
+            else max([g[1] * g[2] for g in grids] + [m_hw])
         B = n // A
         vb = VisionBuckets(items=(B,), groups=(G,), patches=(HW,))
         visions = [pack_vision([(e["pixel_rows"], e["grid"]) for e in rows[a * B:(a + 1) * B]], vcfg, vb,

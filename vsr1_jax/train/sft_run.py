@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from vsr1_jax import loading, sharding
+from vsr1_jax import distributed, loading, sharding
 from vsr1_jax.data.files import read_hard_negatives, read_video_meta
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
@@ -54,6 +54,29 @@ def batch_shardings(mesh, batch: dict):
             for k, v in batch.items()}
 
 
+def global_batch(mesh, arrays: dict, rows: int, first_row: int = 0, merge: int = 2) -> dict:
+    """This process's rows of every array (B axis as in `batch_shardings`; rows first_row .. of each global
+    micro-batch, `sharding.process_rows`) -> global arrays of `rows` rows on the mesh
+    (`jax.make_array_from_process_local_data`). A VisionBatch's `token_index` points into the features of the
+    micro-batch's items flattened in order, so this process's indices move past the items of the rows before it
+    (`merge`: the vision spatial merge size)."""
+    vision = arrays.get("vision")
+    if first_row and vision is not None and vision.token_index is not None:
+        per_item = vision.group_mask.shape[-1] * vision.patch_mask.shape[-1] // (merge * merge)
+        ti = np.asarray(vision.token_index)
+        arrays = dict(arrays, vision=vision._replace(
+            token_index=np.where(ti >= 0, ti + first_row * per_item, ti).astype(ti.dtype)))
+    shardings = batch_shardings(mesh, arrays)
+
+    def put(key, x, s):
+        axis = 2 if key == "positions" else 1
+        shape = list(np.shape(x))
+        shape[axis] = rows
+        return jax.make_array_from_process_local_data(s, np.asarray(x), tuple(shape))
+
+    return {k: jax.tree.map(lambda x, s, k=k: put(k, x, s), v, shardings[k]) for k, v in arrays.items()}
+
+
 class SFTTask:
     """Everything of Stage 1 that is not the generic loop (see loop.Task)."""
 
@@ -90,9 +113,17 @@ class SFTTask:
                                  tuple(c.sft.vision_group_buckets) or None, tuple(c.sft.vision_patch_buckets) or None,
                                  num_latents=c.sft.refine_token_count,
                                  embedder_max_length=c.eval.query_embedder_max_length)
-        per_process = self.A * self.B // jax.process_count()
-        ds, spec = build_dataset(records, map_fn=examples, batch_size=per_process, collate_fn=collate,
-                                 seed=c.sft.seed, shuffle=d.shuffle, num_epochs=c.sft.num_epochs)
+        # multi-host: this process reads the rows its devices hold ([lo, hi) of each global micro-batch of B rows,
+        # the block layout of data/pipelines.py), so the global batches are those of a single process
+        lo, hi = (0, self.B) if mesh is None else sharding.process_rows(mesh, self.B)
+        self.rows, b = (lo, hi), hi - lo
+        self.collate, self._multi = collate, jax.process_count() > 1
+        self.models_merge = models.policy.cfg.vision.spatial_merge_size
+        # several processes agree on the bucket shapes before collating (next_batch), so grain yields example lists
+        ds, spec = build_dataset(records, map_fn=examples, batch_size=self.A * b,
+                                 collate_fn=None if self._multi else collate, seed=c.sft.seed, shuffle=d.shuffle,
+                                 num_epochs=c.sft.num_epochs, process_index=lo // b, process_count=self.B // b,
+                                 block=b)
         self.iterator = make_iterator(ds, spec, worker_count=c.data.loader.worker_count,
                                       worker_buffer_size=c.data.loader.worker_buffer_size,
                                       read_threads=c.data.loader.read_threads,
@@ -119,44 +150,70 @@ class SFTTask:
                  self.A, self.B, self.params_total)
 
     # ---- loop.Task ---------------------------------------------------------------------------------------------
+    def _collate(self):
+        """The next host batch: this process's rows [A, hi - lo] (with several processes: collated here with the
+        buckets of the largest row of any process)."""
+        if not self._multi:
+            return next(self.iterator)
+        examples = next(self.iterator)
+        sizes = np.max(distributed.allgather_objects(self.collate.sizes(examples)), axis=0)
+        return self.collate(examples, min_sizes=sizes)
+
     def next_batch(self):
-        host = next(self.iterator)
-        for reason in host.pop("skip_reasons"):
-            self.counts[f"skipped_{reason}"] += 1
+        host = self._collate()
         for detail in host.pop("skipped"):
             log.warning("skipped: %s", detail)
+        # the InfoNCE candidates come from one seeded stream over the rows of the global batch in order (and the
+        # refresh after the step updates the lists from all rows), so every process computes them for every row of
+        # the step, keeps its own, and holds the same sampler state as a single process would
+        lo, hi = self.rows
+        use = host["has_refine"] & host["row_valid"]
+        mine = dict(lo=lo, qid=host["qid"], pos=host["pos_video_id"], top1=host["video_id"], use=use,
+                    skips=host.pop("skip_reasons"), tokens=float(np.sum(host["attention_mask"])))
+        parts = {}
+        for p in distributed.allgather_objects(mine):
+            parts.setdefault(p["lo"], p)   # processes holding the same rows sent the same rows
+        parts = [parts[k] for k in sorted(parts)]
+        for p in parts:
+            for reason in p["skips"]:
+                self.counts[f"skipped_{reason}"] += 1
+        rows = {k: [sum((p[k][a] for p in parts), []) for a in range(self.A)] for k in ("qid", "pos", "top1")}
+        use = np.concatenate([p["use"] for p in parts], axis=1)
+        if use.shape != (self.A, self.B):
+            raise ValueError(f"the processes' rows add up to {use.shape}, expected {(self.A, self.B)}")
         cand, cmask, valid, refresh = [], [], [], []
         K = self.negatives.pool_size
         for a in range(self.A):
             for b in range(self.B):
-                qid, pos, top1 = host["qid"][a][b], host["pos_video_id"][a][b], host["video_id"][a][b]
+                qid, pos, top1 = rows["qid"][a][b], rows["pos"][a][b], rows["top1"][a][b]
                 ids, n_sel = ([], 0)
-                if host["has_refine"][a, b] and host["row_valid"][a, b]:
+                if use[a, b]:
                     ids, n_sel = self.negatives.candidates(qid, pos, top1, self.q_orig.get(qid))
                     if n_sel == 0:
                         self.counts["infonce_no_positive_or_query" if pos not in self.negatives.row_of
                                     or qid not in self.q_orig else "infonce_no_negatives"] += 1
                     elif not ids:
                         self.counts["infonce_all_negatives_ambiguous"] += 1
-                v, m = self.negatives.candidate_vectors(ids, K + 1)
-                cand.append(v)
-                cmask.append(m)
+                if lo <= b < hi:
+                    v, m = self.negatives.candidate_vectors(ids, K + 1)
+                    cand.append(v)
+                    cmask.append(m)
                 valid.append(bool(ids))
                 refresh.append(n_sel > 0)
         shape = (self.A, self.B)
-        host["candidates"] = np.stack(cand).reshape(*shape, K + 1, -1)
-        host["candidate_mask"] = np.stack(cmask).reshape(*shape, K + 1)
-        host["ret_valid"] = np.asarray(valid).reshape(shape)
+        host["candidates"] = np.stack(cand).reshape(self.A, hi - lo, K + 1, -1)
+        host["candidate_mask"] = np.stack(cmask).reshape(self.A, hi - lo, K + 1)
+        host["ret_valid"] = np.asarray(valid).reshape(shape)[:, lo:hi]
         host["_refresh"] = np.asarray(refresh).reshape(shape)
+        host["_qid"], host["_pos"] = rows["qid"], rows["pos"]
+        host["_tokens"] = sum(p["tokens"] for p in parts)
         return host
 
     def _device(self, host):
         arrays = {k: v for k, v in host.items() if not isinstance(v, list) and not k.startswith("_")}
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, arrays)
-        shardings = batch_shardings(self.mesh, arrays)
-        return {k: jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), v, shardings[k])
-                for k, v in arrays.items()}
+        return global_batch(self.mesh, arrays, self.B, self.rows[0], self.models_merge)
 
     def step(self, state, host):
         if self._jit is None:
@@ -169,27 +226,28 @@ class SFTTask:
         return self._jit(state, self.embedder_params, self._device(host))
 
     def after_step(self, step: int, host, metrics) -> dict:
-        q = np.asarray(jax.device_get(metrics.pop("q_final")), np.float32)       # [A, B, D]
-        out = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        q = np.asarray(distributed.host_array(metrics.pop("q_final")), np.float32)  # [A, B, D] all processes' rows
+        out = {k: float(distributed.host_array(v)) for k, v in metrics.items()}
         refreshed = 0
         # the original refreshes from the second optimizer step on (global_step > 0), every step (VS L141)
         every = self.config.data.sft.hard_negative_refresh_steps
         if every > 0 and step > 0 and step % every == 0:
             sel = host["_refresh"]
-            qids = [host["qid"][a][b] for a in range(self.A) for b in range(self.B) if sel[a, b]]
-            pos = [host["pos_video_id"][a][b] for a in range(self.A) for b in range(self.B) if sel[a, b]]
+            qids = [host["_qid"][a][b] for a in range(self.A) for b in range(self.B) if sel[a, b]]
+            pos = [host["_pos"][a][b] for a in range(self.A) for b in range(self.B) if sel[a, b]]
             refreshed = self.negatives.refresh(qids, pos, q[sel])
-        out.update(hard_negatives_refreshed=refreshed, tokens=float(np.sum(host["attention_mask"])),
+        out.update(hard_negatives_refreshed=refreshed, tokens=float(host["_tokens"]),
                    **{k: float(v) for k, v in self.counts.items()})
         return out
 
     def host_state(self) -> dict:
-        return {"data": self.iterator.get_state(), "negatives": self.negatives.state_dict(),
+        """The same on every process (what process 0 saves), and valid on another process count."""
+        return {"data": self.iterator.position_state(), "negatives": self.negatives.state_dict(),
                 "counts": dict(self.counts)}
 
     def load_host_state(self, state: dict) -> None:
         if "data" in state:
-            self.iterator.set_state(state["data"])
+            self.iterator.set_position_state(state["data"])
         if "negatives" in state:
             self.negatives.load_state_dict(state["negatives"])
         self.counts = Counter(state.get("counts", {}))

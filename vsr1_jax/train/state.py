@@ -14,9 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.experimental import multihost_utils
-
-from vsr1_jax import convert, sharding
+from vsr1_jax import convert, distributed, sharding
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL
 
@@ -91,10 +89,9 @@ def export_hf(dst: str, state: TrainState, graphdefs: Graphdefs, embedder, token
     folder that transformers loads (convert.export_hf). Process 0 writes it; every process must call this (the
     parameters are gathered from all hosts first)."""
     policy, head = graphdefs.modules(state.params, state.frozen)
-    gather = multihost_utils.process_allgather if jax.process_count() > 1 else jax.device_get
-    pure = lambda m: gather(nnx.to_pure_dict(nnx.state(m)))  # noqa: E731
+    pure = lambda m: distributed.host_tree(nnx.to_pure_dict(nnx.state(m)))  # noqa: E731  whole arrays, every host
     p, h, e = pure(policy), pure(head), pure(embedder)
-    if jax.process_index() == 0:
+    if distributed.is_primary():
         convert.export_hf(dst, policy.cfg, p, sqr_params=h, sqr_cfg=head.cfg, tokenizer=tokenizer,
                           embedder=(embedder.cfg, e, embed_tokenizer), overwrite=True)
     return dst
