@@ -71,6 +71,10 @@ def get_grpo_config() -> ml_collections.ConfigDict:
     #                                   "token_mean": mean over every completion token of the batch
     c.max_turns = 1                   # 1 = what the original trains; > 1 = the paper's full agent loop (option)
     c.rollout_batch_size = 8          # rows generated together
+    # sampling keys of the rollouts: "batch" = one key per generation batch (a counter folded in; several processes
+    # also fold in their index); "prompt" = one key per prompt from its place in the round, so a sample's tokens do
+    # not depend on the batching or on the number of processes (a multi-host run equals a one-process run)
+    c.rollout_keys = "batch"
     # the GRPO pixel budget (S2:243-248) caps a frame at 65,536 px = 256 patches of 16 x 16; 64 frames = 32 groups
     c.vision_group_buckets = (4, 8, 16, 32)
     c.vision_patch_buckets = (64, 128, 256)

@@ -211,12 +211,14 @@ class EpisodeEngine:
     # ---- public ------------------------------------------------------------------------------------------------
     def run(self, queries: Sequence, qvecs: np.ndarray, sp: SamplingParams | None = None, *, key=None,
             group: int = 1, first_docs: Sequence[str] | None = None, params=None,
-            progress: Callable[[int], None] | None = None) -> list[Trajectory]:
+            progress: Callable[[int], None] | None = None, query_keys=None) -> list[Trajectory]:
         """Run every episode to its end; returns the trajectories, `group` consecutive ones per query.
 
         queries: records (or objects with `to_record()`) with index, qid, query, gt_doc_id, gt_start, gt_end,
           duration; qvecs [N, D] their stored (original) query vectors.
         sp: sampling (default greedy); key: a jax PRNG key for sampling (each generation batch folds in a counter);
+        query_keys: instead of `key`, one typed key per query: sample g of turn t draws from fold_in(key, t, g)
+          alone, so its tokens do not depend on which other queries run, in which batch or on which process;
         first_docs: turn 1 shows these videos instead of the retriever's top-1 (GRPO's pre-computed top-1);
         params: the policy weights to generate with (default: the sampler's current ones).
         progress(n) is called with the number of episodes that finished.
@@ -237,6 +239,11 @@ class EpisodeEngine:
                  for r, v, o in zip(recs, qvecs, orig) for g in range(group)]
         first = None if first_docs is None else [d for d in first_docs for _ in range(group)]
         self._params, self._key, self._batches = params, key, 0
+        self._traj_keys = None
+        if query_keys is not None:
+            if len(query_keys) != len(recs):
+                raise ValueError(f"{len(query_keys)} query keys for {len(recs)} queries")
+            self._traj_keys = {id(t): query_keys[i // group] for i, t in enumerate(trajs)}
         chunk = max(cfg.batch_size * 4 // group, 1) * group  # whole groups per chunk
         for turn in range(1, cfg.max_turn + 1):
             act = [i for i, t in enumerate(trajs) if t.active]
@@ -313,6 +320,16 @@ class EpisodeEngine:
         self._batches += 1
         return jax.random.fold_in(self._key, self._batches)
 
+    def _batch_key(self, units, turn: int, group: int):
+        """The sampling key of a generation batch: a counter folded into `key`, or with query keys one key per row
+        (rows are the units' samples in order, see `broadcast_group`)."""
+        if self._traj_keys is None:
+            return self._next_key()
+        rows = [u[0][b % group] for u in units for b in range(group)]
+        base = jnp.stack([self._traj_keys[id(t)] for t in rows])
+        data = jnp.asarray([turn * 65536 + t.sample for t in rows], jnp.uint32)
+        return jax.vmap(jax.random.fold_in)(base, data)
+
     def _generate_batch(self, units, turn: int, sp: SamplingParams, group: int):
         cfg = self.cfg
         seqs = [u[3] for u in units]
@@ -321,8 +338,8 @@ class EpisodeEngine:
                          video_pixels=np.concatenate([u[4].pixel_rows for u in units]),
                          video_grids=[tuple(u[4].grid_thw) for u in units], vision_buckets=cfg.vision_buckets)
         t0 = time.perf_counter()
-        gen = self.sampler.generate(p, sp, self._next_key(), group=group, capture_id=self.ids.refine,
-                                    extra_slots=cfg.num_latents, params=self._params)
+        gen = self.sampler.generate(p, sp, self._batch_key(units, turn, group), group=group,
+                                    capture_id=self.ids.refine, extra_slots=cfg.num_latents, params=self._params)
         toks, lps, lens = np.asarray(gen.tokens), np.asarray(gen.logprobs), np.asarray(gen.lengths)
         self.stats["generate_s"] += time.perf_counter() - t0
         self.stats["generated_tokens"] += int(lens.sum())

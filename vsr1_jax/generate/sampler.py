@@ -94,8 +94,14 @@ def pack_prompts(seqs: Sequence[Sequence[int]], *, cfg, pad_id: int, length: int
                    tuple(map(tuple, video_grids)), vision)
 
 
+def _per_row(key) -> bool:
+    """A batch of typed keys [B] (one stream per row) rather than one key for the whole batch."""
+    return jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 1
+
+
 def sample_logits(logits, key, sp: SamplingParams):
-    """logits [B, V] float32 -> (token [B], logprob [B]). Log-probs are of the temperature-scaled distribution."""
+    """logits [B, V] float32 -> (token [B], logprob [B]). Log-probs are of the temperature-scaled distribution.
+    key: one key for the batch, or typed keys [B] (row b draws from key[b] alone, whatever else is in the batch)."""
     if sp.temperature == 0.0:
         tok = jnp.argmax(logits, axis=-1)
         lp = jax.nn.log_softmax(logits, axis=-1)
@@ -114,7 +120,10 @@ def sample_logits(logits, key, sp: SamplingParams):
         remove = (jnp.cumsum(probs, axis=-1) - probs) > sp.top_p
         sorted_logits = jnp.where(remove, -jnp.inf, sorted_logits)
         filt = jnp.full_like(filt, -jnp.inf).at[jnp.arange(filt.shape[0])[:, None], order].set(sorted_logits)
-    tok = jax.random.categorical(key, filt, axis=-1).astype(jnp.int32)
+    if _per_row(key):
+        tok = jax.vmap(lambda k, f: jax.random.categorical(k, f, axis=-1))(key, filt).astype(jnp.int32)
+    else:
+        tok = jax.random.categorical(key, filt, axis=-1).astype(jnp.int32)
     return tok, jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
 
 
@@ -177,7 +186,11 @@ class Sampler:
         model = nnx.merge(self.graphdef, state)
         B = s["logits"].shape[0]
         eos = jnp.asarray(sp.eos_ids if sp.eos_ids else (-1,), jnp.int32)
-        key, sub = jax.random.split(s["key"])
+        if _per_row(s["key"]):
+            ks = jax.vmap(jax.random.split)(s["key"])
+            key, sub = ks[:, 0], ks[:, 1]
+        else:
+            key, sub = jax.random.split(s["key"])
         tok, lp = sample_logits(s["logits"], sub, sp)
         live = ~s["done"]
         tok = jnp.where(live, tok, sp.pad_id)

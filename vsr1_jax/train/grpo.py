@@ -42,22 +42,32 @@ def group_advantages(rewards: np.ndarray, group: int, eps: float = 1e-4) -> tupl
     return adv.reshape(-1).astype(np.float32), (std[:, 0] == 0)
 
 
-def token_weights(completion_mask: np.ndarray, sequence: np.ndarray, loss_type: str) -> np.ndarray:
+def token_weights(completion_mask: np.ndarray, sequence: np.ndarray, loss_type: str, *,
+                  totals: tuple[float, float] | None = None) -> np.ndarray:
     """[B, C] float32 weights of the sampled tokens so that sum(w * per_token_loss) is the aggregation of
     `loss_type`. sequence [B]: the sequence (trajectory) each row belongs to (rows of one trajectory = its turns),
-    -1 for padding rows."""
+    -1 for padding rows. totals: (sequences, tokens) of the whole generation batch when these rows are one
+    process's part of it (`weight_totals` summed over the processes); default: these rows'."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r}: expected one of {LOSS_TYPES}")
     m = np.asarray(completion_mask, np.float64) * (np.asarray(sequence) >= 0)[:, None]
+    n_seqs, n_tokens = weight_totals(completion_mask, sequence) if totals is None else totals
     if loss_type == "token_mean":
-        return (m / max(m.sum(), 1.0)).astype(np.float32)
+        return (m / max(n_tokens, 1.0)).astype(np.float32)
     seqs = np.unique(sequence[sequence >= 0])
     per_seq = {s: m[sequence == s].sum() for s in seqs}
     w = np.zeros_like(m)
     for b, s in enumerate(sequence):
         if s >= 0:
-            w[b] = m[b] / max(per_seq[s], 1.0) / max(len(seqs), 1)
+            w[b] = m[b] / max(per_seq[s], 1.0) / max(n_seqs, 1)
     return w.astype(np.float32)
+
+
+def weight_totals(completion_mask: np.ndarray, sequence: np.ndarray) -> tuple[float, float]:
+    """(sequences, sampled tokens) of these rows: what `token_weights` normalises by."""
+    sequence = np.asarray(sequence)
+    m = np.asarray(completion_mask, np.float64) * (sequence >= 0)[:, None]
+    return float(len(np.unique(sequence[sequence >= 0]))), float(m.sum())
 
 
 # ---- the objective (device) ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vsr1_jax import loading, sharding
+from vsr1_jax import distributed, loading, sharding
 from vsr1_jax.agent.evaluate import video_source_for
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine, Trajectory
 from vsr1_jax.buckets import bucket_length
@@ -39,7 +39,7 @@ from vsr1_jax.retrieval.topk import make_retriever
 from vsr1_jax.train import grpo, loop, optim
 from vsr1_jax.train import rewards as R
 from vsr1_jax.train import state as state_lib
-from vsr1_jax.train.sft_run import batch_shardings, cast_params
+from vsr1_jax.train.sft_run import cast_params, global_batch
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,32 @@ def reward_samples(trajs: list[Trajectory], records: list[dict], group: int, vec
     return out
 
 
+def scoring_sizes(trajs: list[Trajectory]) -> tuple[int, int, int]:
+    """(longest prompt, most frame groups, most patches per group) over every turn: what picks the buckets of
+    `scoring_batch`. Multi-host runs pass the maximum over the processes as `min_sizes`."""
+    turns = [turn for t in trajs for turn in t.turns]
+    return (max(len(t.prompt_ids) for t in turns), max(int(t.video.grid_thw[0]) for t in turns),
+            max(int(t.video.grid_thw[1] * t.video.grid_thw[2]) for t in turns))
+
+
 def scoring_batch(trajs: list[Trajectory], advantages: np.ndarray, *, cfg, pad_id: int, micro_batches: int,
                   rows_per_micro: int, prompt_buckets, completion_length: int, group_buckets, patch_buckets,
-                  loss_type: str) -> dict:
+                  loss_type: str, min_sizes=None, totals=None) -> dict:
     """Every turn of every trajectory as one scored row (the sampler's left-padded prompt, then its sampled ids),
     grouped into `micro_batches` x `rows_per_micro` rows with fixed bucket shapes; missing rows are padding with
-    zero weight. Returns host arrays with a leading [A, m] shape."""
+    zero weight. Returns host arrays with a leading [A, m] shape. When these trajectories are one process's part of
+    the generation batch: min_sizes = the maximum of every process's `scoring_sizes` (same buckets everywhere) and
+    totals = the summed `grpo.weight_totals` (weights normalised over the whole batch)."""
     rows = [(i, turn) for i, t in enumerate(trajs) for turn in t.turns]
     A, m = micro_batches, rows_per_micro
     if len(rows) > A * m:
         raise ValueError(f"{len(rows)} scored rows do not fit {A} micro-batches of {m} rows; raise "
                          "config.grpo.steps_per_generation or lower max_turns")
-    P = bucket_length(max(len(t.prompt_ids) for _, t in rows), prompt_buckets)
+    n_prompt, n_groups, n_patches = scoring_sizes(trajs) if min_sizes is None else (int(x) for x in min_sizes)
+    P = bucket_length(n_prompt, prompt_buckets)
     C = completion_length
-    G = bucket_length(max(t.video.grid_thw[0] for _, t in rows), group_buckets)
-    HW = bucket_length(max(t.video.grid_thw[1] * t.video.grid_thw[2] for _, t in rows), patch_buckets)
+    G = bucket_length(n_groups, group_buckets)
+    HW = bucket_length(n_patches, patch_buckets)
     seq = np.full(A * m, -1, np.int64)
     seq[:len(rows)] = [i for i, _ in rows]
     cmask = np.zeros((A * m, C), bool)
@@ -84,7 +95,7 @@ def scoring_batch(trajs: list[Trajectory], advantages: np.ndarray, *, cfg, pad_i
     for r, (i, t) in enumerate(rows):
         n = len(t.sampled_ids)
         comp[r, :n], cmask[r, :n], adv[r] = t.sampled_ids, True, advantages[i]
-    weights = grpo.token_weights(cmask, seq, loss_type)
+    weights = grpo.token_weights(cmask, seq, loss_type, totals=totals)
     parts = []
     for a in range(A):
         sel = [rows[min(r, len(rows) - 1)][1] for r in range(a * m, (a + 1) * m)]
@@ -132,9 +143,10 @@ class GRPOTask:
             raise ValueError(f"{paths.grpo_rows}: no usable GRPO rows ({self.stats})")
         self.corpus, self.queries = corpus, queries
         self.G = d.num_generations
-        self.prompts_per_round = d.generation_batch_size // self.G
-        ds, spec = build_dataset(kept, batch_size=self.prompts_per_round * jax.process_count(), seed=g.seed,
-                                 shuffle=True, num_epochs=d.num_epochs)
+        self.prompts_per_round = d.generation_batch_size // self.G   # of the whole job (all processes)
+        # every process reads the round's prompt records (small dicts) and rolls out its own share of them
+        ds, spec = build_dataset(kept, batch_size=self.prompts_per_round, seed=g.seed, shuffle=True,
+                                 num_epochs=d.num_epochs, process_index=0, process_count=1)
         self.iterator = make_iterator(ds, spec, read_threads=c.data.loader.read_threads,
                                       prefetch_buffer_size=c.data.loader.prefetch_buffer_size)
         self.mu = g.num_iterations
@@ -143,7 +155,19 @@ class GRPOTask:
         dp = 1 if mesh is None else sharding.batch_divisor(mesh)
         self.m = d.per_device_batch_size * dp
         self.A = g.steps_per_generation * g.max_turns
-        if self.A * self.m < d.generation_batch_size // jax.process_count():
+        P = jax.process_count()
+        if self.prompts_per_round % P:
+            raise ValueError(f"{self.prompts_per_round} prompts per round (generation_batch_size / num_generations) "
+                             f"do not split evenly over {P} processes")
+        # each process scores its own rollouts: the rows of every micro-batch that its devices hold
+        spans = [(0, self.m)] if mesh is None else sorted(sharding.process_rows(mesh, self.m, k) for k in range(P))
+        if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+            raise ValueError(f"GRPO needs each process to hold its own batch rows; the mesh {dict(mesh.shape)} puts "
+                             "processes on the same rows (a tensor axis across hosts)")
+        self.rows = (0, self.m) if mesh is None else sharding.process_rows(mesh, self.m)
+        self.m_local = self.rows[1] - self.rows[0]
+        self.merge = models.policy.cfg.vision.spatial_merge_size
+        if self.A * self.m < d.generation_batch_size:
             raise ValueError(f"steps_per_generation x per_device_batch_size x data-parallel = "
                              f"{g.steps_per_generation * self.m} rows < generation_batch_size "
                              f"{d.generation_batch_size}: the round would not fit")
@@ -160,11 +184,15 @@ class GRPOTask:
         # the train step donates the state, whose frozen head shares buffers with models.head: the engine keeps
         # its own copy of the (frozen) SQR head; the policy weights are passed in every round
         head = nnx.merge(*jax.tree.map(jnp.copy, nnx.split(models.head)))
-        self.engine = EpisodeEngine(models.policy, head, models.embedder, models.tokenizer,
+        # several processes: each rolls out its prompts alone, on process-local copies of the weights
+        head, embedder = distributed.local_module(head), distributed.local_module(models.embedder)
+        self.engine = EpisodeEngine(models.policy, head, embedder, models.tokenizer,
                                     models.embed_tokenizer, video_source_for(paths, split), c.video.grpo,
                                     EpisodeConfig.from_config(c, "grpo"), RunOptions.from_config(c.model),
                                     retriever=retriever)
         self.sp = self.engine.sampling_params(g.temperature)
+        if g.rollout_keys not in ("batch", "prompt"):
+            raise ValueError(f"config.grpo.rollout_keys={g.rollout_keys!r}: expected 'batch' or 'prompt'")
         self.weights = R.RewardWeights.from_config(g.rewards)
         self.lc = grpo.LossConfig(epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high, beta=g.beta,
                                   temperature=g.temperature, logprob_chunk=g.logprob_chunk,
@@ -195,15 +223,26 @@ class GRPOTask:
     def _device(self, batch):
         if self.mesh is None:
             return jax.tree.map(jnp.asarray, batch)
-        sh = batch_shardings(self.mesh, batch)
-        return {k: jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), v, sh[k])
-                for k, v in batch.items()}
+        return global_batch(self.mesh, batch, self.m, self.rows[0], self.merge)
+
+    def _keys(self, n_local: int, first: int):
+        """Sampling keys of this round: one key (`rollout_keys="batch"`, the engine folds in a batch counter; several
+        processes fold in their index) or one key per prompt from its place in the round ("prompt": rollouts that
+        do not depend on batching or on the process count)."""
+        key = jax.random.fold_in(self.key, self.round)
+        if self.config.grpo.rollout_keys == "prompt":
+            return dict(query_keys=[jax.random.fold_in(key, first + i) for i in range(n_local)])
+        if jax.process_count() > 1:
+            key = jax.random.fold_in(key, jax.process_index())
+        return dict(key=key)
 
     def _generate(self, state):
-        """One generation round: rollouts -> rewards -> advantages -> scored batch (+ reference / old log-probs)."""
+        """One generation round: rollouts -> rewards -> advantages -> scored batch (+ reference / old log-probs).
+        Several processes: each rolls out its share of the round's prompts; bucket shapes, weight normalisation and
+        the logged means are agreed over all of them."""
         recs = next(self.iterator)
-        lo = jax.process_index() * self.prompts_per_round
-        recs = recs[lo:lo + self.prompts_per_round]
+        lo, hi = distributed.split_evenly(recs, "prompts of a round")
+        recs = recs[lo:hi]
         t0 = time.perf_counter()
         policy, _ = self.graphdefs.modules(state.params, state.frozen)
         queries = [dict(index=int(r["problem_id"]), qid=r["qid"], query=r["query"], gt_doc_id=r["gt_video"],
@@ -211,38 +250,54 @@ class GRPOTask:
                    for r in recs]
         qvecs = np.stack([self.queries.matrix[self.queries.lookup(r["query"])[0]] for r in recs])
         gen0 = self.engine.stats["generated_tokens"]
-        trajs = self.engine.run(queries, qvecs, self.sp, key=jax.random.fold_in(self.key, self.round),
-                                group=self.G, first_docs=[r["retrieved_video"] for r in recs],
-                                params=nnx.state(policy))
+        trajs = self.engine.run(queries, qvecs, self.sp, group=self.G, first_docs=[r["retrieved_video"] for r in recs],
+                                params=distributed.local_tree(nnx.state(policy)), **self._keys(len(recs), lo))
         rollout_s = time.perf_counter() - t0
         samples = reward_samples(trajs, recs, self.G, self._vectors)
         scores = R.score_samples(samples, self.weights)
         adv, zero_std = grpo.group_advantages(scores["total"], self.G)
         g = self.config.grpo
+        seq = np.asarray([i for i, t in enumerate(trajs) for _ in t.turns])
+        cm = np.zeros((len(seq), self.config.data.grpo.max_completion_length), bool)
+        for r, turn in enumerate(turn for t in trajs for turn in t.turns):
+            cm[r, :len(turn.sampled_ids)] = True
+        answers = [parse_answer_reward(tr.turns[-1].text) for tr in trajs]
+        mine = dict(sizes=scoring_sizes(trajs), totals=grpo.weight_totals(cm, seq),
+                    scores={k: np.asarray(v) for k, v in scores.items()}, zero_std=np.asarray(zero_std),
+                    lens=[len(t.sampled_ids) for tr in trajs for t in tr.turns],
+                    truncated=[t.truncated for tr in trajs for t in tr.turns],
+                    refine=[tr.turns[-1].has_refine for tr in trajs],
+                    answered=[a in ("matched", "not_matched") for a in answers],
+                    turns=[len(tr.turns) for tr in trajs], rollout_s=rollout_s,
+                    tokens=self.engine.stats["generated_tokens"] - gen0)
+        parts = distributed.allgather_objects(mine)
         batch = scoring_batch(trajs, adv, cfg=policy.cfg, pad_id=self.engine.ids.pad, micro_batches=self.A,
-                              rows_per_micro=self.m // jax.process_count() or 1,
+                              rows_per_micro=self.m_local,
                               prompt_buckets=tuple(self.config.data.grpo.prompt_buckets),
                               completion_length=self.config.data.grpo.max_completion_length,
                               group_buckets=tuple(g.vision_group_buckets),
-                              patch_buckets=tuple(g.vision_patch_buckets), loss_type=g.loss_type)
+                              patch_buckets=tuple(g.vision_patch_buckets), loss_type=g.loss_type,
+                              min_sizes=np.max([p["sizes"] for p in parts], axis=0),
+                              totals=tuple(np.sum([p["totals"] for p in parts], axis=0)))
         dev = self._device(batch)
         if self._jit_score is None:
             self._jit_score = jax.jit(self._score)
         dev["ref_logprobs"] = self._jit_score(self.ref_params, state.frozen, dev)
         if self.mu > 1:
             dev["old_logprobs"] = self._jit_score(state.params, state.frozen, dev)
-        lens = np.asarray([len(t.sampled_ids) for tr in trajs for t in tr.turns])
-        answers = [parse_answer_reward(tr.turns[-1].text) for tr in trajs]
-        host = {f"reward_{k}": float(np.mean(scores[k])) for k in R.REWARD_NAMES}
-        host.update(reward=float(np.mean(scores["total"])), reward_std=float(np.std(scores["total"])),
-                    frac_reward_zero_std=float(np.mean(zero_std)), completion_length=float(lens.mean()),
-                    completion_length_max=float(lens.max()), truncated_rate=float(np.mean(
-                        [t.truncated for tr in trajs for t in tr.turns])),
-                    refine_rate=float(np.mean([tr.turns[-1].has_refine for tr in trajs])),
-                    accept_reject_accuracy=float(np.mean(scores["answer"] > 0)),
-                    answered_rate=float(np.mean([a in ("matched", "not_matched") for a in answers])),
-                    turns_mean=float(np.mean([len(tr.turns) for tr in trajs])), rollout_s=rollout_s,
-                    rollout_tokens_per_s=(self.engine.stats["generated_tokens"] - gen0) / max(rollout_s, 1e-9))
+        cat = lambda k: np.concatenate([np.asarray(p[k]) for p in parts])  # noqa: E731  the whole round's values
+        total = {k: np.concatenate([p["scores"][k] for p in parts]) for k in scores}
+        lens = cat("lens")
+        rollout_s = max(p["rollout_s"] for p in parts)
+        host = {f"reward_{k}": float(np.mean(total[k])) for k in R.REWARD_NAMES}
+        host.update(reward=float(np.mean(total["total"])), reward_std=float(np.std(total["total"])),
+                    frac_reward_zero_std=float(np.mean(cat("zero_std"))), completion_length=float(lens.mean()),
+                    completion_length_max=float(lens.max()), truncated_rate=float(np.mean(cat("truncated"))),
+                    refine_rate=float(np.mean(cat("refine"))),
+                    accept_reject_accuracy=float(np.mean(total["answer"] > 0)),
+                    answered_rate=float(np.mean(cat("answered"))), turns_mean=float(np.mean(cat("turns"))),
+                    rollout_s=rollout_s,
+                    rollout_tokens_per_s=sum(p["tokens"] for p in parts) / max(rollout_s, 1e-9))
         return dev, host
 
     # ---- loop.Task ---------------------------------------------------------------------------------------------
@@ -264,7 +319,7 @@ class GRPOTask:
             self._jit_train = jax.jit(self._train, **kw)
         t0 = time.perf_counter()
         state, metrics = self._jit_train(state, dev)
-        metrics = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        metrics = {k: float(distributed.host_array(v)) for k, v in metrics.items()}
         metrics.update(host, update_s=time.perf_counter() - t0)
         return state, metrics
 
@@ -324,4 +379,4 @@ def main_grpo(config) -> dict:
     return summary
 
 
-__all__ = ["GRPOTask", "main_grpo", "reward_samples", "run_grpo", "scoring_batch"]
+__all__ = ["GRPOTask", "main_grpo", "reward_samples", "run_grpo", "scoring_batch", "scoring_sizes"]
