@@ -15,7 +15,7 @@ import os
 import time
 from collections import Counter
 
-from vsr1_jax import loading
+from vsr1_jax import distributed, loading
 from vsr1_jax.agent.evaluate import run_eval
 from vsr1_jax.eval.report import plot_curves, read_detail_jsonl
 from vsr1_jax.train import loop
@@ -33,6 +33,8 @@ def trained_models(models: loading.Models, task, state) -> loading.Models:
 
 def _summary_of(out_dir: str, eval_summary: dict) -> dict:
     """The numbers the demo compares: answers, how often turn 2 ran, and the original's result.json metrics."""
+    if "result_json" not in eval_summary:  # a process other than 0 of a multi-host run: process 0 wrote the files
+        return {}
     rows = read_detail_jsonl(eval_summary["detail_jsonl"])
     with open(eval_summary["result_json"]) as f:
         res = json.load(f)
@@ -106,6 +108,8 @@ def run_demo(config) -> dict:
         stages["after GRPO"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_grpo")))
         times["eval after GRPO"] = time.time() - t
 
+    if not distributed.is_primary():  # process 0 writes the report
+        return dict(output_dir=os.path.abspath(out), wall_s=time.time() - t0)
     pngs = [str(plot_curves(curves["sft"], os.path.join(out, "sft_loss.png"),
                             title="Stage 1 (SFT) on the synthetic corpus", ylabel="loss"))]
     if "grpo" in curves:

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 from flax import nnx
 
-from vsr1_jax import convert
+from vsr1_jax import convert, distributed
 from vsr1_jax.data import paths as data_paths
 from vsr1_jax.data.synthetic import build_synthetic_dataset
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
@@ -106,10 +106,14 @@ def ensure_demo_data(config, embedder: TextVideoEmbedder) -> data_paths.Prepared
     """The synthetic corpus of the demo under `config.data_root`, built (once) with `embedder` as the search
     engine."""
     paths = data_paths.PreparedPaths(config.data_root, config.dataset)
-    if not os.path.exists(paths.segment_embeds("test")):
+    if distributed.is_primary() and not os.path.exists(paths.segment_embeds("test")):
         log.info("building the synthetic corpus under %s", paths.dataset_dir)
         build_synthetic_dataset(config.data_root, config.dataset, config.synthetic, embedder=embedder,
                                 overwrite=True)
+    distributed.barrier("vsr1_demo_data")   # several processes: process 0 builds, the others wait for it
+    if not os.path.exists(paths.segment_embeds("test")):
+        raise SetupError(f"{paths.dataset_dir}: process 0 built the synthetic corpus on its own disk; build it on "
+                         "every host first (run the same command once without launch/) or use a shared folder")
     return paths
 
 

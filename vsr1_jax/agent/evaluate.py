@@ -1,5 +1,9 @@
 """Evaluation run: the test queries of a prepared dataset (or the demo's synthetic corpus) through the episode engine
-with a progress bar, then the original's detail JSONL, result.json, the text report and the plots."""
+with a progress bar, then the original's detail JSONL, result.json, the text report and the plots.
+
+Several processes (launch/): process k evaluates queries k, k+P, ... (the original's split, EVAL L2169-2184) with its
+own copy of the models and of the retrieval index, and the detail rows are gathered once, in query order, to
+process 0, which writes every file."""
 from __future__ import annotations
 
 import json
@@ -10,7 +14,7 @@ import time
 import jax
 from tqdm import tqdm
 
-from vsr1_jax import loading
+from vsr1_jax import distributed, loading
 from vsr1_jax.agent.detail_rows import detail_rows
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine
 from vsr1_jax.data.files import load_npy_video, read_video_npy_meta
@@ -37,6 +41,20 @@ def video_source_for(paths: PreparedPaths, split: str):
     return video_source
 
 
+def _gather_rows(rows: list[dict], trajs, positions: list[int], stats: dict):
+    """Every process's detail rows, in the one-process order (query order), and the summed counters. A query the
+    engine skipped has no row; the rows follow the trajectories in order."""
+    kept = [pos for pos, t in zip(positions, trajs) if t.turns]
+    if len(kept) != len(rows):
+        raise RuntimeError(f"{len(rows)} detail rows for {len(kept)} evaluated queries")
+    parts = distributed.allgather_objects(dict(rows=list(zip(kept, rows)), stats=stats))
+    merged = sorted((pr for p in parts for pr in p["rows"]), key=lambda pr: pr[0])
+    if len({pos for pos, _ in merged}) != len(merged):
+        raise RuntimeError("a query was evaluated by more than one process")
+    total = {key: sum(p["stats"][key] for p in parts) for key in stats}
+    return [r for _, r in merged], total
+
+
 def run_eval(config, models: loading.Models | None = None, *, output_dir: str | None = None) -> dict:
     """Evaluate `models` (default: loaded from the config: the demo's, or `config.checkpoint`) on
     `config.split` of the dataset; write the outputs under `output_dir` (default `config.output_dir`)."""
@@ -49,6 +67,10 @@ def run_eval(config, models: loading.Models | None = None, *, output_dir: str | 
                 raise loading.SetupError(f"--config.checkpoint is empty; {loading.CONVERT_HINT}")
             loading.check_dataset(config)
         models = loading.load_models(config)
+    # a trained model may hold global (multi-process) arrays; each process evaluates on a local copy
+    models = models._replace(policy=distributed.local_module(models.policy),
+                             head=distributed.local_module(models.head),
+                             embedder=distributed.local_module(models.embedder))
     paths = PreparedPaths(config.data_root, config.dataset)
     split = config.split
     corpus = load_corpus(paths, split)
@@ -60,20 +82,29 @@ def run_eval(config, models: loading.Models | None = None, *, output_dir: str | 
     engine = EpisodeEngine(models.policy, models.head, models.embedder, models.tokenizer, models.embed_tokenizer,
                            video_source_for(paths, split), config.video.eval, ep_cfg,
                            RunOptions.from_config(config.model), retriever=retriever)
-    qvecs = queries.matrix[[q.q_row for q in qset.queries]]
-    bar = tqdm(total=len(qset.queries), desc="episodes", unit="query", dynamic_ncols=True)
+    P, k = jax.process_count(), jax.process_index()
+    mine = list(range(k, len(qset.queries), P))   # this process's queries (all of them with one process)
+    local = [qset.queries[i] for i in mine]
+    qvecs = queries.matrix[[q.q_row for q in local]]
+    bar = tqdm(total=len(local), desc="episodes", unit="query", dynamic_ncols=True, disable=k != 0)
     ec = config.eval
     sp = engine.sampling_params(ec.temperature, ec.top_p, ec.top_k)
-    trajs = engine.run(qset.queries, qvecs, sp, key=jax.random.key(ec.seed), progress=bar.update)
+    trajs = engine.run(local, qvecs, sp, key=jax.random.key(ec.seed), progress=bar.update)
     bar.close()
     rows = detail_rows(trajs, ep_cfg.max_turn, ep_cfg.num_latents)
+    stats = {key: engine.stats[key] for key in ("video_file_missing", "prompt_too_long", "generate_s", "refine_s")}
+    if P > 1:
+        rows, stats = _gather_rows(rows, trajs, mine, stats)
     detail = os.path.join(out_dir, f"detail_{config.dataset}_{split}.jsonl")
+    if k != 0:   # process 0 writes the files
+        return dict(output_dir=os.path.abspath(out_dir), detail_jsonl=detail, queries=len(rows), **stats,
+                    wall_s=time.time() - t0)
     report.write_detail_jsonl(rows, detail)
     out = report.write_report(rows, out_dir, detail, ks=tuple(ec.topk), thresholds=tuple(ec.iou_thresholds))
     summary = dict(output_dir=os.path.abspath(out_dir), detail_jsonl=detail, queries=len(rows),
-                   skips={**qset.skips, "video_file_missing": engine.stats["video_file_missing"],
-                          "prompt_too_long": engine.stats["prompt_too_long"]},
-                   generate_s=engine.stats["generate_s"], refine_s=engine.stats["refine_s"],
+                   skips={**qset.skips, "video_file_missing": stats["video_file_missing"],
+                          "prompt_too_long": stats["prompt_too_long"]},
+                   generate_s=stats["generate_s"], refine_s=stats["refine_s"],
                    wall_s=time.time() - t0, **{k: str(v) for k, v in out.items()})
     with open(os.path.join(out_dir, "run_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
