@@ -135,7 +135,11 @@ def _cpu_collectives() -> None:
     """Cross-process collectives on the CPU backend need an implementation (gloo ships with jaxlib); jax 0.10 and
     0.11 default to gloo, older ones to none. A value the user set (e.g. mpi) is kept."""
     name = "jax_cpu_collectives_implementation"
-    if name in jax.config.values and jax.config.values[name] in (None, "", "none"):
+    try:
+        current = jax.config.values[name]
+    except (AttributeError, KeyError):  # a jax without the option: nothing to choose
+        return
+    if current in (None, "", "none"):
         jax.config.update(name, "gloo")
 
 
