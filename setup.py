@@ -26,10 +26,12 @@ setup(
         # PyAV; abi3 wheels with FFmpeg inside for Python >= 3.11)
         "av>=14",
         "tqdm",
+        # training logs (vsr1_jax/train/loop.py): tensorboard event files without TensorFlow
+        "tensorboardX>=2.6",
         "matplotlib",
     ],
     extras_require={
         # torch is pinned: on the CPU machine only this build exists as a local CPU wheel.
-        "test": ["pytest>=8", "torch==2.13.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0"],
     },
 )

@@ -5,6 +5,10 @@
   sqr      the 7-step cached latent rollout vs the original's 7 full re-forwards (video re-encoded each time)
   parity   max relative logit error vs HF on a video prompt, fp32 and bf16
   episode  per-query latency of a 2-turn episode (generate + rollout + q_final + retrieval, twice) at batch B
+  sft      one Stage-1 step (~6.5k-token video sample, InfoNCE on): tokens/s, MFU, peak memory, vs the original's
+           step in HF PyTorch (the 7 latent re-forwards with gradients, gradient checkpointing)
+  grpo     one Stage-2 step (1 prompt x 8 samples, --new-tokens): rollout tokens/s and its fraction of the measured
+           HBM read roofline, scoring, update, total, vs HF PyTorch generate + forward/backward
   build    the data build's per-video cost: PyAV decode (npy frames + search-engine frames) and the
            Qwen3-VL-Embedding-2B forward (random weights), plus the query-embedding rate
 
@@ -28,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vsr1_jax.agent.rollout import Trajectory, Turn
 from vsr1_jax.data.build import frames as FR
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, broadcast_group, pack_prompts
@@ -39,7 +44,11 @@ from vsr1_jax.models.qwen3_vl.rope import get_rope_index, token_types
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL
 from vsr1_jax.models.qwen3_vl.text import Visual
 from vsr1_jax.retrieval.encoder import TextVideoEmbedder
+from vsr1_jax.processing.video import VideoInputs
 from vsr1_jax.retrieval.topk import exact_topk
+from vsr1_jax.train import grpo, optim, sft
+from vsr1_jax.train import state as state_lib
+from vsr1_jax.train.grpo_run import scoring_batch
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM datasheet
 
@@ -225,28 +234,15 @@ def bench_forward(cfg, groups=36, h=28, w=32, with_hf=True):
     return res
 
 
-def copy_bandwidth():
-    x = jnp.ones((1024, 1024, 1024), jnp.bfloat16)  # 2 GiB
-    f = jax.jit(lambda a: a + 1)
-    t = timeit(lambda: f(x).block_until_ready(), n=10)
-    return 2 * x.nbytes / t
-
-
 def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, with_hf=True,
                  decode_attn="xla"):
     import torch  # lazy: only the HF side of the comparison needs torch
     ids, grid, px = video_prompt(cfg, groups, h, w, seed=2)
     T = ids.shape[1]
     hf, ours = hf_and_ours(cfg, "bfloat16", with_hf=with_hf)
-    bw = copy_bandwidth()
-    res = {"prompt_tokens": int(T), "new_tokens": new_tokens, "copy_bandwidth_Bps": bw}
-    log(f"measured copy bandwidth {bw / 1e12:.2f} TB/s")
-    tc = cfg.text
-    weight_bytes = 2 * (tc.num_hidden_layers * (tc.hidden_size * (tc.num_attention_heads + 2 * tc.num_key_value_heads)
-                                               * tc.head_dim + tc.num_attention_heads * tc.head_dim * tc.hidden_size
-                                               + 3 * tc.hidden_size * tc.intermediate_size)
-                        + tc.vocab_size * tc.hidden_size)
-    kv_per_tok = 2 * tc.num_hidden_layers * 2 * tc.num_key_value_heads * tc.head_dim
+    ceil = ceilings()
+    bw = ceil["read_bandwidth_Bps"]
+    res = {"prompt_tokens": int(T), "new_tokens": new_tokens, **ceil}
     opts = gen_opts(decode_attn)
     samplers = {loop: Sampler(ours, opts, loop=loop) for loop in ("host", "while")}
     sampler = samplers["host"]
@@ -275,8 +271,8 @@ def bench_decode(cfg, batches=(1, 8, 64), new_tokens=256, groups=8, h=28, w=32, 
                 log(f"ours B={B} loop={loop}: {r[f'{loop}_error']}")
                 continue
             step = t / new_tokens
-            avg_len = T + new_tokens / 2
-            roof = (weight_bytes + B * avg_len * kv_per_tok) / bw
+            # the bytes a step must read: weights once + every row's live KV cache (mean length over the decode)
+            roof = decode_bytes(cfg, B, T + new_tokens / 2) / bw
             r[loop] = {"tokens_per_s": B * new_tokens / t, "step_ms": step * 1e3, "roofline_step_ms": roof * 1e3,
                        "fraction_of_roofline": roof / step}
             log(f"ours B={B} loop={loop}: {B * new_tokens / t:,.0f} tok/s, step {step * 1e3:.2f} ms, "
@@ -423,6 +419,377 @@ def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, 
     return res
 
 
+# ---- measured ceilings ------------------------------------------------------------------------------------------
+DATASHEET = {  # dense bf16 FLOP/s and HBM bandwidth (B/s) by device kind
+    "H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12),
+}
+
+
+def datasheet(kind: str):
+    for k, v in DATASHEET.items():
+        if k in kind:
+            return v
+    return (None, None)
+
+
+def read_bandwidth(gib: float = 8.0) -> float:
+    """HBM read bandwidth (B/s) of a large reduction: every byte is read once and almost nothing is written."""
+    n = int(gib * (1 << 30)) // 2
+    x = jnp.ones((n // 4096, 4096), jnp.bfloat16)
+    f = jax.jit(lambda a: jnp.sum(a, axis=0, dtype=jnp.float32))
+    t = timeit(lambda: f(x).block_until_ready(), n=10)
+    del x
+    return n * 2 / t
+
+
+def matmul_peak(n: int = 8192) -> float:
+    """bf16 FLOP/s of an n x n x n matrix product through XLA (the measured peak MFU is also reported against)."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.bfloat16)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.bfloat16)
+    f = jax.jit(lambda x, y: x @ y)
+    t = timeit(lambda: f(a, b).block_until_ready(), n=10)
+    return 2 * n ** 3 / t
+
+
+def ceilings() -> dict:
+    kind = jax.devices()[0].device_kind
+    peak_ds, bw_ds = datasheet(kind)
+    bw, peak = read_bandwidth(), matmul_peak()
+    out = {"read_bandwidth_Bps": bw, "matmul_peak_flops": peak, "datasheet_bf16_flops": peak_ds,
+           "datasheet_hbm_Bps": bw_ds}
+    log(f"measured: HBM read {bw / 1e12:.2f} TB/s" + (f" ({bw / bw_ds:.0%} of the {bw_ds / 1e12:.1f} TB/s datasheet)"
+                                                      if bw_ds else "")
+        + f", bf16 matmul {peak / 1e12:.0f} TFLOP/s" + (f" ({peak / peak_ds:.0%} of datasheet)" if peak_ds else ""))
+    return out
+
+
+def peak_memory() -> float | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def decode_bytes(cfg: Qwen3VLConfig, rows: int, mean_len: float, dtype_bytes: int = 2) -> float:
+    """Bytes one decode step must read: the decoder and LM-head weights once, plus the live KV cache of every
+    row (mean_len slots each)."""
+    tc = cfg.text
+    weights = dtype_bytes * (tc.num_hidden_layers * (tc.hidden_size * (tc.num_attention_heads
+                                                                        + 2 * tc.num_key_value_heads) * tc.head_dim
+                                                      + tc.num_attention_heads * tc.head_dim * tc.hidden_size
+                                                      + 3 * tc.hidden_size * tc.intermediate_size)
+                             + tc.vocab_size * tc.hidden_size)
+    kv_per_tok = dtype_bytes * tc.num_hidden_layers * 2 * tc.num_key_value_heads * tc.head_dim
+    return weights + rows * mean_len * kv_per_tok
+
+
+def vision_encoder_flops(cfg: Qwen3VLConfig, grid) -> float:
+    v = cfg.vision
+    gt, gh, gw = grid
+    n, hw, d, vi = gt * gh * gw, gh * gw, v.hidden_size, v.intermediate_size
+    return float(2 * n * v.patch_dim * d + v.depth * (2 * n * (4 * d * d + 2 * d * vi) + 4 * gt * hw * hw * d))
+
+
+def train_flops(cfg: Qwen3VLConfig, T: int, grid, label_tokens: int) -> float:
+    """Model FLOPs of one SFT/GRPO row: forward of everything, backward (2x) of everything but the frozen vision
+    encoder, the LM head over the label tokens only (rematerialisation not counted, as MFU usually is)."""
+    tc = cfg.text
+    fwd = prefill_flops(cfg, T, grid) - 2 * tc.hidden_size * tc.vocab_size + 2 * tc.hidden_size * tc.vocab_size \
+        * label_tokens
+    enc = vision_encoder_flops(cfg, grid)
+    return fwd + 2 * (fwd - enc)
+
+
+def _train_opts():
+    return RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN, decode_attn_impl="xla",
+                      remat="dots")
+
+
+def _cast(module, dtype):
+    for _, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        var.set_value(var.get_value().astype(dtype))
+
+
+def _hf_refine_modules(head, device):
+    """torch copies of the SQR head (the original's nn.Sequential layouts), fp32 as the original creates them."""
+    import torch  # lazy: only the HF side of the comparison needs torch
+    t = lambda a: torch.tensor(np.asarray(a, np.float32))  # noqa: E731
+    H, D = head.proj_fc1_kernel.shape
+    He = head.append_kernel.shape[1]
+    proj = torch.nn.Sequential(torch.nn.Linear(H, D), torch.nn.LayerNorm(D), torch.nn.GELU(), torch.nn.Linear(D, D))
+    lat = torch.nn.Sequential(torch.nn.LayerNorm(D), torch.nn.Linear(D, H))
+    app = torch.nn.Sequential(torch.nn.LayerNorm(D), torch.nn.Linear(D, He))
+    with torch.no_grad():
+        proj[0].weight.copy_(t(head.proj_fc1_kernel[...]).T)
+        proj[3].weight.copy_(t(head.proj_fc2_kernel[...]).T)
+        lat[1].weight.copy_(t(head.latent_kernel[...]).T)
+        app[1].weight.copy_(t(head.append_kernel[...]).T)
+    return proj.to(device), lat.to(device), app.to(device)
+
+
+def bench_sft(cfg, groups=28, h=28, w=32, answer=200, reps=2, with_hf=True):
+    """One Stage-1 step on one ~6.5k-token video sample with the InfoNCE branch on: ours (jitted, bf16 weights,
+    fp32 refine modules, remat "dots", cached latent rollout) vs the original's step in HF PyTorch on the same GPU
+    (bf16, gradient checkpointing, the 7 latent re-forwards with gradients, the embedder splice, AdamW)."""
+    ids, grid, px = video_prompt(cfg, groups, h, w, seed=6)
+    refine = 151669 if cfg.text.vocab_size > 151669 else cfg.text.vocab_size - 1
+    im_end = 151645 if cfg.text.vocab_size > 151645 else 7
+    rng = np.random.RandomState(6)
+    hi = min(5000, cfg.text.vocab_size // 2)   # ordinary text ids (no control or placeholder tokens)
+    ans = list(rng.randint(1, hi, size=answer)) + [refine, im_end, 198]
+    full = np.concatenate([ids[0], ans]).astype(np.int32)
+    T = len(full)
+    loss_mask = np.zeros(T, bool)
+    loss_mask[T - len(ans):] = True
+    pos, _ = get_rope_index(full[None], image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
+                            video_grid_thw=[grid])
+    emb_ids = rng.randint(1, hi, size=40).astype(np.int32)
+    ex = dict(input_ids=full, loss_mask=loss_mask, positions=pos[:, 0].astype(np.int32), refine_index=T - 3,
+              pixel_rows=px, grid=grid, emb_ids=emb_ids, index=0, qid="q", query="q", pos_video_id="p", video_id="v")
+    Tb = -(-T // 512) * 512
+    host = sft.SFTCollate(cfg, 0, 1, (Tb,), (256,), None, None, num_latents=8, embedder_max_length=128)([ex])
+    K, D = 24, cfg.text.hidden_size
+    cand = rng.randn(1, 1, K + 1, D).astype(np.float32)
+    host.update(candidates=cand / np.linalg.norm(cand, axis=-1, keepdims=True),
+                candidate_mask=np.ones((1, 1, K + 1), bool), ret_valid=np.ones((1, 1), bool))
+    batch = jax.tree.map(jnp.asarray, {k: v for k, v in host.items() if not isinstance(v, list)})
+    hf, ours = hf_and_ours(cfg, "bfloat16", with_hf=with_hf)
+    if hf is not None:
+        hf.to("cpu")
+        _empty_cache()
+    head = S.SQRHead(S.SQRConfig(policy_hidden=D, retrieval_dim=D, embedder_hidden=D, zero_init_refine=False),
+                     rngs=nnx.Rngs(0))
+    embedder = nnx.merge(*jax.tree.map(jnp.copy, nnx.split(ours)))   # a frozen copy as the query embedder
+    refine_torch = _hf_refine_modules(head, "cpu") if hf is not None else None  # before the step donates the head
+    egd, eparams = nnx.split(embedder)
+    opts = _train_opts()
+    opt = optim.adamw_groups({"backbone": optim.linear_decay(2e-5, 100), "refine": optim.linear_decay(5e-5, 100)},
+                             optim.sft_label)
+    state, gd = state_lib.create(ours, head, optim.sft_trainable, opt.tx, 0)
+    step = jax.jit(sft.make_train_step(gd, egd, opt.tx, opts, sft.LossConfig(logprob_chunk=256), opt.schedules),
+                   donate_argnums=0)
+    holder = {"s": state}
+
+    def run():
+        holder["s"], m = step(holder["s"], eparams, batch)
+        jax.block_until_ready(m["loss"])
+        return m
+    t0 = time.perf_counter()
+    m = run()
+    compile_s = time.perf_counter() - t0
+    t = timeit(run, n=reps, warmup=1)
+    flops = train_flops(cfg, T, grid, answer + 3)
+    ceil = ceilings()
+    res = {"tokens": int(T), "step_s": t, "compile_s": compile_s, "tokens_per_s": T / t, "loss": float(m["loss"]),
+           "model_flops": flops, "mfu_datasheet": flops / t / ceil["datasheet_bf16_flops"]
+           if ceil["datasheet_bf16_flops"] else None, "mfu_measured_peak": flops / t / ceil["matmul_peak_flops"],
+           "peak_memory_bytes": peak_memory(), **ceil}
+    log(f"ours SFT step: {t:.3f}s ({T / t:,.0f} tok/s), MFU {res['mfu_measured_peak']:.1%} of the measured peak"
+        + (f", {res['mfu_datasheet']:.1%} of datasheet" if res["mfu_datasheet"] else ""))
+    del holder, state, embedder, eparams, batch
+    if hf is None:
+        return res
+    import torch  # lazy: only the HF side of the comparison needs torch
+    hf.to(DEVICE).train()
+    hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    emb = _frozen_copy(hf, cfg)
+    proj, lat, app = (m.to(DEVICE) for m in refine_torch)
+    params = [p for n, p in hf.named_parameters() if "visual.blocks" not in n and "patch_embed" not in n
+              and "pos_embed" not in n] + list(proj.parameters()) + list(lat.parameters()) + list(app.parameters())
+    for n, p in hf.named_parameters():
+        p.requires_grad_("visual.blocks" not in n and "patch_embed" not in n and "pos_embed" not in n)
+    topt = torch.optim.AdamW(params, lr=2e-5, fused=True)
+    ids_t = torch.tensor(full[None].astype(np.int64), device=DEVICE)
+    labels = ids_t.clone()
+    labels[0, : T - len(ans)] = -100
+    px_t = torch.tensor(px, device=DEVICE).to(torch.bfloat16)
+    grid_t = torch.tensor([grid], device=DEVICE)
+    pos_t = torch.tensor(pos.astype(np.int64), device=DEVICE)
+    cand_t = torch.tensor(cand[0, 0], device=DEVICE)
+    eids = torch.tensor(emb_ids[None].astype(np.int64), device=DEVICE)
+
+    def hf_step():
+        captured = {}
+        hook = hf.model.language_model.norm.register_forward_pre_hook(lambda mo, i: captured.__setitem__("p", i[0]))
+        out = hf(input_ids=ids_t, attention_mask=torch.ones_like(ids_t), pixel_values_videos=px_t,
+                 video_grid_thw=grid_t, position_ids=pos_t, labels=labels)
+        hook.remove()
+        r = T - 3
+        zs = [proj(captured["p"][0, r].float())]
+        E = hf.model.language_model.embed_tokens(ids_t)
+        for k in range(1, 8):
+            X = lat(torch.stack(zs)).to(E.dtype)[None]
+            e = torch.cat([E[:, :r + 1], X, E[:, r + 1:]], 1)
+            p2 = torch.cat([pos_t[..., :r + 1], pos_t[..., r:r + 1] + torch.arange(1, k + 1, device=DEVICE),
+                            pos_t[..., r + 1:] + k], -1)
+            hh = hf.model(inputs_embeds=e, pixel_values_videos=px_t, video_grid_thw=grid_t, position_ids=p2,
+                          attention_mask=torch.ones(1, e.shape[1], device=DEVICE)).last_hidden_state
+            zs.append(proj(hh[0, r + k].float()))
+        q = emb.model.language_model.embed_tokens(eids)
+        e = torch.cat([q[:, :-6], app(torch.stack(zs)).to(q.dtype)[None], q[:, -6:]], 1)
+        hq = emb.model.language_model(inputs_embeds=e).last_hidden_state[0, -1].float()
+        qf = torch.nn.functional.normalize(hq, dim=-1)
+        ret = torch.nn.functional.cross_entropy((cand_t @ qf)[None] / 0.1, torch.zeros(1, dtype=torch.long,
+                                                                                         device=DEVICE))
+        (out.loss + 0.3 * ret).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        topt.step()
+        topt.zero_grad(set_to_none=True)
+        _sync()
+    torch.cuda.reset_peak_memory_stats() if DEVICE == "cuda" else None
+    try:
+        th = timeit(hf_step, n=1, warmup=1)
+        res.update(hf_step_s=th, hf_tokens_per_s=T / th, speedup_vs_hf=th / t,
+                   hf_peak_memory_bytes=torch.cuda.max_memory_allocated() if DEVICE == "cuda" else None)
+        log(f"HF SFT step: {th:.3f}s -> ours x{th / t:.1f}")
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        res["hf_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        log(f"HF SFT step failed: {res['hf_error']}")
+    return res
+
+
+def _frozen_copy(hf, cfg):
+    """A frozen copy of the HF model on the same device, used as the query embedder in the HF step."""
+    import copy  # lazy: only the HF side of the comparison needs it
+    e = copy.deepcopy(hf).eval()
+    e.requires_grad_(False)
+    return e
+
+
+def bench_grpo(cfg, groups=28, h=28, w=32, G=8, new_tokens=768, micro=2, with_hf=True):
+    """One Stage-2 step: 1 prompt (~6.4k-token video) x G samples of `new_tokens` (random weights never stop, so
+    every row runs to the limit), the reference log-probs, and the update over G rows in G/micro micro-batches;
+    ours vs HF PyTorch doing the same work (`generate` of the G rows, a reference forward, forward/backward with
+    gradient checkpointing, AdamW) on the same GPU."""
+    ids, grid, px = video_prompt(cfg, groups, h, w, seed=7)
+    T = ids.shape[1]
+    hf, ours = hf_and_ours(cfg, "bfloat16", with_hf=with_hf)
+    if hf is not None:
+        hf.to("cpu")
+        _empty_cache()
+    D = cfg.text.hidden_size
+    head = S.SQRHead(S.SQRConfig(policy_hidden=D, retrieval_dim=D, embedder_hidden=D), rngs=nnx.Rngs(0))
+    opts = _train_opts()
+    ocfg = type("C", (), dict(learning_rate=5e-7, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+                              weight_decay=0.01, max_grad_norm=1.0))
+    opt = optim.grpo_optimizer(ocfg)
+    state, gd = state_lib.create(ours, head, optim.grpo_trainable, opt.tx, 0)
+    ref = jax.tree.map(jnp.copy, state.params)
+    sampler = Sampler(gd.modules(state.params, state.frozen)[0], gen_opts("pallas" if ATTN == "cudnn" else "xla"),
+                      loop="host")
+    p = pack_prompts([list(ids[0])], cfg=cfg, pad_id=0, video_pixels=px, video_grids=[grid])
+    sp = SamplingParams(max_new_tokens=new_tokens, temperature=1.0, eos_ids=(), pad_id=0)
+    holder = {}
+
+    def rollout():
+        pol = nnx.state(gd.modules(holder.get("s", state).params, holder.get("s", state).frozen)[0])
+        g = sampler.generate(p, sp, jax.random.key(len(holder)), group=G, extra_slots=8, params=pol)
+        g.tokens.block_until_ready()
+        holder["g"] = g
+    t_roll = timeit(rollout, n=2, warmup=1)
+    t_prefill = timeit(lambda: jax.block_until_ready(sampler.prefill(p, T + new_tokens + 8)), n=2)
+    step_s = (t_roll - t_prefill) / new_tokens
+    roof = decode_bytes(cfg, G, T + new_tokens / 2) / read_bandwidth()
+    g = holder["g"]
+    toks, lps = np.asarray(g.tokens), np.asarray(g.logprobs)
+    vin = VideoInputs(px, grid, [0.5] * grid[0], 2 * grid[0], (h * 16, w * 16))
+    trajs = [Trajectory(query={}, sample=i, qvec=np.zeros(1), orig_rank=0, turns=[Turn(
+        turn=1, doc_id="v", rank=0, prompt_ids=ids[0], video=vin, sampled_ids=toks[i], logprobs=lps[i], text="",
+        answer="unknown", span=None, has_refine=False)]) for i in range(G)]
+    adv, _ = grpo.group_advantages(np.random.RandomState(0).randn(G), G)
+    Pb = -(-T // 512) * 512
+    host = scoring_batch(trajs, adv, cfg=cfg, pad_id=0, micro_batches=G // micro, rows_per_micro=micro,
+                         prompt_buckets=(Pb,), completion_length=new_tokens, group_buckets=(grid[0],),
+                         patch_buckets=(grid[1] * grid[2],), loss_type="grpo")
+    batch = jax.tree.map(jnp.asarray, host)
+    lc = grpo.LossConfig(logprob_chunk=256)
+    score = jax.jit(grpo.make_score_fn(gd, opts, lc))
+    step = jax.jit(grpo.make_train_step(gd, opt.tx, opts, lc, opt.schedules), donate_argnums=0)
+    holder["s"] = state
+
+    inputs = dict(batch)
+
+    def scoring():
+        batch["ref_logprobs"] = score(ref, holder["s"].frozen, inputs)
+        jax.block_until_ready(batch["ref_logprobs"])
+
+    def update():
+        holder["s"], m = step(holder["s"], batch)
+        jax.block_until_ready(m["loss"])
+    t_score = timeit(scoring, n=2, warmup=1)
+    t_update = timeit(update, n=2, warmup=1)
+    total = t_roll + t_score + t_update
+    ceil = ceilings()
+    res = {"prompt_tokens": int(T), "samples": G, "new_tokens": new_tokens, "rollout_s": t_roll,
+           "rollout_tokens_per_s": G * new_tokens / t_roll, "decode_step_ms": step_s * 1e3,
+           "decode_roofline_step_ms": roof * 1e3, "decode_fraction_of_read_roofline": roof / step_s,
+           "scoring_s": t_score, "update_s": t_update, "step_s": total, "peak_memory_bytes": peak_memory(), **ceil}
+    log(f"ours GRPO step: rollout {t_roll:.2f}s ({G * new_tokens / t_roll:,.0f} tok/s, decode step {step_s * 1e3:.2f}"
+        f" ms = {roof / step_s:.0%} of the read roofline), scoring {t_score:.2f}s, update {t_update:.2f}s, "
+        f"total {total:.2f}s")
+    del holder, state, ref, batch, sampler
+    if hf is None:
+        return res
+    import torch  # lazy: only the HF side of the comparison needs torch
+    hf.to(DEVICE)
+    ref_hf = _frozen_copy(hf, cfg)
+    inp = hf_inputs(cfg, np.repeat(ids, G, 0), grid, np.concatenate([px] * G), torch.bfloat16)
+    inp["video_grid_thw"] = inp["video_grid_thw"].repeat(G, 1)
+    params = [pp for n, pp in hf.named_parameters() if "language_model" in n or n.startswith("lm_head")]
+    for n, pp in hf.named_parameters():
+        pp.requires_grad_("language_model" in n or n.startswith("lm_head"))
+    topt = torch.optim.AdamW(params, lr=5e-7, weight_decay=0.01, fused=True)
+    hold = {}
+
+    def hf_rollout():
+        hf.eval()
+        with torch.no_grad():
+            hold["seq"] = hf.generate(**inp, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True,
+                                      temperature=1.0, top_k=0, top_p=1.0)
+        _sync()
+
+    def hf_logp(model, rows):
+        seq = hold["seq"][rows]
+        out = model(input_ids=seq, attention_mask=torch.ones_like(seq), pixel_values_videos=torch.cat(
+            [inp["pixel_values_videos"][: int(np.prod(grid))]] * len(rows)), video_grid_thw=inp["video_grid_thw"][rows],
+            mm_token_type_ids=torch.cat([inp["mm_token_type_ids"][rows], torch.zeros(
+                len(rows), new_tokens, dtype=inp["mm_token_type_ids"].dtype, device=DEVICE)], 1),
+            logits_to_keep=new_tokens + 1)
+        lg = out.logits[:, :-1].float()
+        return torch.log_softmax(lg, -1).gather(-1, seq[:, T:, None])[..., 0]
+
+    def hf_update():
+        hf.train()
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        a = torch.tensor(adv, device=DEVICE)
+        for s0 in range(0, G, micro):
+            rows = list(range(s0, s0 + micro))
+            with torch.no_grad():
+                rl = hf_logp(ref_hf, rows)
+            lp = hf_logp(hf, rows)
+            d = rl - lp
+            kl = torch.exp(d) - d - 1
+            ratio = torch.exp(lp - lp.detach())
+            loss = (-(ratio * a[rows, None]) + 0.01 * kl).mean(-1).mean() / (G // micro)
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        topt.step()
+        topt.zero_grad(set_to_none=True)
+        _sync()
+    try:
+        if DEVICE == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        th_roll = timeit(hf_rollout, n=1, warmup=0)
+        th_upd = timeit(hf_update, n=1, warmup=1)
+        res.update(hf_rollout_s=th_roll, hf_update_s=th_upd, hf_step_s=th_roll + th_upd,
+                   hf_rollout_tokens_per_s=G * new_tokens / th_roll, speedup_vs_hf=(th_roll + th_upd) / total,
+                   hf_peak_memory_bytes=torch.cuda.max_memory_allocated() if DEVICE == "cuda" else None)
+        log(f"HF GRPO step: generate {th_roll:.1f}s + reference/forward/backward {th_upd:.1f}s -> ours "
+            f"x{res['speedup_vs_hf']:.1f}")
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+        res["hf_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        log(f"HF GRPO step failed: {res['hf_error']}")
+    return res
+
+
 def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, queries=256, workers=8, reps=2,
                 preset="qwen3_vl_embedding_2b"):
     """Per-video seconds of the build's two costly steps on this machine: decoding (npy frames at 1 fps <= 64,
@@ -532,6 +899,10 @@ def main(argv=None):
             res = bench_parity(cfg, **size)
         elif what == "build":
             res = bench_build()
+        elif what == "sft":
+            res = bench_sft(cfg, with_hf=not args.no_hf, **size)
+        elif what == "grpo":
+            res = bench_grpo(cfg, with_hf=not args.no_hf, new_tokens=args.new_tokens, **size)
         elif what == "episode":
             res = bench_episode(cfg, batches=tuple(int(b) for b in args.batches.split(",")),
                                 new_tokens=args.new_tokens, decode_attn=args.decode_attn, **size)

@@ -145,7 +145,10 @@ def sft_loss(params, frozen, embedder_params, batch, *, graphdefs: Graphdefs, em
     rows = jnp.arange(B)
     h_refine = out.hidden_pre_norm[rows, ridx]
     refine_pos = batch["positions"][0, rows, ridx]
-    Z, _ = S.rollout_cached(policy, head, out.cache, h_refine, ridx, refine_pos, opts=opts,
+    # the rollout's steps: rolled layer scan (compile time) and no rematerialisation (with remat, the backward would
+    # keep the whole cache per layer instead of each layer's slice)
+    ropts = dataclasses.replace(opts, remat="none", unroll_decode=False)
+    Z, _ = S.rollout_cached(policy, head, out.cache, h_refine, ridx, refine_pos, opts=ropts,
                             num_latents=lc.num_latents)
     q = S.q_final(embedder, head, Z, batch["emb_ids"], batch["emb_is_latent"], batch["emb_latent_index"],
                   batch["emb_mask"], opts=opts)

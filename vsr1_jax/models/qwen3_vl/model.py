@@ -36,6 +36,9 @@ class RunOptions:
     # through the Pallas interpreter (correct, slow: for tests).
     decode_attn_impl: str = "xla"
     remat: str = "none"             # "none" | "full" | "dots" (decoder layers)
+    # single-position steps with a cache unroll the layer loop (inference speed); training differentiates through
+    # the SQR rollout's 7 steps, where an unrolled loop multiplies compile time: it keeps the scan rolled
+    unroll_decode: bool = True
 
     @property
     def jdtype(self):
@@ -133,7 +136,8 @@ class Qwen3VL(nnx.Module):
         """Decoder + head on input embeddings. logits: "all" | "last" | "none". kv_extra_slots: see TextModel."""
         pre, normed, cache = self.text(x, positions, attention_mask, cache=cache, visual=visual,
                                        attn_impl=opts.attn_impl, decode_attn_impl=opts.decode_attn_impl,
-                                       remat=opts.remat, kv_extra_slots=kv_extra_slots)
+                                       remat=opts.remat, kv_extra_slots=kv_extra_slots,
+                                       unroll_decode=opts.unroll_decode)
         if logits == "all":
             lg = self.text.logits(normed)
         elif logits == "last":

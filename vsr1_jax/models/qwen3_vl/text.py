@@ -89,7 +89,7 @@ class TextModel(nnx.Module):
 
     def __call__(self, x, positions, attention_mask=None, *, cache: KVCache | None = None,
                  visual: Visual | None = None, attn_impl: str = "xla", decode_attn_impl: str = "xla",
-                 remat: str = "none", kv_extra_slots: int | None = None):
+                 remat: str = "none", kv_extra_slots: int | None = None, unroll_decode: bool = True):
         """x [B, T, D] input embeddings; positions [3, B, T]; attention_mask [B, T] (1 = real token).
 
         Returns (pre_norm [B, T, D] = last decoder layer output, normed [B, T, D], new cache or None).
@@ -181,7 +181,8 @@ class TextModel(nnx.Module):
         # Single-token steps unroll the layer loop: a rolled loop costs a device->host predicate sync per layer and
         # dynamic cache indexing that forces copies; prefill keeps the compact rolled scan.
         (h, kc, vc), kv = jax.lax.scan(body, (x, kc, vc), (layers, jnp.arange(cfg.num_hidden_layers)),
-                                       unroll=cfg.num_hidden_layers if (T == 1 and cache is not None) else 1)
+                                       unroll=cfg.num_hidden_layers if (T == 1 and cache is not None and unroll_decode)
+                                       else 1)
         normed = rms_norm(h, self.final_norm[...], eps)
         new_cache = None if cache is None else KVCache(kc, vc, valid, start + T)
         if collect_kv:  # [L, B, T, K, hd] -> the cache layout [L, B, K, T + n, hd]
