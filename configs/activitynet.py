@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.base import get_config as base_config  # noqa: E402
+from vsr1_jax.train.rewards import dataset_reward_overrides  # noqa: E402
 
 
 def get_config():
@@ -19,4 +20,6 @@ def get_config():
     c.data.build.train_annotation = "activitynet_fig_train.jsonl"
     c.data.build.test_annotation = "activitynet_fig_val_2.jsonl"
     c.data.build.dataset_name = "ActivityNet"  # GRPO data_source suffix (09_build_*.bash DATASET_NAME L24)
+    # --config.mode=grpo: this dataset's reward weights and penalties (grpo.md §4, W-*:16-31)
+    c.grpo.rewards.update(dataset_reward_overrides(c.dataset))
     return c

@@ -8,6 +8,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs.base import get_config as base_config  # noqa: E402
+from vsr1_jax.train.rewards import dataset_reward_overrides  # noqa: E402
 
 
 def get_config():
@@ -18,4 +19,6 @@ def get_config():
     c.data.build.train_annotation = "charades_fig_train.jsonl"
     c.data.build.test_annotation = "charades_fig_test.jsonl"
     c.data.build.dataset_name = "Charades"  # GRPO data_source suffix (09_build_*.bash DATASET_NAME L24)
+    # --config.mode=grpo: this dataset's reward weights and penalties (grpo.md §4, W-*:16-31)
+    c.grpo.rewards.update(dataset_reward_overrides(c.dataset))
     return c

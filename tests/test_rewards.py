@@ -487,6 +487,18 @@ def test_weights_from_config_and_dataset_tables():
         R.RewardWeights.from_config({"quality": "lse"})
 
 
+def test_dataset_configs_carry_their_reward_table():
+    """`--config.mode=grpo` with configs/<dataset>.py trains with that dataset's §4 weights, not the S2 defaults."""
+    import importlib
+    table = {  # grpo.md §4 (W-anet / W-cha / W-did): answer, time_iou, refine, refine_quality, no_refine_penalty
+        "activitynet": (1.2, 0.45, 0.8, 0.8, -0.3), "charades": (1.6, 0.35, 0.10, 0.8, 0.0),
+        "didemo": (1.2, 0.45, 0.8, 0.8, -0.3)}
+    for name, (acc, iou, fmt, margin, pen) in table.items():
+        w = R.RewardWeights.from_config(importlib.import_module(f"configs.{name}").get_config().grpo.rewards)
+        assert (w.answer, w.time_iou, w.refine, w.refine_quality, w.no_refine_penalty) == (acc, iou, fmt, margin, pen)
+        assert (w.think, w.time_format, w.quality_temperature, w.quality) == (0.05, 0.05, 0.1, "delta")
+
+
 def test_total_reward_nansum():
     w = R.RewardWeights(**R.dataset_reward_overrides("activitynet"))
     r = np.array([[1.0, 1.0, 1.0, 0.5, 1.0, 0.2], [-1.0, np.nan, 0.0, np.nan, 0.0, -0.3],
