@@ -3,6 +3,7 @@
 
 CLI:  python -m vsr1_jax.convert hf-to-orbax SRC DST [--dtype float32|bfloat16|float16] [--overwrite] [-q]
       python -m vsr1_jax.convert orbax-to-hf SRC DST [--max-shard-size 5GB] [--dtype ...] [--overwrite] [-q]
+      python -m vsr1_jax.convert init-stage1 POLICY EMBEDDER DST [--seed 0] [--overwrite] [-q]   (the Stage-1 start)
 
 DST layout (one folder per model; the query embedder nests the same layout):
   vsr1_checkpoint.json  format + version, kind ("qwen3_vl" | "videosearch_r1"), source path, key layout and prefix
@@ -46,6 +47,7 @@ from vsr1_jax.models.qwen3_vl.config import ConfigError, Qwen3VLConfig
 from vsr1_jax.models.qwen3_vl.model import abstract_model
 from vsr1_jax.models.sqr import SQRConfig, SQRHead
 from vsr1_jax.processing.special_tokens import REFINE_TOKEN
+from vsr1_jax.processing.tokenizer import load_tokenizer
 from vsr1_jax.safetensors_io import (INDEX_FILE, NP_TO_ST, ST_DTYPES, SafetensorsError, SafetensorsFolder,
                                      parse_size, write_safetensors)
 
@@ -700,6 +702,73 @@ def export_hf(dst: str, cfg: Qwen3VLConfig, params: dict, *, sqr_params: dict | 
     return dst
 
 
+# ---- the Stage-1 start: base policy + base embedder -> released layout --------------------------------------------
+
+def resize_vocab(params: dict, cfg: Qwen3VLConfig, vocab_size: int) -> tuple[dict, Qwen3VLConfig]:
+    """`model.resize_token_embeddings(vocab_size)` of transformers on our params (sqr_and_sft.md §3, MAIN L1159):
+    the embedding (and an untied lm_head) keep their first min(old, new) rows; rows added by growing are the mean of
+    the old rows (transformers samples them around that mean; the Qwen3 + <REFINE> case shrinks 151,936 -> 151,670
+    rows, so no row is added there). Returns (params, config with the new text vocab_size)."""
+    old = cfg.text.vocab_size
+    if vocab_size == old:
+        return params, cfg
+
+    def rows(w, axis):
+        w = np.asarray(w)
+        keep = np.take(w, np.arange(min(old, vocab_size)), axis=axis)
+        if vocab_size <= old:
+            return keep
+        mean = w.astype(np.float64).mean(axis=axis, keepdims=True).astype(w.dtype)
+        return np.concatenate([keep, np.repeat(mean, vocab_size - old, axis=axis)], axis=axis)
+
+    text = dict(params["text"])
+    text["embed"] = rows(text["embed"], 0)                 # [V, D]
+    if "lm_head" in text and text["lm_head"] is not None:
+        text["lm_head"] = rows(text["lm_head"], 1)         # [D, V]
+    new_cfg = cfg.with_vocab_size(vocab_size)
+    too_big = {k: v for k, v in (("image_token_id", cfg.image_token_id), ("video_token_id", cfg.video_token_id),
+                                 ("vision_start_token_id", cfg.vision_start_token_id),
+                                 ("vision_end_token_id", cfg.vision_end_token_id)) if v is not None and v >= vocab_size}
+    if too_big:
+        raise ConvertError(f"resizing the vocabulary to {vocab_size} rows drops the ids {too_big} of config.json")
+    return {**params, "text": text}, new_cfg
+
+
+def init_stage1(policy_src: str, embedder_src: str, dst: str, *, seed: int = 0, zero_init_refine: bool = True,
+                overwrite: bool = False, quiet: bool = False) -> str:
+    """The original's Stage-1 starting point as a released-layout HF folder (what `--config.mode=sft` starts from):
+
+    - the policy: a plain Qwen3-VL HF folder (e.g. Qwen3-VL-4B-Instruct); `<REFINE>` added to its tokenizer as one
+      special token, the embedding (and an untied lm_head) resized to len(tokenizer) (`resize_vocab`);
+    - the SQR head created as the launcher does (sqr_and_sft.md §2.1): refine_projector with PyTorch's default init
+      and its last Linear zeroed (`zero_init_refine`, the Stage-1 default), the gate zeroed, LayerNorms 1/0, the
+      latent and append input projectors partial identities; D = He = the embedder's hidden size (the original's
+      `query_embedder_head` is Identity only then, and only that case is ported); float32;
+    - the query embedder: a plain Qwen3-VL-Embedding HF folder, copied under `query_embedder/` with its tokenizer.
+    """
+    pol = load_hf_folder(policy_src, quiet=quiet)
+    if pol.sqr_params is not None:
+        raise ConvertError(f"{policy_src}: already a VideoSearch-R1 checkpoint (it has refine_* tensors); "
+                           "train from it directly")
+    emb = load_hf_folder(embedder_src, quiet=quiet)
+    if emb.sqr_params is not None:
+        raise ConvertError(f"{embedder_src}: has refine_* tensors; the query embedder is a plain Qwen3-VL-Embedding")
+    for src, ck in ((policy_src, pol), (embedder_src, emb)):
+        if ck.tokenizer_dir is None:
+            raise ConvertError(f"{src}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    tok, info = load_tokenizer(pol.tokenizer_dir, add_refine=True)
+    etok, _ = load_tokenizer(emb.tokenizer_dir, add_refine=False)
+    params, cfg = resize_vocab(pol.params, pol.cfg, info.required_vocab_size)
+    He = emb.cfg.text.hidden_size
+    head = SQRHead(SQRConfig(policy_hidden=cfg.text.hidden_size, retrieval_dim=He, embedder_hidden=He,
+                             zero_init_refine=zero_init_refine), rngs=nnx.Rngs(seed))
+    sqr = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(head)))
+    log.info("%s: <REFINE> = id %s, vocabulary %d -> %d rows; SQR head H=%d D=He=%d", policy_src, info.refine_id,
+             pol.cfg.text.vocab_size, cfg.text.vocab_size, cfg.text.hidden_size, He)
+    return export_hf(dst, cfg, params, sqr_params=sqr, sqr_cfg=head.cfg, tokenizer=tok,
+                     embedder=(emb.cfg, emb.params, etok), overwrite=overwrite, quiet=quiet)
+
+
 # ---- CLI --------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
@@ -718,9 +787,23 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     b.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE,
                    help="largest safetensors file before sharding with an index (default 5GB)")
+    c = sub.add_parser("init-stage1", help="plain Qwen3-VL policy + Qwen3-VL-Embedding -> the Stage-1 start (HF "
+                                           "folder in the released layout: <REFINE> added, fresh SQR head)")
+    c.add_argument("policy", help="Qwen3-VL HF folder (e.g. Qwen3-VL-4B-Instruct)")
+    c.add_argument("embedder", help="Qwen3-VL-Embedding HF folder (e.g. Qwen3-VL-Embedding-2B)")
+    c.add_argument("dst")
+    c.add_argument("--seed", type=int, default=0, help="seed of the SQR head's random init")
+    c.add_argument("--no-zero-init-refine", action="store_true",
+                   help="keep refine_projector's last Linear and the gate at PyTorch's default init")
+    c.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        if args.cmd == "hf-to-orbax":
+        if args.cmd == "init-stage1":
+            out = init_stage1(args.policy, args.embedder, args.dst, seed=args.seed,
+                              zero_init_refine=not args.no_zero_init_refine, overwrite=args.overwrite,
+                              quiet=args.quiet)
+        elif args.cmd == "hf-to-orbax":
             out = hf_to_orbax(args.src, args.dst, dtype=args.dtype, overwrite=args.overwrite, quiet=args.quiet)
         else:
             out = orbax_to_hf(args.src, args.dst, max_shard_size=args.max_shard_size, dtype=args.dtype,
