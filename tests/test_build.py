@@ -140,6 +140,24 @@ def test_eval_demo_runs_on_the_result(built, tmp_path):
     assert result["final_retrieval"]["N"] == summary["queries"] == 3
 
 
+def test_sft_steps_run_on_the_result(built, tmp_path):
+    from vsr1_jax.train.sft_run import main_sft
+    cfg = toy_config(built["root"] / "a", built["raw"], built["ann"])
+    cfg.mode, cfg.output_dir = "sft", str(tmp_path / "sft_run")
+    s = cfg.sft
+    s.max_steps, s.param_dtype, s.remat, s.refine_token_count, s.export_hf = 2, "float32", "none", 2, False
+    s.label_buckets, s.vision_group_buckets, s.vision_patch_buckets = (64, 128, 256), (4, 8, 16), (16, 64, 256)
+    s.checkpoint.every_fraction, s.checkpoint.every_steps = 0.0, 2
+    cfg.data.sft.per_device_batch_size, cfg.data.sft.buckets = 2, (512, 1024, 2048, 4096)
+    cfg.video.sft.min_pixels = 32 * 32
+    summary = main_sft(cfg)
+    assert summary["steps"] == 2 and not summary["stopped_early"]
+    with open(summary["metrics_jsonl"]) as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["loss"]) and r["loss"] > 0 and r["label_tokens"] > 0 for r in rows), rows
+
+
 def test_interrupted_builds_are_byte_identical(built, tmp_path):
     from vsr1_jax.prepare import run_build
     ref = tree(built["paths"].dataset_dir)
