@@ -29,6 +29,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "compiles": (0, ()),
     "buckets": (0, ()),
     "safetensors_io": (0, ()),
+    "profiling": (0, ()),     # profiler-trace summaries for bench and tools
     "distributed": (0, ()),   # jax.distributed setup + cross-process helpers; main calls it first
     "models": (1, ("kernels", "buckets")),
     "data": (2, ("processing", "buckets")),

@@ -1,8 +1,15 @@
 """Where does a batch-1 decode step of the 2B model spend its time? (run on the GPU machine)
 
-Times: the sampler's while-loop decode per step; one jitted decode step (with and without the LM head); the
-weights-only GEMV chain of one step; and the copy bandwidth. Prints a table.
+Times: the sampler's while-loop and host-loop decode per step; one jitted decode step (with and without the LM
+head); the weights-only GEMV chain of one step; and the copy bandwidth. Prints a table.
+
+    python tools/decode_diag.py [B] [--attn pallas] [--trace]
+
+--trace: a profiler trace of 32 host-loop decode steps, summarised by tools/trace_summary.py (kernels per step, busy
+vs idle GPU time, time by kernel kind) into $OUT/decode_trace_summary.json; the trace itself to $OUT.
 """
+import json
+import shutil
 import os
 import sys
 import time
@@ -16,16 +23,20 @@ from vsr1_jax.bench import timeit
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.profiling import summarize
 
 
 def main():
-    B = int(sys.argv[1]) if len(sys.argv) > 1 else 1
+    B = int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 1
+    attn = sys.argv[sys.argv.index("--attn") + 1] if "--attn" in sys.argv else "xla"
+    out = os.environ.get("OUT", ".")
     cfg = get_preset("qwen3_vl_2b")
     t = time.perf_counter()
     model = nnx.jit(lambda: Qwen3VL(cfg, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))()
     print(f"init {time.perf_counter() - t:.1f}s", flush=True)
-    opts = RunOptions(dtype="bfloat16", attn_impl="cudnn", vision_attn_impl="cudnn")
+    opts = RunOptions(dtype="bfloat16", attn_impl="cudnn", vision_attn_impl="cudnn", decode_attn_impl=attn)
     s = Sampler(model, opts)
+    hs = Sampler(model, opts, loop="host")
     T, N = 2048, 64
     p = pack_prompts([list(np.random.RandomState(0).randint(1, 5000, T))] * B, cfg=cfg, pad_id=0)
     logits, cache, _ = s.prefill(p, T + 4 * N)
@@ -38,6 +49,30 @@ def main():
     t_loop = timeit(loop, n=3, warmup=1)
     t_copy = timeit(lambda: jax.block_until_ready(jax.tree.map(jnp.copy, cache)), n=3)
     res = {"while_loop_step_ms": (t_loop - t_copy) / N * 1e3}
+
+    def hloop():
+        c = jax.tree.map(jnp.copy, cache)
+        g = hs.decode(c, logits, p.next_pos, sp)
+        g.tokens.block_until_ready()
+    res["host_loop_step_ms"] = (timeit(hloop, n=3, warmup=1) - t_copy) / N * 1e3
+    if "--trace" in sys.argv:
+        tdir = "/tmp/decode_trace"
+        c = jax.block_until_ready(jax.tree.map(jnp.copy, cache))
+        sp32 = SamplingParams(max_new_tokens=32, eos_ids=(), pad_id=0)
+        hs.decode(jax.tree.map(jnp.copy, cache), logits, p.next_pos, sp32).tokens.block_until_ready()
+        with jax.profiler.trace(tdir, create_perfetto_trace=True):
+            hs.decode(c, logits, p.next_pos, sp32).tokens.block_until_ready()
+        for root, _, files in os.walk(tdir):
+            for fn in files:
+                if fn.endswith(".json.gz"):
+                    summ = summarize(os.path.join(root, fn), steps=32)
+                    shutil.copy(os.path.join(root, fn), os.path.join(out, f"decode_B{B}_{attn}_" + fn))
+                    with open(os.path.join(out, f"decode_trace_summary_B{B}_{attn}.json"), "w") as fh:
+                        json.dump(summ, fh, indent=1)
+                    for t, v in summ["streams"].items():
+                        print(t, json.dumps({k: v[k] for k in ("kernels_per_step", "busy_us_per_step",
+                                                               "span_us_per_step", "by_kind_us_per_step")}),
+                              flush=True)
 
     gd, st = nnx.split(model)
 
@@ -86,6 +121,9 @@ def main():
     res["B"] = B
     for k, v in res.items():
         print(f"{k:32s} {v:10.3f}", flush=True)
+    res["attn"] = attn
+    with open(os.path.join(out, f"decode_diag_B{B}_{attn}.json"), "w") as fh:
+        json.dump(res, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from vsr1_jax.models.qwen3_vl.model import Qwen3VL
 from vsr1_jax.models.qwen3_vl.text import Visual
 from vsr1_jax.retrieval.encoder import TextVideoEmbedder
 from vsr1_jax.processing.video import VideoInputs
+from vsr1_jax.profiling import summarize
 from vsr1_jax.retrieval.topk import exact_topk
 from vsr1_jax.train import grpo, optim, sft
 from vsr1_jax.train import state as state_lib
@@ -525,7 +526,29 @@ def _hf_refine_modules(head, device):
     return proj.to(device), lat.to(device), app.to(device)
 
 
-def bench_sft(cfg, groups=28, h=28, w=32, answer=200, reps=2, with_hf=True):
+def trace_steps(fn, out: str, name: str, steps: int = 1) -> dict:
+    """Run `fn` `steps` times under the JAX profiler; copy the perfetto trace to `out` and return its summary
+    (tools/trace_summary.py: kernels, busy vs idle GPU time, time by kernel kind)."""
+    import shutil  # noqa: PLC0415
+    tdir = tempfile.mkdtemp(prefix=f"trace_{name}_")
+    with jax.profiler.trace(tdir, create_perfetto_trace=True):
+        for _ in range(steps):
+            fn()
+    for root, _, files in os.walk(tdir):
+        for fn_ in files:
+            if fn_.endswith(".json.gz"):
+                os.makedirs(out, exist_ok=True)
+                shutil.copy(os.path.join(root, fn_), os.path.join(out, f"{name}_{fn_}"))
+                summ = summarize(os.path.join(root, fn_), steps=steps, top=25)
+                for t, v in summ["streams"].items():
+                    log(f"trace {name} {t}: {v['kernels_per_step']:.0f} kernels, busy {v['busy_us_per_step'] / 1e3:.1f}"
+                        f" of {v['span_us_per_step'] / 1e3:.1f} ms; by kind (ms): "
+                        + ", ".join(f"{k} {u / 1e3:.1f}" for k, u in v["by_kind_us_per_step"].items()))
+                return summ
+    return {}
+
+
+def bench_sft(cfg, groups=28, h=28, w=32, answer=200, reps=2, with_hf=True, trace_dir=None):
     """One Stage-1 step on one ~6.5k-token video sample with the InfoNCE branch on: ours (jitted, bf16 weights,
     fp32 refine modules, remat "dots", cached latent rollout) vs the original's step in HF PyTorch on the same GPU
     (bf16, gradient checkpointing, the 7 latent re-forwards with gradients, the embedder splice, AdamW)."""
@@ -584,6 +607,8 @@ def bench_sft(cfg, groups=28, h=28, w=32, answer=200, reps=2, with_hf=True):
            "peak_memory_bytes": peak_memory(), **ceil}
     log(f"ours SFT step: {t:.3f}s ({T / t:,.0f} tok/s), MFU {res['mfu_measured_peak']:.1%} of the measured peak"
         + (f", {res['mfu_datasheet']:.1%} of datasheet" if res["mfu_datasheet"] else ""))
+    if trace_dir:  # where the step's time goes: one traced step, summarised per kernel kind
+        res["trace_summary"] = trace_steps(run, trace_dir, "sft")
     del holder, state, embedder, eparams, batch
     if hf is None:
         return res
@@ -878,6 +903,7 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--decode-attn", default="xla", choices=("xla", "pallas"),
                     help="attention of single-position steps (RunOptions.decode_attn_impl)")
+    ap.add_argument("--trace", default="", help="folder for a profiler trace of one step (sft) and its summary")
     args = ap.parse_args(argv)
     cfg = get_preset(args.preset)
     whats = ["parity", "forward", "decode", "sqr", "episode"] if args.what == "all" else args.what.split(",")
@@ -900,7 +926,7 @@ def main(argv=None):
         elif what == "build":
             res = bench_build()
         elif what == "sft":
-            res = bench_sft(cfg, with_hf=not args.no_hf, **size)
+            res = bench_sft(cfg, with_hf=not args.no_hf, trace_dir=args.trace or None, **size)
         elif what == "grpo":
             res = bench_grpo(cfg, with_hf=not args.no_hf, new_tokens=args.new_tokens, **size)
         elif what == "episode":
