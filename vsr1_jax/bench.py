@@ -865,7 +865,9 @@ def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, q
     cfg = dataclasses.replace(base, **ids)
     t = time.perf_counter()
     model = Qwen3VL(cfg, rngs=nnx.Rngs(0))
-    opts = RunOptions(dtype="bfloat16", attn_impl="xla", vision_attn_impl=ATTN)
+    # the build's embedder options on this platform (prepare.make_embedder): fused attention on GPUs, where dense
+    # attention over a batch of 8 ~7k-token video prompts needs ~70 GB
+    opts = RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN)
     embedder = TextVideoEmbedder(model, tok, opts=opts, max_length=1 << 20)
     log(f"build: random {preset} in {time.perf_counter() - t:.1f} s")
     vids = [embs[i % videos] for i in range(batch)]
