@@ -30,8 +30,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "bfloat16"      # the original runs bf16 (BF16=True, TCK); use float32 on CPU for exactness
-    c.model.attn_impl = "xla"       # "cudnn" = fused flash prefill on GPUs (needs unpadded prompts, see RunOptions)
-    c.model.vision_attn_impl = "xla"
+    # multi-token attention (prefill, training forwards, the embedder): "xla" (dense, any backend), "cudnn" (fused
+    # flash kernel, NVIDIA GPUs, bf16/fp16; rows right-padded, see RunOptions) or "auto" = cudnn on NVIDIA GPUs in
+    # bf16/fp16, xla elsewhere
+    c.model.attn_impl = "auto"
+    c.model.vision_attn_impl = "auto"
     # single-position decode steps: "xla", "pallas" (flash-decoding kernel, vsr1_jax/kernels/decode_attention.py) or
     # "auto" = pallas on NVIDIA GPUs, xla elsewhere (the agent runs unsharded; see RunOptions.decode_attn_impl)
     c.model.decode_attn_impl = "auto"

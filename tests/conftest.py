@@ -28,3 +28,17 @@ def tiny_pair(tmp_path_factory):
     model = Qwen3VL(ck.cfg, rngs=None)
     load_flat(model, {tuple(str(p) for p in path): v for path, v in nnx.to_flat_state(nnx.State(ck.params))})
     return hf, model, ck.cfg
+
+
+@pytest.fixture
+def cudnn_as_xla(monkeypatch):
+    """Run our attn_impl="cudnn" code paths on CPU: `jax.nn.dot_product_attention(..., implementation="cudnn")`
+    becomes JAX's own XLA implementation of the same call (same per-row lengths, causal flag, masks), so the layouts
+    and arguments we hand the fused kernel are checked against HF here; the kernel itself only runs on GPUs."""
+    import jax
+    real = jax.nn.dot_product_attention
+
+    def fake(*args, implementation=None, **kw):
+        return real(*args, implementation="xla" if implementation == "cudnn" else implementation, **kw)
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", fake)

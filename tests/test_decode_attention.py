@@ -1,5 +1,6 @@
 """The flash-decoding kernel (Pallas, run by the interpreter on CPU) against the XLA cached attention, and the model
 paths that use it against HF generate and the SQR re-forward formulation."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -86,3 +87,20 @@ def test_eval_config_picks_the_decode_attention():
     assert RunOptions.from_config(c.model).decode_attn_impl == "xla"  # "auto" on a CPU; "pallas" on an NVIDIA GPU
     c.model.decode_attn_impl = "pallas"
     assert RunOptions.from_config(c.model).decode_attn_impl == "pallas"
+
+
+def test_auto_picks_the_fused_kernels_on_nvidia_gpus_only(monkeypatch):
+    from configs.base import get_config
+    c = get_config()
+    assert (c.model.attn_impl, c.model.vision_attn_impl, c.model.decode_attn_impl) == ("auto",) * 3
+    o = RunOptions.from_config(c.model)
+    assert (o.attn_impl, o.vision_attn_impl, o.decode_attn_impl) == ("xla", "xla", "xla")      # this CPU
+    gpu = type("Dev", (), {"platform": "gpu", "device_kind": "NVIDIA H200"})()
+    monkeypatch.setattr(jax, "devices", lambda *a: [gpu])
+    o = RunOptions.from_config(c.model)                                                        # bf16 (default)
+    assert (o.attn_impl, o.vision_attn_impl, o.decode_attn_impl) == ("cudnn", "cudnn", "pallas")
+    c.model.dtype = "float32"                                                                  # cudnn: bf16/fp16
+    o = RunOptions.from_config(c.model)
+    assert (o.attn_impl, o.vision_attn_impl, o.decode_attn_impl) == ("xla", "xla", "pallas")
+    c.model.attn_impl = "cudnn"                                                                # explicit wins
+    assert RunOptions.from_config(c.model).attn_impl == "cudnn"

@@ -26,11 +26,11 @@ def _copy(m):
     return nnx.merge(*jax.tree.map(jnp.copy, nnx.split(m)))
 
 
-def _engine(s, policy, max_turn=1, retriever=None):
+def _engine(s, policy, max_turn=1, retriever=None, opts=OPTS):
     cfg = EpisodeConfig(max_turn=max_turn, max_new_tokens=24, prompt_style="grpo", refine_matched=True,
                         batch_size=8, vision_buckets=VisionBuckets(groups=(4, 8), patches=(16, 64)))
     return EpisodeEngine(policy, s["head"], s["embedder"], s["tok"], s["tok"], s["video_source"], s["vcfg"], cfg,
-                         retriever=retriever)
+                         opts, retriever=retriever)
 
 
 def _batch(trajs, adv, cfg, A=2, m=8, C=24):
@@ -38,17 +38,23 @@ def _batch(trajs, adv, cfg, A=2, m=8, C=24):
                          completion_length=C, group_buckets=(4, 8), patch_buckets=(16, 64), loss_type="grpo")
 
 
-def test_scorer_log_probs_equal_the_samplers(setup):
+@pytest.mark.parametrize("attn", ["xla", "cudnn"])
+def test_scorer_log_probs_equal_the_samplers(setup, attn, request):
+    """Also under attn_impl="cudnn" (on CPU through JAX's XLA implementation of the same call, see conftest): the
+    sampler right-pads its prompts and the scorer's rows are right-padded, the layout the fused kernel takes."""
     s = setup
     policy = s["policy"]
-    eng = _engine(s, policy)
+    opts = RunOptions(attn_impl=attn)
+    if attn == "cudnn":
+        request.getfixturevalue("cudnn_as_xla")
+    eng = _engine(s, policy, opts=opts)
     qs = s["queries"][:2]
     trajs = eng.run(qs, s["qvecs"][:2], eng.sampling_params(1.0), key=jax.random.key(0), group=G,
                     first_docs=[q.gt_doc_id for q in qs])
     assert len(trajs) == 2 * G and all(len(t.turns) == 1 for t in trajs)
     batch = _batch(trajs, np.zeros(len(trajs), np.float32), policy.cfg)
     dev = jax.tree.map(jnp.asarray, {k: v for k, v in batch.items()})
-    lp = np.asarray(jax.lax.map(lambda mb: grpo.score(policy, mb, opts=OPTS, temperature=1.0, chunk=8), dev))
+    lp = np.asarray(jax.lax.map(lambda mb: grpo.score(policy, mb, opts=opts, temperature=1.0, chunk=8), dev))
     lp = lp.reshape(-1, lp.shape[-1])
     for r, tr in enumerate(trajs):
         t = tr.turns[0]
@@ -92,9 +98,11 @@ def test_multi_turn_loss_weights_cover_only_sampled_tokens(setup):
     per_traj = [w[[r for r, (i, _) in enumerate(rows) if i == k]].sum() for k in range(len(trajs))]
     np.testing.assert_allclose(per_traj, 1.0 / len(trajs), rtol=1e-6)  # one sequence per trajectory ("grpo")
     # the prompt side holds the environment (retrieved video, information text): never in the loss by layout
-    P = batch["input_ids"].shape[-1] - 24
-    assert np.all(batch["input_ids"].reshape(-1, P + 24)[:len(rows), P:][mask[:len(rows)]] ==
-                  batch["completion_ids"].reshape(-1, 24)[:len(rows)][mask[:len(rows)]])
+    ids = batch["input_ids"].reshape(-1, batch["input_ids"].shape[-1])
+    for r, (_, t) in enumerate(rows):
+        n = batch["prompt_lengths"].reshape(-1)[r]
+        np.testing.assert_array_equal(ids[r, :n], t.prompt_ids)
+        np.testing.assert_array_equal(ids[r, n:n + len(t.sampled_ids)], t.sampled_ids)
 
 
 def test_update_keeps_frozen_and_reference_bit_identical(setup):

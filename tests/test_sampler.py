@@ -8,6 +8,7 @@ import torch
 from tests.hf_fixtures import IMAGE_ID, VIDEO_ID, random_pixels
 from tests.test_qwen3_vl import build_row
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
+from vsr1_jax.models.qwen3_vl.model import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, token_types
 
 EOS = 7
@@ -32,18 +33,43 @@ def _hf_generate(hf, p, n):
     return out[:, p.ids.shape[1]:].numpy()
 
 
-@pytest.mark.parametrize("rows", [
+MIXED = [
     [[12], [5], [23]],                                       # text, unequal lengths
     [[3, ("video", (3, 4, 6)), 4], [9]],                     # video + text in one batch
-])
+]
+
+
+@pytest.mark.parametrize("rows", MIXED)
 def test_greedy_matches_hf_generate(tiny_pair, rows):
     hf, model, cfg = tiny_pair
     _, p = _prompts(rows, cfg)
+    _check_against_hf(hf, p, Sampler(model), p, len(rows))
+
+
+@pytest.mark.parametrize("rows", MIXED)
+def test_right_padded_fused_prefill_matches_hf_generate(tiny_pair, cudnn_as_xla, rows):
+    """The GPU default for batches of unequal lengths: right-padded prompts on the attn_impl="cudnn" prefill
+    (per-row lengths; here JAX's XLA implementation of the same call, see conftest), decode behind the gap."""
+    hf, model, cfg = tiny_pair
+    seqs, p = _prompts(rows, cfg)
+    s = Sampler(model, RunOptions(attn_impl="cudnn"))
+    assert s.padding == "right"
+    with pytest.raises(ValueError, match="right-padded"):   # the left-padded layout is refused, not silently wrong
+        s.prefill(p, 64)
+    rp = pack_prompts(seqs, cfg=cfg, pad_id=PAD, video_pixels=p.video_pixels, video_grids=p.video_grids,
+                      padding="right")
+    assert rp.mask[:, 0].all() and (rp.mask.sum(1) == p.mask.sum(1)).all()
+    np.testing.assert_array_equal(rp.next_pos, p.next_pos)
+    _check_against_hf(hf, p, s, rp, len(rows))
+
+
+def _check_against_hf(hf, p, sampler, ours, rows):
+    """HF generate on the left-padded `p`; `sampler` on `ours` (the same prompts in its layout)."""
     n = 12
     ref = _hf_generate(hf, p, n)
-    gen = Sampler(model).generate(p, SamplingParams(max_new_tokens=n, eos_ids=(EOS,), pad_id=PAD))
+    gen = sampler.generate(ours, SamplingParams(max_new_tokens=n, eos_ids=(EOS,), pad_id=PAD))
     toks, lens = np.asarray(gen.tokens), np.asarray(gen.lengths)
-    for b in range(len(rows)):
+    for b in range(rows):
         L = int(lens[b])
         assert L >= 1
         np.testing.assert_array_equal(toks[b, :L], ref[b, :L])
@@ -166,3 +192,15 @@ def test_new_weights_need_no_new_sampler_and_no_recompile(tiny_pair):
     for out, ref in zip(outs, refs + refs[2:]):
         np.testing.assert_array_equal(out, ref)
     assert not np.array_equal(refs[0], refs[2])  # the weights really changed the samples
+
+
+def test_bench_mixed_prefill_runs_and_the_layouts_agree(tmp_path):
+    """`bench --what=mixed` (the GPU figure: cudnn right-padded vs dense left-padded) on the tiny preset: off GPUs
+    both sides are XLA attention, so the right- and left-padded first-token logits must agree."""
+    import json
+    from vsr1_jax import bench
+    bench.main(["--what=mixed", "--preset=tiny", "--mixed-lengths=40,90", "--no-hf", f"--out={tmp_path}"])
+    r = json.load(open(tmp_path / "bench_mixed.json"))
+    assert r["batch"] == 16 and r["lengths"][0] == 40 and r["lengths"][-1] == 90 and r["padded_length"] == 128
+    assert (r["fused"]["padding"], r["dense"]["padding"]) == ("right", "left")
+    assert r["first_token_argmax_agreement"] == 1.0 and r["first_token_max_rel_logit_diff"] < 1e-2

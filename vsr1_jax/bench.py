@@ -9,6 +9,8 @@
            step in HF PyTorch (the 7 latent re-forwards with gradients, gradient checkpointing)
   grpo     one Stage-2 step (1 prompt x 8 samples, --new-tokens): rollout tokens/s and its fraction of the measured
            HBM read roofline, scoring, update, total, vs HF PyTorch generate + forward/backward
+  mixed    prefill of 16 prompts of unequal lengths (4k-8k tokens, the agent's batch): the fused cudnn kernel on
+           right-padded rows vs dense XLA attention on left-padded rows (time, first-token agreement)
   build    the data build's per-video cost: PyAV decode (npy frames + search-engine frames) and the
            Qwen3-VL-Embedding-2B forward (random weights), plus the query-embedding rate
 
@@ -364,6 +366,51 @@ def bench_sqr(cfg, groups=28, h=28, w=32, reps=3, decode_attn="xla"):
     res = {"prompt_tokens": int(T), "cached_rollout_s": t_cached, "one_full_forward_s": t_one,
            "reforward_rollout_s": t_orig, "speedup": t_orig / t_cached}
     log(f"SQR rollout: cached {t_cached * 1e3:.1f} ms vs 7 re-forwards {t_orig * 1e3:.1f} ms (x{t_orig / t_cached:.1f})")
+    return res
+
+
+def bench_mixed_prefill(cfg, batch=16, lo=4096, hi=8192, bucket=64):
+    """Prefill of `batch` text prompts with lengths spread over [lo, hi] (padded to a multiple of `bucket`): cudnn
+    on right-padded rows (the GPU default, `Sampler.padding`) vs dense XLA attention on left-padded rows, same
+    weights. The decoder's attention is what differs; the vision tower is the same in both and left out."""
+    rng = np.random.RandomState(3)
+    lens = np.linspace(lo, hi, batch).astype(int)
+    seqs = [list(rng.randint(1, min(5000, cfg.text.vocab_size // 2), size=n)) for n in lens]
+    T = -(-int(lens.max()) // bucket) * bucket
+    _, ours = hf_and_ours(cfg, "bfloat16", with_hf=False)
+    res = {"batch": batch, "lengths": [int(x) for x in lens], "padded_length": T,
+           "real_tokens": int(lens.sum()), "padded_tokens": batch * T}
+    first = {}
+    # off GPUs (smoke runs) the fused side is XLA's attention on the same right-padded rows
+    fused = "cudnn" if ATTN == "cudnn" else "xla"
+    for name, impl, padding in (("fused", fused, "right"), ("dense", "xla", "left")):
+        sampler = Sampler(ours, RunOptions(dtype="bfloat16", attn_impl=impl, vision_attn_impl=impl))
+        p = pack_prompts(seqs, cfg=cfg, pad_id=0, length=T, padding=padding)
+        rows = batch
+        while True:   # dense attention materialises [rows, heads, T, T] scores: halve the rows until it fits
+            try:
+                chunks = [p._replace(ids=p.ids[i:i + rows], mask=p.mask[i:i + rows],
+                                     positions=p.positions[:, i:i + rows], next_pos=p.next_pos[i:i + rows])
+                          for i in range(0, batch, rows)]
+                run = lambda: [sampler.prefill(c, T + 1)[0] for c in chunks]  # noqa: E731
+                t = timeit(run, n=3)
+                break
+            except Exception as e:  # noqa: BLE001 - out of memory: report and retry smaller
+                log(f"mixed prefill {name}: {rows} rows failed ({type(e).__name__}: {str(e)[:200]})")
+                if rows == 1:
+                    raise
+                rows //= 2
+        first[name] = np.concatenate([np.asarray(lg, np.float32) for lg in run()])
+        res[name] = {"attn_impl": impl, "padding": padding, "seconds": t, "rows_per_call": rows,
+                     "real_tokens_per_s": res["real_tokens"] / t}
+        log(f"mixed prefill {name} ({impl}, {padding}-padded, {rows} rows per call): {t * 1e3:.1f} ms, "
+            f"{res['real_tokens'] / t:,.0f} real tok/s")
+    a, b = first["fused"], first["dense"]
+    res["speedup_fused_vs_dense"] = res["dense"]["seconds"] / res["fused"]["seconds"]
+    res["first_token_argmax_agreement"] = float((a.argmax(-1) == b.argmax(-1)).mean())
+    res["first_token_max_rel_logit_diff"] = float(np.abs(a - b).max() / np.abs(b).max())
+    log(f"mixed prefill: fused ({fused}) {res['speedup_fused_vs_dense']:.2f}x dense; first-token argmax "
+        f"agreement {res['first_token_argmax_agreement']:.3f}")
     return res
 
 
@@ -896,7 +943,7 @@ def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, q
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", default="forward", help="comma list of forward,decode,sqr,parity,episode,build (or all)")
+    ap.add_argument("--what", default="forward", help="comma list of forward,decode,sqr,parity,episode,sft,grpo,mixed,build (or all)")
     ap.add_argument("--preset", default="qwen3_vl_2b")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF PyTorch baselines")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench_<what>.json")
@@ -905,6 +952,7 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--decode-attn", default="xla", choices=("xla", "pallas"),
                     help="attention of single-position steps (RunOptions.decode_attn_impl)")
+    ap.add_argument("--mixed-lengths", default="4096,8192", help="prompt lengths LO,HI of --what=mixed")
     ap.add_argument("--trace", default="", help="folder for a profiler trace of one step (sft) and its summary")
     args = ap.parse_args(argv)
     cfg = get_preset(args.preset)
@@ -927,6 +975,9 @@ def main(argv=None):
             res = bench_parity(cfg, **size)
         elif what == "build":
             res = bench_build()
+        elif what == "mixed":
+            lo, hi = (int(x) for x in args.mixed_lengths.split(","))
+            res = bench_mixed_prefill(cfg, lo=lo, hi=hi)
         elif what == "sft":
             res = bench_sft(cfg, with_hf=not args.no_hf, trace_dir=args.trace or None, **size)
         elif what == "grpo":

@@ -14,7 +14,6 @@ layers, so a dense Qwen3-VL (2B/4B/8B, Instruct or Thinking) stands in for it.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import sys
@@ -73,11 +72,9 @@ def make_embedder(config) -> TextVideoEmbedder:
     b = config.data.build
     if b.embedder == "tiny":
         return loading.demo_embedder(config)
+    # model.attn_impl "auto" (the default) = the fused cudnn kernel on NVIDIA GPUs in bf16: the embedder right-pads
+    # its batches (per-row lengths); dense attention over a batch of 8 video prompts of ~7k tokens needs ~70 GB
     opts = RunOptions.from_config(config.model)
-    if jax.default_backend() == "gpu" and opts.dtype in ("bfloat16", "float16"):
-        # The embedder right-pads its batches, which the fused cudnn kernel takes (per-row lengths); dense attention
-        # over a batch of 8 video prompts of ~7k tokens would need ~70 GB.
-        opts = dataclasses.replace(opts, attn_impl="cudnn", vision_attn_impl="cudnn")
     model, tok_dir = _load_plain(str(b.embedder_checkpoint), config.model.dtype, "embedder", "embedder_checkpoint")
     tok, _ = load_tokenizer(tok_dir, add_refine=False)
     return TextVideoEmbedder(model, tok, instruction=str(b.embed_instruction), max_length=NO_TRUNCATION,

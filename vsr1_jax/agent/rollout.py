@@ -70,7 +70,7 @@ class EpisodeConfig:
     timestamps_mode: str = "index"    # the original's fps=1, indices 0..T-1 convention
     batch_size: int = 16              # rows generated together (same video grid)
     max_prompt_length: int = 20384    # MODEL_MAX_LENGTH: a longer prompt skips the query (`prompt_too_long`)
-    length_bucket: int = 64           # prompts are left-padded to a multiple of this (few compiled shapes)
+    length_bucket: int = 64           # prompts are padded to a multiple of this (few compiled shapes)
     # "eval": [system, user('Query: "q"\nRetrieved video: <video>')] (EVAL L934-966);
     # "grpo": [system, user(q), user('<information>\nRetrieved video: <video>\n</information>')] (grpo.md §1.1).
     prompt_style: str = "eval"
@@ -336,7 +336,8 @@ class EpisodeEngine:
         length = round_up(max(map(len, seqs)), cfg.length_bucket)
         p = pack_prompts(seqs, cfg=self.policy_cfg, pad_id=self.ids.pad, length=length,
                          video_pixels=np.concatenate([u[4].pixel_rows for u in units]),
-                         video_grids=[tuple(u[4].grid_thw) for u in units], vision_buckets=cfg.vision_buckets)
+                         video_grids=[tuple(u[4].grid_thw) for u in units], vision_buckets=cfg.vision_buckets,
+                         padding=self.sampler.padding)
         t0 = time.perf_counter()
         gen = self.sampler.generate(p, sp, self._batch_key(units, turn, group), group=group,
                                     capture_id=self.ids.refine, extra_slots=cfg.num_latents, params=self._params)

@@ -1,8 +1,11 @@
 """Fast generation for Qwen3-VL: multimodal prefill into a preallocated KV cache and a jitted `lax.while_loop`
 decode with greedy / temperature / top-k / top-p sampling, per-row EOS stop, and M-RoPE decode positions.
 
-Prompts are left-padded (as HF `generate` does), so every row writes its next token into the same cache slot and
-the decode position of a row is its own max prompt position + 1 + step (HF: cache position + rope delta).
+Prompts are left-padded (as HF `generate` does) or, for the fused cudnn prefill, right-padded (`Sampler.padding`):
+either way every row writes its next token into the same cache slot T (a right-padded row's gap [len, T) is masked
+out by the cache's `valid`), the first token is sampled from each row's last prompt position, and the decode
+position of a row is its own max prompt position + 1 + step (HF: cache position + rope delta); positions are
+explicit, so the two layouts attend over the same keys at the same positions.
 The loop also keeps, per row, the pre-norm hidden state of the last generated occurrence of a chosen token
 (the SQR `<REFINE>` readout) together with its cache slot and position, and hands back the cache so a caller
 can continue from input embeddings (the latent rollout).
@@ -37,7 +40,7 @@ class SamplingParams:
 
 
 class Prompts(NamedTuple):
-    """A left-padded batch ready for prefill (host arrays)."""
+    """A padded batch ready for prefill (host arrays; left-padded unless packed with padding="right")."""
     ids: np.ndarray          # [B, T] int32
     mask: np.ndarray         # [B, T] int32
     positions: np.ndarray    # [3, B, T] int32
@@ -64,8 +67,11 @@ class Generation(NamedTuple):
 
 def pack_prompts(seqs: Sequence[Sequence[int]], *, cfg, pad_id: int, length: int | None = None,
                  image_pixels=None, image_grids=(), video_pixels=None, video_grids=(),
-                 vision_buckets: VisionBuckets | None = None) -> Prompts:
-    """Left-pad token lists to `length` (default: the longest) and compute M-RoPE positions host-side.
+                 vision_buckets: VisionBuckets | None = None, padding: str = "left") -> Prompts:
+    """Pad token lists to `length` (default: the longest) and compute M-RoPE positions host-side.
+
+    padding: "left" (HF `generate`'s layout) or "right" (what the fused cudnn prefill takes: per-row lengths,
+    `Sampler.padding` says which a sampler wants).
 
     vision_buckets: also pack the images and videos into a padded `VisionBatch` of these bucket sizes
     (`Prompts.vision`, with its token index), which `Sampler.prefill` then uses: one compilation per bucket shape
@@ -73,12 +79,15 @@ def pack_prompts(seqs: Sequence[Sequence[int]], *, cfg, pad_id: int, length: int
     T = max(len(s) for s in seqs) if length is None else length
     if any(len(s) > T for s in seqs):
         raise ValueError(f"a prompt of {max(len(s) for s in seqs)} tokens is longer than the padded length {T}")
+    if padding not in ("left", "right"):
+        raise ValueError(f"padding={padding!r}: expected 'left' or 'right'")
     ids = np.full((len(seqs), T), pad_id, np.int32)
     mask = np.zeros((len(seqs), T), np.int32)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, T - len(s):] = s
-            mask[i, T - len(s):] = 1
+            cols = slice(T - len(s), T) if padding == "left" else slice(0, len(s))
+            ids[i, cols] = s
+            mask[i, cols] = 1
     pos, deltas = get_rope_index(ids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
                                  spatial_merge_size=cfg.vision.spatial_merge_size, image_grid_thw=image_grids,
                                  video_grid_thw=video_grids, attention_mask=mask)
@@ -137,13 +146,17 @@ class Sampler:
                  check_every: int = 16):
         """loop: "while" runs the decode as one jitted `lax.while_loop`; "host" dispatches one jitted, donated step
         per token from Python (asynchronously; rows' stop state is read every `check_every` steps). Same results;
-        on GPUs "host" avoids the while loop's per-iteration predicate sync and cache copies."""
+        on GPUs "host" avoids the while loop's per-iteration predicate sync and cache copies.
+
+        Pack prompts with `padding=sampler.padding`: "right" under the fused cudnn prefill (attn_impl="cudnn"),
+        which takes per-row lengths but not left padding, else "left" (HF's layout)."""
         if loop not in ("while", "host"):
             raise ValueError(f"loop={loop!r}: expected 'while' or 'host'")
         if mesh is not None and mesh.size > 1 and opts.decode_attn_impl == "pallas":
             raise ValueError("decode_attn_impl='pallas' runs unsharded: under a mesh of several devices XLA would "
                              "gather the whole KV cache onto each one; use decode_attn_impl='xla' with a mesh")
         self.loop, self.check_every = loop, int(check_every)
+        self.padding = "right" if opts.attn_impl == "cudnn" else "left"
         self.cfg = model.cfg
         self.opts = opts
         self.mesh = mesh  # when set, batches are split over the mesh's data and fsdp axes
@@ -166,8 +179,12 @@ class Sampler:
             cache = cache._replace(k=wsc(cache.k, kv), v=wsc(cache.v, kv), valid=wsc(cache.valid, valid))
         x, visual = model.embed(ids, self.opts, vision=vision, image_pixels=image_pixels, image_grids=image_grids,
                                 video_pixels=video_pixels, video_grids=video_grids)
-        out = model.decode(x, positions, mask, opts=self.opts, cache=cache, visual=visual, logits="last")
-        return out.logits, out.cache, out.hidden_pre_norm[:, -1]
+        out = model.decode(x, positions, mask, opts=self.opts, cache=cache, visual=visual, logits="none")
+        # each row's last prompt token: T - 1 when left-padded (or unpadded), its length - 1 when right-padded
+        T = ids.shape[1]
+        last = (T - 1 - jnp.argmax(mask[:, ::-1].astype(bool), axis=1))[:, None, None]
+        pick = lambda h: jnp.take_along_axis(h, last, axis=1)[:, 0]
+        return model.text.logits(pick(out.hidden)), out.cache, pick(out.hidden_pre_norm)
 
     def _extend_impl(self, state, cache, x, positions, mask):
         model = nnx.merge(self.graphdef, state)
@@ -227,9 +244,9 @@ class Sampler:
         With `prompts.vision` (a padded VisionBatch) the vision tower runs on it and the static pixels/grids are
         not used, so the compiled prefill depends on the bucket shapes only."""
         T = prompts.ids.shape[1]
-        if self.opts.attn_impl == "cudnn" and not np.all(prompts.mask):
-            raise ValueError("attn_impl='cudnn' prefill needs unpadded prompts (the sampler left-pads); use "
-                             "attn_impl='xla' for batches of unequal prompt lengths")
+        if self.opts.attn_impl == "cudnn" and np.any(np.diff(np.asarray(prompts.mask), axis=1) > 0):
+            raise ValueError("attn_impl='cudnn' prefill takes right-padded (or unpadded) prompts: pack them with "
+                             "pack_prompts(..., padding=sampler.padding)")
         if T > cache_size:
             raise ValueError(f"prompt length {T} exceeds the KV cache size {cache_size}; raise max_cache_length "
                              "(or lower max_new_tokens / the video pixel budget)")
@@ -281,6 +298,9 @@ class Sampler:
         """Continue from input embeddings x [B, T, D] at explicit positions [3, B, T] (e.g. SQR latents)."""
         if mask is None:
             mask = jnp.ones(x.shape[:2], bool)
+        if self.opts.attn_impl == "cudnn" and x.shape[1] > 1 and int(cache.index) > 0:
+            raise ValueError("attn_impl='cudnn' runs multi-position calls from cache slot 0 only (prefill); extend "
+                             "a cache by several positions with attn_impl='xla'")
         if x.shape[1] + int(cache.index) > cache.k.shape[3]:
             raise ValueError(f"{x.shape[1]} more positions do not fit in the KV cache "
                              f"({int(cache.index)} of {cache.k.shape[3]} slots used)")

@@ -2,10 +2,11 @@
 k3 KL to the frozen Stage-1 reference, the scorer that computes per-token log-probs of the sampled ids in exactly
 the context the sampler saw, and one jitted update with gradient accumulation.
 
-Scoring layout of one row: the prompt left-padded to the bucket length P (as the sampler packed it), then the
-sampled ids right-padded to C, with M-RoPE positions continuing from the prompt's next position on all three axes
-(the decode positions of the sampler). Token t of the completion is predicted from position P - 1 + t. Only the
-sampled tokens carry loss weight, so in the multi-turn option nothing the policy did not sample (the retrieved
+Scoring layout of one row (P + C columns): the prompt's n tokens, then the sampled ids in C columns (right-padded
+within them), then padding; M-RoPE positions continue from the prompt's next position on all three axes (the
+decode positions of the sampler), so whichever way the sampler padded, the scorer sees the same tokens at the same
+positions. Right padding is what the fused cudnn kernel takes (per-row lengths). Token t of the completion is
+predicted from column n - 1 + t (`prompt_lengths`). Only the sampled tokens carry loss weight, so in the multi-turn option nothing the policy did not sample (the retrieved
 video, the environment's text) is trained on.
 
 The loss is a weighted token sum: `token_weight` [B, C] is set on the host so that the sum is the original's
@@ -94,8 +95,8 @@ def score(policy, batch, *, opts: RunOptions, temperature: float, chunk: int):
     x, visual = policy.embed(batch["input_ids"], opts, vision=batch["vision"])
     out = policy.decode(x, batch["positions"], batch["attention_mask"], opts=opts, visual=visual, logits="none")
     C = batch["completion_ids"].shape[1]
-    P = batch["input_ids"].shape[1] - C       # the padded prompt length (static)
-    h = out.hidden[:, P - 1:P - 1 + C]
+    cols = batch["prompt_lengths"][:, None] - 1 + jnp.arange(C)[None]          # [B, C]
+    h = jnp.take_along_axis(out.hidden, cols[..., None], axis=1)
     return token_logprobs(policy.text.logits, h, batch["completion_ids"], chunk=chunk, temperature=temperature)
 
 

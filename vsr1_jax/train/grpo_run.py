@@ -72,7 +72,7 @@ def scoring_sizes(trajs: list[Trajectory]) -> tuple[int, int, int]:
 def scoring_batch(trajs: list[Trajectory], advantages: np.ndarray, *, cfg, pad_id: int, micro_batches: int,
                   rows_per_micro: int, prompt_buckets, completion_length: int, group_buckets, patch_buckets,
                   loss_type: str, min_sizes=None, totals=None) -> dict:
-    """Every turn of every trajectory as one scored row (the sampler's left-padded prompt, then its sampled ids),
+    """Every turn of every trajectory as one scored row (its prompt, then its sampled ids, right-padded: grpo.py),
     grouped into `micro_batches` x `rows_per_micro` rows with fixed bucket shapes; missing rows are padding with
     zero weight. Returns host arrays with a leading [A, m] shape. When these trajectories are one process's part of
     the generation batch: min_sizes = the maximum of every process's `scoring_sizes` (same buckets everywhere) and
@@ -102,17 +102,24 @@ def scoring_batch(trajs: list[Trajectory], advantages: np.ndarray, *, cfg, pad_i
         p = pack_prompts([list(t.prompt_ids) for t in sel], cfg=cfg, pad_id=pad_id, length=P,
                          video_pixels=np.concatenate([t.video.pixel_rows for t in sel]),
                          video_grids=[tuple(t.video.grid_thw) for t in sel],
-                         vision_buckets=VisionBuckets(items=(m,), groups=(G,), patches=(HW,)))
+                         vision_buckets=VisionBuckets(items=(m,), groups=(G,), patches=(HW,)), padding="right")
         sl = slice(a * m, (a + 1) * m)
-        ids = np.concatenate([p.ids, comp[sl]], 1)
-        mask = np.concatenate([p.mask, cmask[sl].astype(np.int32)], 1)
-        cpos = p.next_pos[:, None] + np.arange(C)[None]
-        pos = np.concatenate([p.positions, np.broadcast_to(cpos[None], (3, m, C))], 2)
-        vision = p.vision._replace(token_index=np.concatenate(
-            [p.vision.token_index, np.full((m, C), -1, np.int32)], 1))
-        parts.append(dict(input_ids=ids, attention_mask=mask, positions=pos.astype(np.int32), vision=vision,
-                          completion_ids=comp[sl], completion_mask=cmask[sl], advantages=adv[sl],
-                          token_weight=weights[sl]))
+        # right-padded rows: prompt (n_r tokens), completion (C columns, its own padding at the end), then the
+        # prompt's padding; positions carry on from the prompt's next position (the sampler's decode positions)
+        plen = p.mask.sum(1).astype(np.int32)
+        ids = np.full((m, P + C), pad_id, np.int32)
+        mask = np.zeros((m, P + C), np.int32)
+        pos = np.zeros((3, m, P + C), np.int32)
+        tidx = np.full((m, P + C), -1, np.int32)
+        for r in range(m):
+            n, cols = plen[r], slice(plen[r], plen[r] + C)
+            ids[r, :n], ids[r, cols] = p.ids[r, :n], comp[a * m + r]
+            mask[r, :n], mask[r, cols] = 1, cmask[a * m + r]
+            pos[:, r, :n], pos[:, r, cols] = p.positions[:, r, :n], p.next_pos[r] + np.arange(C)
+            tidx[r, :n] = p.vision.token_index[r, :n]
+        parts.append(dict(input_ids=ids, attention_mask=mask, positions=pos, vision=p.vision._replace(token_index=tidx),
+                          prompt_lengths=plen, completion_ids=comp[sl], completion_mask=cmask[sl],
+                          advantages=adv[sl], token_weight=weights[sl]))
     out = {k: np.stack([pt[k] for pt in parts]) for k in parts[0] if k != "vision"}
     out["vision"] = VisionBatch(*(np.stack(x) for x in zip(*[pt["vision"] for pt in parts])))
     return out

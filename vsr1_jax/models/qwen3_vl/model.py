@@ -27,7 +27,8 @@ class RunOptions:
     """How to compute (not what): dtypes, attention kernel, rematerialisation."""
     dtype: str = "float32"          # activation / compute dtype ("bfloat16" on accelerators)
     # "xla" (einsum, any backend, any padding) or "cudnn" (fused causal flash kernel, GPU bf16/fp16): with "cudnn",
-    # multi-token calls must have right-padded (or unpadded) rows starting at cache slot 0; decode steps use XLA.
+    # multi-token calls must have right-padded (or unpadded) rows starting at cache slot 0 (the sampler then packs
+    # prompts right-padded, `Sampler.padding`); single-position decode steps use `decode_attn_impl`.
     attn_impl: str = "xla"
     vision_attn_impl: str = "xla"
     # single-position steps with a cache: "xla" (`text.cached_attention`) or "pallas" (GPU flash-decoding kernel,
@@ -46,14 +47,18 @@ class RunOptions:
 
     @classmethod
     def from_config(cls, model_cfg, **overrides) -> "RunOptions":
-        """From a config's `model` section (configs/base.py). decode_attn_impl "auto" = the Pallas kernel on NVIDIA
-        GPUs, XLA elsewhere."""
-        decode = model_cfg.decode_attn_impl
-        if decode == "auto":
-            dev = jax.devices()[0]
-            decode = "pallas" if dev.platform == "gpu" and "NVIDIA" in dev.device_kind else "xla"
-        kw = dict(dtype=model_cfg.dtype, attn_impl=model_cfg.attn_impl, vision_attn_impl=model_cfg.vision_attn_impl,
-                  decode_attn_impl=decode, remat=model_cfg.get("remat", "none"))
+        """From a config's `model` section (configs/base.py). "auto": decode_attn_impl = the Pallas kernel on NVIDIA
+        GPUs; attn_impl / vision_attn_impl = the fused cudnn kernel on NVIDIA GPUs in bfloat16/float16 (every
+        multi-token caller right-pads for it: the sampler's `padding`, SFT, GRPO scoring, the embedder); XLA
+        elsewhere."""
+        dev = jax.devices()[0]
+        nvidia = dev.platform == "gpu" and "NVIDIA" in dev.device_kind
+        fused = nvidia and model_cfg.dtype in ("bfloat16", "float16")
+        auto = lambda v, on: (on if v == "auto" else v)  # noqa: E731
+        kw = dict(dtype=model_cfg.dtype, attn_impl=auto(model_cfg.attn_impl, "cudnn" if fused else "xla"),
+                  vision_attn_impl=auto(model_cfg.vision_attn_impl, "cudnn" if fused else "xla"),
+                  decode_attn_impl=auto(model_cfg.decode_attn_impl, "pallas" if nvidia else "xla"),
+                  remat=model_cfg.get("remat", "none"))
         kw.update(overrides)
         return cls(**kw)
 

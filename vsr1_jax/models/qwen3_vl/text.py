@@ -151,6 +151,8 @@ class TextModel(nnx.Module):
                 # the new keys are all the keys there are.
                 o = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=q_len,
                                                  key_value_seq_lengths=q_len, implementation="cudnn")
+                # padded query rows: zeros (finite whatever the kernel leaves there; their keys are masked later)
+                o = jnp.where(attention_mask[:, :, None, None], o, jnp.zeros_like(o))
             elif flash_decode:
                 o = decode_attention(q, kc, vc, li, bias, interpret=interpret)
             elif kc is not None:
