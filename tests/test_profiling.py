@@ -44,3 +44,4 @@ def test_kernel_kinds():
     assert kind("cudnn_generated_fort_native_sdpa") == "attention"
     assert kind("decode_attention_pallas") == "attention"
     assert kind("triton_softmax") == "triton/pallas"
+    assert kind("nvjet_sm90_tst_128x128_64x6_2x1_v_bz_NNT") == "gemm/gemv"   # cuBLASLt on Hopper (SFT trace)

@@ -12,7 +12,9 @@ def kind(name: str) -> str:
     n = name.lower()
     if "memcpy" in n or "memset" in n or "copy" in n:
         return "copy/memset"
-    if "gemm" in n or "cublas" in n or "cutlass" in n or "sm90_xmma" in n or "gemv" in n or "matmul" in n:
+    # nvjet_*: cuBLASLt's GEMM kernels on Hopper
+    if ("gemm" in n or "cublas" in n or "cutlass" in n or "sm90_xmma" in n or "gemv" in n or "matmul" in n
+            or n.startswith("nvjet")):
         return "gemm/gemv"
     if "flash" in n or "cudnn" in n or "attention" in n or "attn" in n or "fmha" in n or "sdpa" in n:
         return "attention"
