@@ -186,3 +186,45 @@ def test_frozen_params_bit_identical_and_one_compile(setup):
     moved = [not np.array_equal(a, np.asarray(b)) for a, b in zip(jax.tree.leaves(params0),
                                                                   jax.tree.leaves(state.params))]
     assert all(moved)
+
+
+def _scan_ops_of_shape(jaxpr, shape, inside=False, acc=None):
+    """Primitive names (with counts) of the ops inside scan bodies whose output has `shape`."""
+    acc = {} if acc is None else acc
+    for e in jaxpr.eqns:
+        if e.primitive.name == "scan":
+            _scan_ops_of_shape(e.params["jaxpr"].jaxpr, shape, True, acc)
+            continue
+        for v in e.params.values():
+            sub = getattr(v, "jaxpr", v)
+            if hasattr(sub, "eqns"):
+                _scan_ops_of_shape(sub, shape, inside, acc)
+        if inside and any(tuple(getattr(o.aval, "shape", ())) == shape for o in e.outvars):
+            acc[e.primitive.name] = acc.get(e.primitive.name, 0) + 1
+    return acc
+
+
+def test_rollout_backward_touches_the_cache_per_layer_and_runs_with_gpu_defaults(setup):
+    """The SQR rollout's backward must not build whole-cache arrays per layer (indexing a carried stacked cache
+    transposes into zeros + add of the whole cache: 2 x L x 7 full-cache copies per step, 70 ms of the 2B step on
+    the H200); and the GPU default options (Pallas decode attention, which has no VJP) must still train, with the
+    same loss and gradients."""
+    _, model, cfg, head, _, host = setup
+    graphdefs, params, frozen = state_lib.split_models(model, head, optim.sft_trainable)
+    emb_gd, emb_params = nnx.split(model)
+    lc = sft.LossConfig(num_latents=8, logprob_chunk=16)
+    batch = _device(host)
+    res = {}
+    for decode in ("xla", "pallas"):
+        opts = RunOptions(decode_attn_impl=decode)
+        fn = lambda p, o=opts: sft.sft_loss(p, frozen, emb_params, batch, graphdefs=graphdefs,  # noqa: E731
+                                            embedder_graphdef=emb_gd, opts=o, lc=lc)[0]
+        res[decode] = jax.value_and_grad(fn)(params)
+        if decode == "xla":
+            B, T = batch["input_ids"].shape
+            t = cfg.text
+            full = (t.num_hidden_layers, B, t.num_key_value_heads, T + lc.num_latents - 1, t.head_dim)
+            assert _scan_ops_of_shape(jax.make_jaxpr(jax.grad(fn))(params).jaxpr, full) == {}
+    assert float(res["pallas"][0]) == float(res["xla"][0])
+    for a, b in zip(jax.tree.leaves(res["xla"][1]), jax.tree.leaves(res["pallas"][1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

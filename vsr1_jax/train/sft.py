@@ -145,9 +145,10 @@ def sft_loss(params, frozen, embedder_params, batch, *, graphdefs: Graphdefs, em
     rows = jnp.arange(B)
     h_refine = out.hidden_pre_norm[rows, ridx]
     refine_pos = batch["positions"][0, rows, ridx]
-    # the rollout's steps: rolled layer scan (compile time) and no rematerialisation (with remat, the backward would
-    # keep the whole cache per layer instead of each layer's slice)
-    ropts = dataclasses.replace(opts, remat="none", unroll_decode=False)
+    # the rollout's steps: rolled layer scan (compile time; the cache then travels per layer, see TextModel), no
+    # rematerialisation (with remat, the backward would keep the whole cache per layer instead of each layer's
+    # slice), and XLA attention: the Pallas decode kernel (decode_attn_impl "auto" on NVIDIA GPUs) has no VJP
+    ropts = dataclasses.replace(opts, remat="none", unroll_decode=False, decode_attn_impl="xla")
     Z, _ = S.rollout_cached(policy, head, out.cache, h_refine, ridx, refine_pos, opts=ropts,
                             num_latents=lc.num_latents)
     q = S.q_final(embedder, head, Z, batch["emb_ids"], batch["emb_is_latent"], batch["emb_latent_index"],

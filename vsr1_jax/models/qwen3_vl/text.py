@@ -128,6 +128,12 @@ class TextModel(nnx.Module):
         if kv_extra_slots is not None and cache is not None:
             raise ValueError("kv_extra_slots builds a new cache; it cannot be combined with an input cache")
         collect_kv = kv_extra_slots is not None
+        # Rolled single-position steps with a cache (the SQR rollout in training, differentiated) take each layer's
+        # cache slice as a scan input and return the updated slice as a scan output. Indexing a carried stacked cache
+        # instead transposes, per layer, into a zeros array of the whole cache plus a full-size add: the backward of
+        # one rollout step then moves the whole cache 2 x L times (the largest item of the H200 SFT profile).
+        # Prefill and the unrolled inference decode keep the carried cache, updated in place.
+        per_layer = cache is not None and T == 1 and not unroll_decode
         layers = {k: getattr(self, k)[...] for k in self._LAYER_KEYS}
         eps = cfg.rms_norm_eps
         q_len = jnp.sum(attention_mask, axis=-1).astype(jnp.int32)
@@ -135,7 +141,7 @@ class TextModel(nnx.Module):
 
         def body(carry, xs):
             h, kc, vc = carry
-            p, li = xs
+            p, li, kl, vl = xs        # kl, vl: this layer's cache slice [B, K, S, hd] (per_layer), else None
             y = rms_norm(h, p["input_norm"], eps)
             q = rms_norm(linear(y, p["q_kernel"]).reshape(B, T, Hq, hd), p["q_norm"], eps)
             k = rms_norm(linear(y, p["k_kernel"]).reshape(B, T, K, hd), p["k_norm"], eps)
@@ -145,6 +151,10 @@ class TextModel(nnx.Module):
                 kt, vt = k.astype(kc.dtype).transpose(0, 2, 1, 3), v.astype(vc.dtype).transpose(0, 2, 1, 3)
                 kc = jax.lax.dynamic_update_slice(kc, kt[None], (li, 0, 0, start, 0))
                 vc = jax.lax.dynamic_update_slice(vc, vt[None], (li, 0, 0, start, 0))
+            if kl is not None:
+                kt, vt = k.astype(kl.dtype).transpose(0, 2, 1, 3), v.astype(vl.dtype).transpose(0, 2, 1, 3)
+                kl = jax.lax.dynamic_update_slice(kl, kt, (0, 0, start, 0))
+                vl = jax.lax.dynamic_update_slice(vl, vt, (0, 0, start, 0))
             if attn_impl == "cudnn" and T > 1:
                 # Fused causal kernel with per-row lengths: skips the masked half instead of applying a dense mask.
                 # Valid only for right-padded (or unpadded) rows written from slot 0 (see RunOptions.attn_impl), so
@@ -153,8 +163,12 @@ class TextModel(nnx.Module):
                                                  key_value_seq_lengths=q_len, implementation="cudnn")
                 # padded query rows: zeros (finite whatever the kernel leaves there; their keys are masked later)
                 o = jnp.where(attention_mask[:, :, None, None], o, jnp.zeros_like(o))
+            elif flash_decode and kl is not None:
+                o = decode_attention(q, kl[None], vl[None], 0, bias, interpret=interpret)
             elif flash_decode:
                 o = decode_attention(q, kc, vc, li, bias, interpret=interpret)
+            elif kl is not None:
+                o = cached_attention(q, kl.astype(dtype), vl.astype(dtype), mask)
             elif kc is not None:
                 k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False).astype(dtype)   # [B, K, S, hd]
                 v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
@@ -170,7 +184,7 @@ class TextModel(nnx.Module):
                 f = jax.lax.dynamic_index_in_dim(visual.feats, jnp.minimum(li, n_ds - 1), 0, keepdims=False)
                 add = jnp.take(f, visual.idx, axis=0).astype(dtype)
                 h = h + jnp.where((visual.mask & (li < n_ds))[..., None], add, jnp.zeros_like(add))
-            return (h, kc, vc), ((k, v) if collect_kv else None)
+            return (h, kc, vc), ((k, v) if collect_kv else (kl, vl) if per_layer else None)
 
         if remat == "full":
             body = jax.checkpoint(body)
@@ -178,14 +192,17 @@ class TextModel(nnx.Module):
             body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         elif remat != "none":
             raise ValueError(f"remat={remat!r}: expected 'none', 'full' or 'dots'")
-        kc = None if cache is None else cache.k
-        vc = None if cache is None else cache.v
+        carried = cache is not None and not per_layer
+        kc, vc = (cache.k, cache.v) if carried else (None, None)
+        kls, vls = (cache.k, cache.v) if per_layer else (None, None)
         # Single-token steps unroll the layer loop: a rolled loop costs a device->host predicate sync per layer and
         # dynamic cache indexing that forces copies; prefill keeps the compact rolled scan.
-        (h, kc, vc), kv = jax.lax.scan(body, (x, kc, vc), (layers, jnp.arange(cfg.num_hidden_layers)),
+        (h, kc, vc), kv = jax.lax.scan(body, (x, kc, vc), (layers, jnp.arange(cfg.num_hidden_layers), kls, vls),
                                        unroll=cfg.num_hidden_layers if (T == 1 and cache is not None and unroll_decode)
                                        else 1)
         normed = rms_norm(h, self.final_norm[...], eps)
+        if per_layer:
+            kc, vc = kv
         new_cache = None if cache is None else KVCache(kc, vc, valid, start + T)
         if collect_kv:  # [L, B, T, K, hd] -> the cache layout [L, B, K, T + n, hd]
             pad = ((0, 0), (0, 0), (0, 0), (0, kv_extra_slots), (0, 0))
