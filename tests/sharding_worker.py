@@ -97,7 +97,28 @@ def main():
         assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape[-1] == q.shape[-1] // 4
         np.testing.assert_array_equal(np.asarray(q), params[("text", "q_kernel")])
         print("restore ok", flush=True)
+    check_sharded_embedder()
     print("ALL OK")
+
+
+def check_sharded_embedder():
+    """The build's search engine on a mesh (prepare.make_embedder with several devices): batches split over the
+    data-parallel axes give the single-device vectors."""
+    from vsr1_jax.loading import tiny_embedder
+    vcfg = {"total_pixels": 10 * 768 * 32 * 32, "min_pixels": 4 * 32 * 32, "max_frames": 64}
+    rng = np.random.RandomState(0)
+    texts = ["a red circle", "", "two blue squares move left then right", "x", "the green triangle fades"]
+    videos = [rng.randint(0, 255, (4, 64, 96, 3), np.uint8) for _ in range(3)]
+    videos += [rng.randint(0, 255, (6, 64, 64, 3), np.uint8) for _ in range(2)]
+    ref = tiny_embedder(0, video_cfg=vcfg)
+    t_ref, v_ref = ref.embed_texts(texts, batch_size=4), ref.embed_videos(videos, batch_size=4)
+    for spec in ({"data": 8}, {"data": 4, "fsdp": 2}):
+        emb = tiny_embedder(0, video_cfg=vcfg, mesh=sharding.make_mesh(spec))
+        x = emb._put(np.zeros((emb._rows(3, 4), 5), np.int32), 2)
+        assert x.shape[0] == 8 and len(x.addressable_shards) == 8 and x.addressable_shards[0].data.shape[0] == 1
+        np.testing.assert_allclose(emb.embed_texts(texts, batch_size=4), t_ref, atol=2e-5)
+        np.testing.assert_allclose(emb.embed_videos(videos, batch_size=4), v_ref, atol=2e-5)
+        print("embedder ok", spec, flush=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "distributed": (0, ()),   # jax.distributed setup + cross-process helpers; main calls it first
     "models": (1, ("kernels", "buckets")),
     "data": (2, ("processing", "buckets")),
-    "retrieval": (2, ("models", "processing", "buckets")),
+    "retrieval": (2, ("models", "processing", "sharding", "buckets")),
     "generate": (2, ("models", "sharding", "kernels", "buckets")),
     "convert": (3, ("models", "checkpoint", "processing", "safetensors_io")),
     "loading": (4, BELOW),

@@ -78,18 +78,19 @@ def load_checkpoint(path: str, dtype=None) -> Models:
 
 
 # ---- the demo: tiny models built in memory, a synthetic corpus built on first use ---------------------------------
-def tiny_embedder(seed: int = 0, *, video_cfg=None, opts: RunOptions = RunOptions()) -> TextVideoEmbedder:
+def tiny_embedder(seed: int = 0, *, video_cfg=None, opts: RunOptions = RunOptions(), mesh=None) -> TextVideoEmbedder:
     """The tiny tokenizer + a tiny *random* Qwen3-VL (preset "tiny", 64-d) as the search engine, for tests and the
     demo (nothing is downloaded). Its vectors carry little meaning: retrieval over them is near chance, which
     exercises every data path but not retrieval quality."""
     model = Qwen3VL(get_preset("tiny"), rngs=nnx.Rngs(seed))
-    return TextVideoEmbedder(model, build_tiny_tokenizer(), video_cfg=video_cfg, opts=opts)
+    return TextVideoEmbedder(model, build_tiny_tokenizer(), video_cfg=video_cfg, opts=opts, mesh=mesh)
 
 
-def demo_embedder(config, opts: RunOptions | None = None) -> TextVideoEmbedder:
+def demo_embedder(config, opts: RunOptions | None = None, mesh=None) -> TextVideoEmbedder:
     """The demo's search engine (`tiny_embedder` with the demo's seed and video settings)."""
     opts = RunOptions.from_config(config.model) if opts is None else opts
-    return tiny_embedder(config.demo.embedder_seed, video_cfg=config.demo.embed_video.to_dict(), opts=opts)
+    return tiny_embedder(config.demo.embedder_seed, video_cfg=config.demo.embed_video.to_dict(), opts=opts,
+                         mesh=mesh)
 
 
 def demo_models(config, embedder: TextVideoEmbedder) -> Models:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vsr1_jax import convert, loading
+from vsr1_jax import convert, loading, sharding
 from vsr1_jax.buckets import round_up
 from vsr1_jax.data.build import pipeline as PL
 from vsr1_jax.data.build import store as ST
@@ -70,15 +70,17 @@ def make_embedder(config) -> TextVideoEmbedder:
     """The search engine of the build: `build.embedder` "tiny" = the demo's (so the eval demo can run on the
     result), else the Qwen3-VL-Embedding checkpoint at `build.embedder_checkpoint`."""
     b = config.data.build
+    # several devices: every embedding batch is split over config.mesh's data-parallel axes
+    mesh = sharding.make_mesh(config.mesh.to_dict()) if jax.device_count() > 1 else None
     if b.embedder == "tiny":
-        return loading.demo_embedder(config)
+        return loading.demo_embedder(config, mesh=mesh)
     # model.attn_impl "auto" (the default) = the fused cudnn kernel on NVIDIA GPUs in bf16: the embedder right-pads
     # its batches (per-row lengths); dense attention over a batch of 8 video prompts of ~7k tokens needs ~70 GB
     opts = RunOptions.from_config(config.model)
     model, tok_dir = _load_plain(str(b.embedder_checkpoint), config.model.dtype, "embedder", "embedder_checkpoint")
     tok, _ = load_tokenizer(tok_dir, add_refine=False)
     return TextVideoEmbedder(model, tok, instruction=str(b.embed_instruction), max_length=NO_TRUNCATION,
-                             video_cfg=config.video.embedder.to_dict(), opts=opts)
+                             video_cfg=config.video.embedder.to_dict(), opts=opts, mesh=mesh)
 
 
 class SamplerTeacher:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from vsr1_jax import sharding
 from vsr1_jax.buckets import round_up
 from vsr1_jax.models import embedder as E
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
@@ -50,11 +51,14 @@ class TextVideoEmbedder:
       video_cfg: mapping/ConfigDict with `total_pixels`, `min_pixels`, `max_frames` (DEFAULT_VIDEO_CFG).
       opts: dtype / attention implementation of the forward.
       length_bucket: text prompts are padded to a multiple of this.
+      mesh: a device mesh (`sharding.make_mesh`): the parameters are placed by the sharding rules and every batch
+        is split over the mesh's data-parallel axes (batches are padded to a multiple of their size). None = one
+        device.
     """
 
     def __init__(self, model: Qwen3VL, tokenizer, *, instruction: str = P.EMBEDDER_INSTRUCTION,
                  max_length: int = P.EMBEDDER_MAX_LENGTH, video_cfg: Any = None, opts: RunOptions = RunOptions(),
-                 length_bucket: int = 32):
+                 length_bucket: int = 32, mesh=None):
         self.cfg = model.cfg
         self.tokenizer = tokenizer
         self.ids = special_ids(tokenizer)
@@ -63,6 +67,10 @@ class TextVideoEmbedder:
         self.video_cfg = DEFAULT_VIDEO_CFG if video_cfg is None else video_cfg
         self.opts = opts
         self.length_bucket = int(length_bucket)
+        self.mesh = mesh if mesh is not None and mesh.size > 1 else None
+        self._rows_multiple = 1 if self.mesh is None else sharding.batch_divisor(self.mesh)
+        if self.mesh is not None:
+            sharding.shard_module(model, self.mesh)
         self.graphdef, self.state = nnx.split(model)
         self._forward = jax.jit(self._forward_impl, static_argnames=("video_grids",))
 
@@ -96,6 +104,16 @@ class TextVideoEmbedder:
                             ids=self.ids)
         return ids, vi
 
+    def _rows(self, n: int, batch_size: int) -> int:
+        """Padded rows of a batch of n: a power of two up to batch_size, a multiple of the data-parallel size."""
+        return round_up(_pow2_at_most(n, batch_size), self._rows_multiple)
+
+    def _put(self, x, ndim: int, batch_axis: int = 0):
+        """Host array -> device array, split over the mesh along `batch_axis` (the rows of a batch)."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(x, sharding.batch_sharding(self.mesh, ndim, batch_axis))
+
     def _pad(self, seqs: list[np.ndarray], rows: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         ids = np.full((rows, length), self.ids.pad, np.int32)
         mask = np.zeros((rows, length), np.int32)
@@ -120,10 +138,10 @@ class TextVideoEmbedder:
         for length, idx in sorted(by_len.items()):
             for b in range(0, len(idx), batch_size):
                 chunk = idx[b:b + batch_size]
-                rows = _pow2_at_most(len(chunk), batch_size)
+                rows = self._rows(len(chunk), batch_size)
                 ids, mask = self._pad([seqs[i] for i in chunk], rows, length)
-                emb = self._forward(self.state, jnp.asarray(ids), jnp.asarray(text_positions(mask)),
-                                    jnp.asarray(mask), None, video_grids=())
+                emb = self._forward(self.state, self._put(ids, 2), self._put(text_positions(mask), 3, 1),
+                                    self._put(mask, 2), None, video_grids=())
                 out[chunk] = np.asarray(emb, np.float32)[:len(chunk)]
         return out
 
@@ -140,7 +158,7 @@ class TextVideoEmbedder:
         for grid, idx in sorted(by_grid.items()):
             for b in range(0, len(idx), batch_size):
                 chunk = idx[b:b + batch_size]
-                rows = _pow2_at_most(len(chunk), batch_size)
+                rows = self._rows(len(chunk), batch_size)
                 members = [chunk[min(i, len(chunk) - 1)] for i in range(rows)]
                 seqs = [prepared[i][0] for i in members]
                 length = max(len(s) for s in seqs)  # same grid + same text -> same length
@@ -150,8 +168,9 @@ class TextVideoEmbedder:
                                               video_token_id=self.cfg.video_token_id, spatial_merge_size=merge,
                                               video_grid_thw=grids, attention_mask=mask)
                 pixels = np.concatenate([prepared[i][1].pixel_rows for i in members], axis=0)
-                emb = self._forward(self.state, jnp.asarray(ids), jnp.asarray(positions), jnp.asarray(mask),
-                                    jnp.asarray(pixels, self.opts.jdtype), video_grids=grids)
+                # pixel rows are item after item, so splitting them evenly gives each device its rows' videos
+                emb = self._forward(self.state, self._put(ids, 2), self._put(positions, 3, 1), self._put(mask, 2),
+                                    self._put(pixels.astype(self.opts.jdtype), 2), video_grids=grids)
                 out[chunk] = np.asarray(emb, np.float32)[:len(chunk)]
         return out
 
