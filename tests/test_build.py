@@ -450,3 +450,25 @@ def test_teacher_prompts_and_parsing():
     assert TE.normalize_label("Mismatch") == TE.normalize_label("does not match") == "not_match"
     assert TE.normalize_label("notebook") == "" and TE.normalize_label("Matches") == "match"
     assert TE.normalize_label("Not matched") == "match"  # GM's regex: "not match" needs a word end after "match"
+
+
+def test_teacher_batches_of_unequal_prompts_run_on_the_fused_prefill(cudnn_as_xla):
+    """On GPUs the teacher's sampler runs the fused cudnn prefill (model.attn_impl "auto"), which takes right-padded
+    prompts only: the teacher packs for its sampler, and draws what the dense, left-padded path draws."""
+    from configs.build_toy import get_config
+    from vsr1_jax.prepare import make_teacher
+    from vsr1_jax.processing import prompts as PR
+    c = get_config()
+    teachers = {}
+    for impl in ("cudnn", "xla"):
+        c.model.attn_impl = impl
+        teachers[impl] = make_teacher(c)
+    assert (teachers["cudnn"].sampler.padding, teachers["xla"].sampler.padding) == ("right", "left")
+    frames = np.random.RandomState(0).randint(0, 255, (4, 64, 96, 3), np.uint8)
+    reqs = [{"messages": [{"role": "user", "content": [{"type": "text", "text": text}, PR.video_item()]}],
+             "frames": frames, "meta": {}, "index": i}
+            for i, text in enumerate(["is it there?", "a much longer question about the red circle that moves left",
+                                      "where"])]
+    out = {impl: t(reqs) for impl, t in teachers.items()}
+    assert all(o[2] is None and o[0] for o in out["cudnn"]), out["cudnn"]
+    assert out["cudnn"] == out["xla"]

@@ -127,7 +127,8 @@ class SamplerTeacher:
                 p = pack_prompts(seqs, cfg=self.cfg, pad_id=self.ids.pad,
                                  length=round_up(max(map(len, seqs)), self.length_bucket),
                                  video_pixels=np.concatenate([v.pixel_rows for _, _, v in batch]),
-                                 video_grids=[tuple(v.grid_thw) for _, _, v in batch])
+                                 video_grids=[tuple(v.grid_thw) for _, _, v in batch],
+                                 padding=self.sampler.padding)
                 first = int(requests[batch[0][0]].get("index", batch[0][0]))
                 key = jax.random.fold_in(jax.random.key(self.seed), first)
                 gen = self.sampler.generate(p, self.sp, key)
