@@ -219,7 +219,7 @@ def test_rollout_backward_touches_the_cache_per_layer_and_runs_with_gpu_defaults
         opts = RunOptions(decode_attn_impl=decode)
         fn = lambda p, o=opts: sft.sft_loss(p, frozen, emb_params, batch, graphdefs=graphdefs,  # noqa: E731
                                             embedder_graphdef=emb_gd, opts=o, lc=lc)[0]
-        res[decode] = jax.value_and_grad(fn)(params)
+        res[decode] = jax.jit(jax.value_and_grad(fn))(params)
         if decode == "xla":
             B, T = batch["input_ids"].shape
             t = cfg.text
