@@ -78,6 +78,18 @@ def log(*a):
     print(*a, flush=True, file=sys.stderr)
 
 
+PARTIAL_DIR: str | None = None   # main sets it to --out
+
+
+def save_partial(what: str, res: dict) -> None:
+    """Write what a long bench has measured so far (bench_<what>.partial.json): a run stopped by a time limit still
+    leaves its finished parts."""
+    if PARTIAL_DIR:
+        os.makedirs(PARTIAL_DIR, exist_ok=True)
+        with open(os.path.join(PARTIAL_DIR, f"bench_{what}.partial.json"), "w") as f:
+            json.dump(res, f, indent=2)
+
+
 # ---- inputs ----------------------------------------------------------------------------------------------------
 def video_prompt(cfg: Qwen3VLConfig, groups: int, h: int, w: int, text_before=64, text_after=32, seed=0):
     """Token ids laid out like a processed video prompt (timestamp, vision_start, pads, vision_end per 2-frame
@@ -446,6 +458,7 @@ def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, 
             state["g"] = g
         t_gen = timeit(gen, n=reps, warmup=1)
         log(f"episode B={B}: generate {t_gen:.2f} s")
+        save_partial("episode", {**res, f"batch_{B}": {"generate_s": t_gen}})
         g = state["g"]
         slot = jnp.full((B,), int(g.cache.index) - 1, jnp.int32)
         args = (g.capture_hidden, slot, g.next_pos - 1)
@@ -461,6 +474,7 @@ def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, 
         r = {"prompt_tokens": int(p.ids.shape[1]), "generate_s": t_gen, "rollout_s": t_roll, "q_final_s": t_qf,
              "retrieval_s": t_ret, "episode_s": turns * per_turn, "per_query_s": turns * per_turn / B}
         res[f"batch_{B}"] = r
+        save_partial("episode", res)
         log(f"episode B={B}: per turn generate {t_gen:.2f}s + rollout {t_roll * 1e3:.1f} ms + q_final "
             f"{t_qf * 1e3:.1f} ms + retrieval {t_ret * 1e3:.2f} ms -> {r['per_query_s']:.2f} s per query")
         del g, state
@@ -905,6 +919,10 @@ def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, q
     npy_bytes = int(npys[0][0].nbytes)
     log(f"build: decode per video npy {t_npy:.2f} s + embed frames {t_emb_dec:.2f} s (serial); "
         f"{t_dec_par:.2f} s with {workers} threads; npy {npys[0][0].shape} = {npy_bytes / 1e6:.1f} MB")
+    part = {"videos": videos, "seconds": seconds, "fps": fps, "size": [width, height], "workers": workers,
+            "decode_npy_s_per_video": t_npy, "decode_embed_frames_s_per_video": t_emb_dec,
+            "decode_parallel_s_per_video": t_dec_par, "npy_shape": list(npys[0][0].shape), "npy_bytes": npy_bytes}
+    save_partial("build", part)
 
     base = get_preset(preset)
     tok = build_tiny_tokenizer()
@@ -921,7 +939,10 @@ def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, q
     t = time.perf_counter()
     embedder.embed_videos(vids, batch_size=batch)
     t_first = time.perf_counter() - t
+    log(f"build: first embedding batch (compile + run) {t_first:.1f} s")
     t_batch = timeit(lambda: embedder.embed_videos(vids, batch_size=batch), n=reps, warmup=0)
+    log(f"build: embed {t_batch / batch:.3f} s per video (batch {batch})")
+    save_partial("build", {**part, "batch": batch, "embed_first_call_s": t_first, "embed_s_per_video": t_batch / batch})
     grid = embedder.video_inputs(vids[0])[1]
     texts = [f"a person in a red shirt picks up the {i}th box and walks to the door" for i in range(queries)]
     embedder.embed_texts(texts[:32], batch_size=32)
@@ -955,6 +976,8 @@ def main(argv=None):
     ap.add_argument("--mixed-lengths", default="4096,8192", help="prompt lengths LO,HI of --what=mixed")
     ap.add_argument("--trace", default="", help="folder for a profiler trace of one step (sft) and its summary")
     args = ap.parse_args(argv)
+    global PARTIAL_DIR
+    PARTIAL_DIR = args.out
     cfg = get_preset(args.preset)
     whats = ["parity", "forward", "decode", "sqr", "episode"] if args.what == "all" else args.what.split(",")
     log(f"devices: {jax.devices()}")
