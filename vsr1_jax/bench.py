@@ -668,8 +668,8 @@ def bench_sft(cfg, groups=28, h=28, w=32, answer=200, reps=2, with_hf=True, trac
     compile_s = time.perf_counter() - t0
     mem = compiled_memory(compiled)
     if mem:
-        log(f"ours SFT step: compiled in {compile_s:.1f} s; XLA's memory account: peak ≈ {mem['peak_estimate'] / 1e9:.1f} GB "
-            f"(temporaries {mem['temp'] / 1e9:.1f} GB)")
+        log(f"ours SFT step: compiled in {compile_s:.1f} s; XLA's memory account: peak ≈ "
+            f"{mem['peak_estimate'] / 1e9:.1f} GB (temporaries {mem['temp'] / 1e9:.1f} GB)")
 
     def run():
         holder["s"], m = compiled(holder["s"], eparams, batch)
@@ -981,7 +981,8 @@ def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, q
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", default="forward", help="comma list of forward,decode,sqr,parity,episode,sft,grpo,mixed,build (or all)")
+    ap.add_argument("--what", default="forward",
+                    help="comma list of forward,decode,sqr,parity,episode,sft,grpo,mixed,build (or all)")
     ap.add_argument("--preset", default="qwen3_vl_2b")
     ap.add_argument("--no-hf", action="store_true", help="skip the HF PyTorch baselines")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench_<what>.json")
