@@ -44,13 +44,14 @@ def test_kernel_rejects_bad_shapes():
         decode_attention(jnp.zeros((3, 1, 4, 16)), kc, kc, 0, jnp.zeros((3, 32)), interpret=True)
 
 
-def test_greedy_with_kernel_matches_hf_generate(tiny_pair):
+@pytest.mark.parametrize("unroll", [True, False])   # False: the rolled layer loop, cache slices as scan inputs
+def test_greedy_with_kernel_matches_hf_generate(tiny_pair, unroll):
     hf, model, cfg = tiny_pair
     rows = [[3, ("video", (3, 4, 6)), 4], [9]]     # left-padded batch, video + text
     _, p = _prompts(rows, cfg)
     n = 10
     ref = _hf_generate(hf, p, n)
-    opts = RunOptions(decode_attn_impl="pallas")
+    opts = RunOptions(decode_attn_impl="pallas", unroll_decode=unroll)
     gen = Sampler(model, opts).generate(p, SamplingParams(max_new_tokens=n, eos_ids=(EOS,), pad_id=PAD))
     toks, lens = np.asarray(gen.tokens), np.asarray(gen.lengths)
     for b in range(len(rows)):
