@@ -147,14 +147,18 @@ class TextModel(nnx.Module):
             k = rms_norm(linear(y, p["k_kernel"]).reshape(B, T, K, hd), p["k_norm"], eps)
             v = linear(y, p["v_kernel"]).reshape(B, T, K, hd)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            if kc is not None:
+            # write the new keys/values; then (stacked cache, layer) for the decode kernel and this layer's K/V
+            if kl is not None:
+                kl = jax.lax.dynamic_update_slice(kl, k.astype(kl.dtype).transpose(0, 2, 1, 3), (0, 0, start, 0))
+                vl = jax.lax.dynamic_update_slice(vl, v.astype(vl.dtype).transpose(0, 2, 1, 3), (0, 0, start, 0))
+                stacked, layer, k_all, v_all = (kl[None], vl[None]), 0, kl, vl
+            elif kc is not None:
                 kt, vt = k.astype(kc.dtype).transpose(0, 2, 1, 3), v.astype(vc.dtype).transpose(0, 2, 1, 3)
                 kc = jax.lax.dynamic_update_slice(kc, kt[None], (li, 0, 0, start, 0))
                 vc = jax.lax.dynamic_update_slice(vc, vt[None], (li, 0, 0, start, 0))
-            if kl is not None:
-                kt, vt = k.astype(kl.dtype).transpose(0, 2, 1, 3), v.astype(vl.dtype).transpose(0, 2, 1, 3)
-                kl = jax.lax.dynamic_update_slice(kl, kt, (0, 0, start, 0))
-                vl = jax.lax.dynamic_update_slice(vl, vt, (0, 0, start, 0))
+                stacked, layer = (kc, vc), li
+                k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False)   # [B, K, S, hd]
+                v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False)
             if attn_impl == "cudnn" and T > 1:
                 # Fused causal kernel with per-row lengths: skips the masked half instead of applying a dense mask.
                 # Valid only for right-padded (or unpadded) rows written from slot 0 (see RunOptions.attn_impl), so
@@ -163,16 +167,10 @@ class TextModel(nnx.Module):
                                                  key_value_seq_lengths=q_len, implementation="cudnn")
                 # padded query rows: zeros (finite whatever the kernel leaves there; their keys are masked later)
                 o = jnp.where(attention_mask[:, :, None, None], o, jnp.zeros_like(o))
-            elif flash_decode and kl is not None:
-                o = decode_attention(q, kl[None], vl[None], 0, bias, interpret=interpret)
             elif flash_decode:
-                o = decode_attention(q, kc, vc, li, bias, interpret=interpret)
-            elif kl is not None:
-                o = cached_attention(q, kl.astype(dtype), vl.astype(dtype), mask)
-            elif kc is not None:
-                k_all = jax.lax.dynamic_index_in_dim(kc, li, 0, keepdims=False).astype(dtype)   # [B, K, S, hd]
-                v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False).astype(dtype)
-                o = cached_attention(q, k_all, v_all, mask)
+                o = decode_attention(q, *stacked, layer, bias, interpret=interpret)
+            elif cache is not None:
+                o = cached_attention(q, k_all.astype(dtype), v_all.astype(dtype), mask)
             else:
                 o = attention(q, k, v, mask, impl="xla")
             h = h + linear(o.reshape(B, T, Hq * hd), p["o_kernel"])
