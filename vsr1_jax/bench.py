@@ -74,8 +74,12 @@ def gen_opts(decode_attn="xla"):
     return RunOptions(dtype="bfloat16", attn_impl=ATTN, vision_attn_impl=ATTN, decode_attn_impl=decode_attn)
 
 
+_T0 = time.perf_counter()
+
+
 def log(*a):
-    print(*a, flush=True, file=sys.stderr)
+    """A progress line on stderr, stamped with the seconds since the bench started (where a time limit struck)."""
+    print(f"[{time.perf_counter() - _T0:7.1f}s]", *a, flush=True, file=sys.stderr)
 
 
 PARTIAL_DIR: str | None = None   # main sets it to --out
@@ -460,6 +464,7 @@ def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, 
         log(f"episode B={B}: generate {t_gen:.2f} s")
         save_partial("episode", {**res, f"batch_{B}": {"generate_s": t_gen}})
         g = state["g"]
+        log(f"episode B={B}: timing the latent rollout")
         slot = jnp.full((B,), int(g.cache.index) - 1, jnp.int32)
         args = (g.capture_hidden, slot, g.next_pos - 1)
         t_roll = timeit_fresh(lambda c: rollout(ours, head, c, *args)[0], lambda: jax.tree.map(jnp.copy, g.cache),
@@ -467,6 +472,7 @@ def bench_episode(cfg, batches=(1, 16), groups=28, h=28, w=32, new_tokens=1024, 
         Z = rollout(ours, head, g.cache, *args)[0]
         q_ids = [list(rng.randint(1, 5000, size=24)) for _ in range(B)]
         lay = [jnp.asarray(a) for a in S.splice_layout(q_ids, 8, 6)]
+        log(f"episode B={B}: rollout {t_roll * 1e3:.1f} ms; timing q_final and retrieval")
         t_qf = timeit(lambda: jax.block_until_ready(qfinal(ours, head, Z, *lay)), n=reps)
         q = qfinal(ours, head, Z, *lay)
         t_ret = timeit(lambda: jax.block_until_ready(exact_topk(corpus, q, 1)), n=reps)
@@ -954,6 +960,19 @@ def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, q
     log(f"build: random {preset} in {time.perf_counter() - t:.1f} s")
     vids = [embs[i % videos] for i in range(batch)]
     t = time.perf_counter()
+    embedder.video_inputs(vids[0])
+    t_prep = time.perf_counter() - t
+    log(f"build: embedder input preparation (resize, patchify, prompt) {t_prep:.2f} s per video on the host")
+    part["embed_host_prep_s_per_video"] = t_prep
+    t = time.perf_counter()
+    embedder.embed_videos(vids[:1], batch_size=1)
+    log(f"build: first embedding of one video (compile + run) {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
+    embedder.embed_videos(vids[:1], batch_size=1)
+    part["embed_s_per_video_batch1"] = time.perf_counter() - t
+    log(f"build: one video embedded in {part['embed_s_per_video_batch1']:.2f} s (batch 1, host preparation included)")
+    save_partial("build", part)
+    t = time.perf_counter()
     embedder.embed_videos(vids, batch_size=batch)
     t_first = time.perf_counter() - t
     log(f"build: first embedding batch (compile + run) {t_first:.1f} s")
@@ -972,6 +991,7 @@ def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, q
            "embed_frames": int(embs[0].shape[0]), "embed_grid_thw": list(grid.grid_thw),
            "embed_video_tokens": int(grid.num_tokens), "embed_first_call_s": t_first,
            "embed_s_per_video": embed_s, "embed_queries_per_s": queries / t_txt,
+           "embed_host_prep_s_per_video": t_prep, "embed_s_per_video_batch1": part["embed_s_per_video_batch1"],
            "decode_plus_embed_s_per_video": per_video, "videos_per_hour_serial": 3600.0 / per_video,
            "videos_per_hour_overlapped": 3600.0 / max(t_dec_par, embed_s)}
     log(f"build: embed {embed_s:.3f} s per video (batch {batch}, first call {t_first:.1f} s), "
