@@ -296,3 +296,10 @@ def test_text_video_embedder_on_tiny_random_model():
     assert v1.shape == (1, 64) and abs(np.linalg.norm(v1[0]) - 1) < 1e-5
     np.testing.assert_array_equal(emb.embed_videos([video]), v1)
     assert np.abs(v1[0] - x[0]).max() > 1e-3
+    # the host preparation in threads (the build's prep_workers) gives the same vectors in the same order
+    other = S.render_video(S.plan_split(small_config(), "train")[1], small_config())
+    serial = emb.embed_videos([video, other, video], batch_size=4)
+    emb.prep_workers = 3
+    np.testing.assert_array_equal(emb.embed_videos([video, other, video], batch_size=4), serial)
+    np.testing.assert_array_equal(serial[0], serial[2])
+    assert np.abs(serial[0] - serial[1]).max() > 1e-3

@@ -80,7 +80,8 @@ def make_embedder(config) -> TextVideoEmbedder:
     model, tok_dir = _load_plain(str(b.embedder_checkpoint), config.model.dtype, "embedder", "embedder_checkpoint")
     tok, _ = load_tokenizer(tok_dir, add_refine=False)
     return TextVideoEmbedder(model, tok, instruction=str(b.embed_instruction), max_length=NO_TRUNCATION,
-                             video_cfg=config.video.embedder.to_dict(), opts=opts, mesh=mesh)
+                             video_cfg=config.video.embedder.to_dict(), opts=opts, mesh=mesh,
+                             prep_workers=int(b.decode_workers))
 
 
 class SamplerTeacher:

@@ -342,14 +342,18 @@ def _resample_axis_int(x: np.ndarray, axis: int, out_size: int, kernel: str) -> 
     xmin, wi, precision = _fixed_point_weights(in_size, out_size, kernel)
     out_shape = list(x.shape)
     out_shape[axis] = out_size
-    acc = np.full(out_shape, 1 << (precision - 1), np.int64)
+    # int32 as both C loops (`int ss`): |sum_j t_j w_j| <= 255 * sum_j |w_j| * 2**22 < 2**31 for these kernels
+    acc = np.full(out_shape, 1 << (precision - 1), np.int32)
+    wi = wi.astype(np.int32)
     for j in range(wi.shape[1]):
         wj = wi[:, j]
         if not wj.any():
             continue
-        t = np.take(x, np.minimum(xmin + j, in_size - 1), axis=axis).astype(np.int64)
-        acc += t * _bcast(wj, x.ndim, axis)
-    return np.clip(acc >> precision, 0, 255).astype(np.uint8)
+        t = np.take(x, np.minimum(xmin + j, in_size - 1), axis=axis).astype(np.int32)
+        t *= _bcast(wj, x.ndim, axis)
+        acc += t
+    acc >>= precision
+    return np.clip(acc, 0, 255, out=acc).astype(np.uint8)
 
 
 def resize_bicubic_uint8(frames: np.ndarray, out_h: int, out_w: int, kernel: str = "torch") -> np.ndarray:

@@ -83,12 +83,13 @@ def rescale_normalize(frames: np.ndarray, mean: float | Sequence[float] = IMAGE_
     scaled by 1/rescale_factor in float32 (0.5 -> 127.5) and x is normalised as (x - 127.5) / 127.5 in float32, so
     the result is bit-identical to HF's `pixel_values_videos`.
     """
-    x = np.asarray(frames).astype(_F32)
+    x = np.asarray(frames)
     c = x.shape[-1]
     inv = _F32(1.0 / rescale_factor)
     m = (np.broadcast_to(np.asarray(mean, _F32), (c,)) * inv).astype(_F32)
     s = (np.broadcast_to(np.asarray(std, _F32), (c,)) * inv).astype(_F32)
-    return ((x - m).astype(_F32) / s).astype(_F32)
+    y = np.subtract(x, m, dtype=_F32)   # float32 arithmetic throughout, one new array
+    return np.divide(y, s, out=y)
 
 
 def patchify(frames: np.ndarray, patch_size: int = PATCH_SIZE, temporal_patch_size: int = TEMPORAL_PATCH_SIZE,

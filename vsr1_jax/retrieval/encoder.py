@@ -3,6 +3,7 @@ format, on our Qwen3-VL port (original `preprocess/extract_embed/vendor/qwen3_vl
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
@@ -54,12 +55,15 @@ class TextVideoEmbedder:
       mesh: a device mesh (`sharding.make_mesh`): the parameters are placed by the sharding rules and every batch
         is split over the mesh's data-parallel axes (batches are padded to a multiple of their size). None = one
         device.
+      prep_workers: threads that resize and patchify the videos of a batch on the host (numpy, which releases the
+        GIL in its large array operations); 1 = in the calling thread.
     """
 
     def __init__(self, model: Qwen3VL, tokenizer, *, instruction: str = P.EMBEDDER_INSTRUCTION,
                  max_length: int = P.EMBEDDER_MAX_LENGTH, video_cfg: Any = None, opts: RunOptions = RunOptions(),
-                 length_bucket: int = 32, mesh=None):
+                 length_bucket: int = 32, mesh=None, prep_workers: int = 1):
         self.cfg = model.cfg
+        self.prep_workers = max(1, int(prep_workers))
         self.tokenizer = tokenizer
         self.ids = special_ids(tokenizer)
         self.instruction = instruction
@@ -89,14 +93,21 @@ class TextVideoEmbedder:
 
     def video_inputs(self, frames: np.ndarray) -> tuple[np.ndarray, V.VideoInputs]:
         """(prompt ids with the expanded video placeholder, the video's patch rows/grid) of one video."""
+        return self._video_prompt(self._video_pixels(frames))
+
+    def _video_pixels(self, frames: np.ndarray) -> V.VideoInputs:
+        """The video's patch rows/grid (host numpy only: safe to run in threads)."""
         frames = np.asarray(frames)
         max_frames = int(V.cfg_get(self.video_cfg, "max_frames", DEFAULT_VIDEO_CFG["max_frames"]))
         if frames.ndim == 4 and frames.shape[0] > max_frames:
             # the original samples at most 64 frames by linspace over the video (video_io.py L46-78)
             frames = frames[np.linspace(0, frames.shape[0] - 1, max_frames).astype(int)]
-        vi = V.preprocess_frames_for_embedder(
+        return V.preprocess_frames_for_embedder(
             frames, total_pixels=V.cfg_get(self.video_cfg, "total_pixels", DEFAULT_VIDEO_CFG["total_pixels"]),
             min_pixels=V.cfg_get(self.video_cfg, "min_pixels", DEFAULT_VIDEO_CFG["min_pixels"]))
+
+    def _video_prompt(self, vi: V.VideoInputs) -> tuple[np.ndarray, V.VideoInputs]:
+        """The prompt ids of a prepared video (the tokenizer: calling thread only)."""
         messages = [{"role": "system",
                      "content": [{"type": "text", "text": P.normalize_instruction(self.instruction)}]},
                     {"role": "user", "content": [P.video_item()]}]
@@ -150,7 +161,12 @@ class TextVideoEmbedder:
         the same patch grid (same frame count and size), so each grid compiles once."""
         videos = list(videos)
         out = np.zeros((len(videos), self.dim), np.float32)
-        prepared = [self.video_inputs(v) for v in videos]
+        if self.prep_workers > 1 and len(videos) > 1:
+            with ThreadPoolExecutor(max_workers=min(self.prep_workers, len(videos))) as pool:
+                pixels = list(pool.map(self._video_pixels, videos))
+        else:
+            pixels = [self._video_pixels(v) for v in videos]
+        prepared = [self._video_prompt(vi) for vi in pixels]
         by_grid: dict[tuple[int, int, int], list[int]] = {}
         for i, (_, vi) in enumerate(prepared):
             by_grid.setdefault(vi.grid_thw, []).append(i)
