@@ -249,6 +249,19 @@ def test_resize_bicubic_uint8_pil_kernel_exact(h, w, oh, ow):
     np.testing.assert_array_equal(resize_bicubic_uint8(x, oh, ow, "pil"), ref)
 
 
+@pytest.mark.parametrize("h, w, oh, ow", [(90, 130, 64, 96), (360, 640, 384, 640), (300, 100, 40, 20)])
+def test_resize_bicubic_uint8_extreme_values_stay_exact(h, w, oh, ow):
+    # 0/255 stripes drive the fixed-point sums to their extremes (positive lobes on 255, negative ones on 0): the
+    # int32 accumulators must neither overflow nor clip differently from the C loops
+    x = np.zeros((1, h, w, 3), np.uint8)
+    x[:, ::2] = 255
+    x[:, :, 1::3] = 255 - x[:, :, 1::3]
+    np.testing.assert_array_equal(resize_bicubic_uint8(x, oh, ow, "torch"), _torch_interp(x, oh, ow))
+    pil = pytest.importorskip("PIL.Image")
+    ref = np.stack([np.asarray(pil.fromarray(f).resize((ow, oh), pil.BICUBIC)) for f in x])
+    np.testing.assert_array_equal(resize_bicubic_uint8(x, oh, ow, "pil"), ref)
+
+
 def test_resize_like_qwen_vl_utils_rounds_uint8_like_torchvision_v1():
     x = _u8((3, 50, 70, 3), seed=7)
     out = resize_like_qwen_vl_utils(x, 32, 64)
