@@ -16,7 +16,7 @@ from vsr1_jax.models.qwen3_vl.vision import VisionBuckets
 from vsr1_jax.processing.special_tokens import special_ids
 from vsr1_jax.train import grpo, optim
 from vsr1_jax.train import state as state_lib
-from vsr1_jax.train.grpo_run import scoring_batch
+from vsr1_jax.train.scoring import scoring_batch
 
 G = 4
 OPTS = RunOptions()

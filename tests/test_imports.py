@@ -1,6 +1,8 @@
 """The import graph of vsr1_jax is clean (tools/check_imports.py, which parses the modules without importing them),
 and the checker itself finds each kind of violation in a small fake package."""
 import importlib.util
+import os
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -118,3 +120,20 @@ def test_unknown_component_and_missing_module(tmp_path):
     pkg = _package(tmp_path, {"newthing.py": "", "agent/x.py": "from vsr1_jax.loading import load\n"})
     assert _kinds(check_imports.check(pkg)) == [("vsr1_jax/agent/x.py", 1, "missing-module"),
                                                 ("vsr1_jax/newthing.py", 1, "unknown-component")]
+
+
+def test_bench_imports_without_the_packages_the_accelerator_machine_lacks():
+    # the bench runs on a bare machine with jax + torch + transformers (its docstring): grain, faiss and
+    # ml_collections must stay off its import path
+    code = textwrap.dedent("""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("grain", "faiss", "ml_collections"):
+                    raise ImportError("blocked " + name)
+        sys.meta_path.insert(0, Block())
+        import vsr1_jax.bench
+    """)
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]

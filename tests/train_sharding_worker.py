@@ -19,7 +19,7 @@ from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.processing.video import VideoInputs
 from vsr1_jax.train import grpo, optim, sft
 from vsr1_jax.train import state as state_lib
-from vsr1_jax.train.grpo_run import scoring_batch
+from vsr1_jax.train.scoring import scoring_batch
 from vsr1_jax.train.sft_run import batch_shardings
 
 CFG = get_preset("tiny")

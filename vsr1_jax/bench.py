@@ -51,7 +51,7 @@ from vsr1_jax.profiling import summarize
 from vsr1_jax.retrieval.topk import exact_topk
 from vsr1_jax.train import grpo, optim, sft
 from vsr1_jax.train import state as state_lib
-from vsr1_jax.train.grpo_run import scoring_batch
+from vsr1_jax.train.scoring import scoring_batch
 
 H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM datasheet
 
