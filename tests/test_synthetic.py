@@ -262,6 +262,8 @@ def test_grpo_rows_and_balance(built):
 # ---------------------------------------------------------------------------------------------------- embedder
 
 def test_text_video_embedder_on_tiny_random_model():
+    import threading
+
     import jax.numpy as jnp
     from flax import nnx
 
@@ -300,6 +302,9 @@ def test_text_video_embedder_on_tiny_random_model():
     other = S.render_video(S.plan_split(small_config(), "train")[1], small_config())
     serial = emb.embed_videos([video, other, video], batch_size=4)
     emb.prep_workers = 3
+    threads, prep = set(), emb._video_pixels
+    emb._video_pixels = lambda v: (threads.add(threading.current_thread().name), prep(v))[1]
     np.testing.assert_array_equal(emb.embed_videos([video, other, video], batch_size=4), serial)
+    assert threads and threading.main_thread().name not in threads   # the pool did the preparation
     np.testing.assert_array_equal(serial[0], serial[2])
     assert np.abs(serial[0] - serial[1]).max() > 1e-3

@@ -501,15 +501,15 @@ def datasheet(kind: str):
     return (None, None)
 
 
-def _async_seconds(fn, n: int = 20, warmup: int = 3) -> float:
-    """Mean seconds per call of `n` calls queued back to back, waiting only for the last: the launch and the
-    result's allocation overlap the previous call's kernel, as in a stream of work."""
+def _async_seconds(fn, n: int = 20, warmup: int = 3, wait=jax.block_until_ready) -> float:
+    """Mean seconds per call of `n` calls queued back to back, waiting (`wait(result)`) only for the last: the
+    launch and the result's allocation overlap the previous call's kernel, as in a stream of work."""
     for _ in range(warmup):
-        jax.block_until_ready(fn())
+        wait(fn())
     t = time.perf_counter()
     for _ in range(n):
         r = fn()
-    jax.block_until_ready(r)
+    wait(r)
     return (time.perf_counter() - t) / n
 
 
@@ -539,16 +539,10 @@ def torch_matmul_peak(n: int = 8192) -> float | None:
     import torch  # lazy and optional: only the ceiling's second opinion needs torch
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(20):
-        a @ b
-    torch.cuda.synchronize()
+    t = _async_seconds(lambda: a @ b, wait=lambda _: torch.cuda.synchronize())
     del a, b
     _empty_cache()
-    return 2 * n ** 3 * 20 / (time.perf_counter() - t)
+    return 2 * n ** 3 / t
 
 
 def ceilings() -> dict:
@@ -997,7 +991,7 @@ def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, q
     log(f"build: random {preset} in {time.perf_counter() - t:.1f} s")
     vids = [embs[i % videos] for i in range(batch)]
     t = time.perf_counter()
-    embedder.video_inputs(vids[0])
+    grid = embedder.video_inputs(vids[0])[1]
     t_prep = time.perf_counter() - t
     with ThreadPoolExecutor(max_workers=workers) as pool:
         t = time.perf_counter()
@@ -1019,22 +1013,18 @@ def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, q
     t_first = time.perf_counter() - t
     log(f"build: first embedding batch (compile + run) {t_first:.1f} s")
     t_batch = timeit(lambda: embedder.embed_videos(vids, batch_size=batch), n=reps, warmup=0)
-    log(f"build: embed {t_batch / batch:.3f} s per video (batch {batch})")
-    save_partial("build", {**part, "batch": batch, "embed_first_call_s": t_first, "embed_s_per_video": t_batch / batch})
-    grid = embedder.video_inputs(vids[0])[1]
+    embed_s = t_batch / batch
+    log(f"build: embed {embed_s:.3f} s per video (batch {batch})")
+    part.update(batch=batch, embed_first_call_s=t_first, embed_s_per_video=embed_s)
+    save_partial("build", part)
     texts = [f"a person in a red shirt picks up the {i}th box and walks to the door" for i in range(queries)]
     embedder.embed_texts(texts[:32], batch_size=32)
     t_txt = timeit(lambda: embedder.embed_texts(texts, batch_size=32), n=reps, warmup=0)
-    embed_s = t_batch / batch
     per_video = t_dec_par + embed_s
-    res = {"embedder_preset": preset, "videos": videos, "seconds": seconds, "fps": fps, "size": [width, height], "batch": batch,
-           "workers": workers, "decode_npy_s_per_video": t_npy, "decode_embed_frames_s_per_video": t_emb_dec,
-           "decode_parallel_s_per_video": t_dec_par, "npy_shape": list(npys[0][0].shape), "npy_bytes": npy_bytes,
-           "embed_frames": int(embs[0].shape[0]), "embed_grid_thw": list(grid.grid_thw),
-           "embed_video_tokens": int(grid.num_tokens), "embed_first_call_s": t_first,
-           "embed_s_per_video": embed_s, "embed_queries_per_s": queries / t_txt,
-           "embed_host_prep_s_per_video": t_prep, "embed_host_prep_parallel_s_per_video": t_prep_par, "embed_s_per_video_batch1": part["embed_s_per_video_batch1"],
-           "decode_plus_embed_s_per_video": per_video, "videos_per_hour_serial": 3600.0 / per_video,
+    res = {"embedder_preset": preset, **part, "embed_frames": int(embs[0].shape[0]),
+           "embed_grid_thw": list(grid.grid_thw), "embed_video_tokens": int(grid.num_tokens),
+           "embed_queries_per_s": queries / t_txt, "decode_plus_embed_s_per_video": per_video,
+           "videos_per_hour_serial": 3600.0 / per_video,
            "videos_per_hour_overlapped": 3600.0 / max(t_dec_par, embed_s)}
     log(f"build: embed {embed_s:.3f} s per video (batch {batch}, first call {t_first:.1f} s), "
         f"{queries / t_txt:.0f} queries/s; decode + embed {per_video:.2f} s per video")

@@ -6,8 +6,8 @@ Scoring layout of one row (P + C columns): the prompt's n tokens, then the sampl
 within them), then padding; M-RoPE positions continue from the prompt's next position on all three axes (the
 decode positions of the sampler), so whichever way the sampler padded, the scorer sees the same tokens at the same
 positions. Right padding is what the fused cudnn kernel takes (per-row lengths). Token t of the completion is
-predicted from column n - 1 + t (`prompt_lengths`). Only the sampled tokens carry loss weight, so in the multi-turn option nothing the policy did not sample (the retrieved
-video, the environment's text) is trained on.
+predicted from column n - 1 + t (`prompt_lengths`). Only the sampled tokens carry loss weight, so in the
+multi-turn option nothing the policy did not sample (the retrieved video, the environment's text) is trained on.
 
 The loss is a weighted token sum: `token_weight` [B, C] is set on the host so that the sum is the original's
 aggregation exactly whatever the micro-batching: "grpo" = mean over each sequence's sampled tokens, then mean over
