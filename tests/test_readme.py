@@ -21,7 +21,7 @@ def _cited() -> set[str]:
 
 
 def test_every_section_appears_once():
-    heads = [h for h in re.findall(r"^## (.+)$", README, flags=re.M)]
+    heads = re.findall(r"^## (.+)$", README, flags=re.M)
     dup = sorted({h for h in heads if heads.count(h) > 1})
     assert not dup, f"README.md repeats the sections {dup}"
     assert README.count("\n# vsr1_jax") == 0 and README.startswith("# vsr1_jax")

@@ -53,8 +53,6 @@ from vsr1_jax.train import grpo, optim, sft
 from vsr1_jax.train import state as state_lib
 from vsr1_jax.train.scoring import scoring_batch
 
-H100_BF16_PEAK = 989e12  # dense bf16 FLOP/s, H100 SXM datasheet
-
 
 def _torch_device():
     try:
@@ -226,7 +224,10 @@ def bench_forward(cfg, groups=36, h=28, w=32, with_hf=True):
     pos, _ = get_rope_index(ids, image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
                             video_grid_thw=[grid])
     hf, ours = hf_and_ours(cfg, "bfloat16", with_hf=with_hf)
-    res = {"tokens": int(T), "grid": list(grid), "flops": prefill_flops(cfg, T, grid)}
+    res = {"tokens": int(T), "grid": list(grid), "flops": prefill_flops(cfg, T, grid), **ceilings()}
+
+    def mfu(t):
+        return mfu_fields(res["flops"], t, res)
     for impl in ("cudnn", "xla"):
         opts = RunOptions(dtype="bfloat16", attn_impl=impl, vision_attn_impl=impl)
         f = jax.jit(lambda m, i, p, x: m(i, p, opts=opts, video_pixels=x, video_grids=(grid,), logits="last").logits)
@@ -236,8 +237,8 @@ def bench_forward(cfg, groups=36, h=28, w=32, with_hf=True):
         except Exception as e:  # noqa: BLE001 - report and go on with the other kernel
             log(f"forward {impl}: failed: {type(e).__name__}: {str(e)[:300]}")
             continue
-        res[f"ours_{impl}"] = {"seconds": t, "tokens_per_s": T / t, "mfu": res["flops"] / t / H100_BF16_PEAK}
-        log(f"ours ({impl}): {t * 1e3:.1f} ms, {T / t:,.0f} tok/s, MFU {res['flops'] / t / H100_BF16_PEAK:.1%}")
+        res[f"ours_{impl}"] = {"seconds": t, "tokens_per_s": T / t, **mfu(t)}
+        log(f"ours ({impl}): {t * 1e3:.1f} ms, {T / t:,.0f} tok/s, {mfu_text(res[f'ours_{impl}'])}")
     if hf is not None:
         inp = hf_inputs(cfg, ids, grid, px, torch.bfloat16)
 
@@ -246,8 +247,8 @@ def bench_forward(cfg, groups=36, h=28, w=32, with_hf=True):
                 hf(**inp, logits_to_keep=1)
             _sync()
         t = timeit(run)
-        res["hf_sdpa"] = {"seconds": t, "tokens_per_s": T / t, "mfu": res["flops"] / t / H100_BF16_PEAK}
-        log(f"HF sdpa: {t * 1e3:.1f} ms, {T / t:,.0f} tok/s")
+        res["hf_sdpa"] = {"seconds": t, "tokens_per_s": T / t, **mfu(t)}
+        log(f"HF sdpa: {t * 1e3:.1f} ms, {T / t:,.0f} tok/s, {mfu_text(res['hf_sdpa'])}")
         best = min(v["seconds"] for k, v in res.items() if k.startswith("ours_"))
         res["speedup_vs_hf"] = t / best
     return res
@@ -599,14 +600,29 @@ def vision_encoder_flops(cfg: Qwen3VLConfig, grid) -> float:
     return float(2 * n * v.patch_dim * d + v.depth * (2 * n * (4 * d * d + 2 * d * vi) + 4 * gt * hw * hw * d))
 
 
+def forward_flops(cfg: Qwen3VLConfig, T: int, grid, head_tokens: int) -> float:
+    """Model FLOPs of one row's forward with the LM head over `head_tokens` positions (the labelled or scored ones)."""
+    tc = cfg.text
+    return prefill_flops(cfg, T, grid) + 2 * tc.hidden_size * tc.vocab_size * (head_tokens - 1)
+
+
 def train_flops(cfg: Qwen3VLConfig, T: int, grid, label_tokens: int) -> float:
     """Model FLOPs of one SFT/GRPO row: forward of everything, backward (2x) of everything but the frozen vision
     encoder, the LM head over the label tokens only (rematerialisation not counted, as MFU usually is)."""
-    tc = cfg.text
-    fwd = prefill_flops(cfg, T, grid) - 2 * tc.hidden_size * tc.vocab_size + 2 * tc.hidden_size * tc.vocab_size \
-        * label_tokens
-    enc = vision_encoder_flops(cfg, grid)
-    return fwd + 2 * (fwd - enc)
+    fwd = forward_flops(cfg, T, grid, label_tokens)
+    return fwd + 2 * (fwd - vision_encoder_flops(cfg, grid))
+
+
+def mfu_fields(flops: float, seconds: float, ceil: dict) -> dict:
+    """MFU of `flops` done in `seconds` against this run's measured bf16 peak and the device's datasheet peak."""
+    ds = ceil["datasheet_bf16_flops"]
+    return {"mfu_measured_peak": flops / seconds / ceil["matmul_peak_flops"],
+            "mfu_datasheet": flops / seconds / ds if ds else None}
+
+
+def mfu_text(r: dict) -> str:
+    return f"MFU {r['mfu_measured_peak']:.1%} of the measured peak" + (
+        f", {r['mfu_datasheet']:.1%} of the datasheet" if r["mfu_datasheet"] else "")
 
 
 def _train_opts():
@@ -717,11 +733,9 @@ def bench_sft(cfg, groups=28, h=28, w=32, answer=200, reps=2, with_hf=True, trac
     flops = train_flops(cfg, T, grid, answer + 3)
     ceil = ceilings()
     res = {"tokens": int(T), "step_s": t, "compile_s": compile_s, "tokens_per_s": T / t, "loss": float(m["loss"]),
-           "model_flops": flops, "mfu_datasheet": flops / t / ceil["datasheet_bf16_flops"]
-           if ceil["datasheet_bf16_flops"] else None, "mfu_measured_peak": flops / t / ceil["matmul_peak_flops"],
-           "peak_memory_bytes": peak_memory(), "compiled_memory_bytes": mem, **ceil}
-    log(f"ours SFT step: {t:.3f}s ({T / t:,.0f} tok/s), MFU {res['mfu_measured_peak']:.1%} of the measured peak"
-        + (f", {res['mfu_datasheet']:.1%} of datasheet" if res["mfu_datasheet"] else ""))
+           "model_flops": flops, **mfu_fields(flops, t, ceil), "peak_memory_bytes": peak_memory(),
+           "compiled_memory_bytes": mem, **ceil}
+    log(f"ours SFT step: {t:.3f}s ({T / t:,.0f} tok/s), {mfu_text(res)}")
     if trace_dir:  # where the step's time goes: one traced step, summarised per kernel kind
         res["trace_summary"] = trace_steps(run, trace_dir, "sft")
     del holder, state, embedder, eparams, batch
@@ -827,7 +841,8 @@ def bench_grpo(cfg, groups=28, h=28, w=32, G=8, new_tokens=768, micro=2, with_hf
     t_roll = timeit(rollout, n=2, warmup=1)
     t_prefill = timeit(lambda: jax.block_until_ready(sampler.prefill(p, T + new_tokens + 8)), n=2)
     step_s = (t_roll - t_prefill) / new_tokens
-    roof = decode_bytes(cfg, G, T + new_tokens / 2) / read_bandwidth()
+    ceil = ceilings()
+    roof = decode_bytes(cfg, G, T + new_tokens / 2) / ceil["read_bandwidth_Bps"]
     g = holder["g"]
     toks, lps = np.asarray(g.tokens), np.asarray(g.logprobs)
     vin = VideoInputs(px, grid, [0.5] * grid[0], 2 * grid[0], (h * 16, w * 16))
@@ -857,14 +872,19 @@ def bench_grpo(cfg, groups=28, h=28, w=32, G=8, new_tokens=768, micro=2, with_hf
     t_score = timeit(scoring, n=2, warmup=1)
     t_update = timeit(update, n=2, warmup=1)
     total = t_roll + t_score + t_update
-    ceil = ceilings()
+    # scoring: the reference forward of the G rows (prompt + completion, LM head over the completion); update: their
+    # forward and backward
+    score_flops = G * forward_flops(cfg, T + new_tokens, grid, new_tokens)
+    update_flops = G * train_flops(cfg, T + new_tokens, grid, new_tokens)
     res = {"prompt_tokens": int(T), "samples": G, "new_tokens": new_tokens, "rollout_s": t_roll,
            "rollout_tokens_per_s": G * new_tokens / t_roll, "decode_step_ms": step_s * 1e3,
            "decode_roofline_step_ms": roof * 1e3, "decode_fraction_of_read_roofline": roof / step_s,
-           "scoring_s": t_score, "update_s": t_update, "step_s": total, "peak_memory_bytes": peak_memory(), **ceil}
+           "scoring_s": t_score, "scoring": mfu_fields(score_flops, t_score, ceil), "update_s": t_update,
+           "update": mfu_fields(update_flops, t_update, ceil), "step_s": total, "peak_memory_bytes": peak_memory(),
+           **ceil}
     log(f"ours GRPO step: rollout {t_roll:.2f}s ({G * new_tokens / t_roll:,.0f} tok/s, decode step {step_s * 1e3:.2f}"
-        f" ms = {roof / step_s:.0%} of the read roofline), scoring {t_score:.2f}s, update {t_update:.2f}s, "
-        f"total {total:.2f}s")
+        f" ms = {roof / step_s:.0%} of the read roofline), scoring {t_score:.2f}s ({mfu_text(res['scoring'])}), "
+        f"update {t_update:.2f}s ({mfu_text(res['update'])}), total {total:.2f}s")
     del holder, state, ref, batch, sampler
     if hf is None:
         return res
@@ -993,10 +1013,9 @@ def bench_build(videos=4, seconds=120, fps=30, width=640, height=360, batch=8, q
     t = time.perf_counter()
     grid = embedder.video_inputs(vids[0])[1]
     t_prep = time.perf_counter() - t
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        t = time.perf_counter()
-        list(pool.map(embedder.video_inputs, vids))
-        t_prep_par = (time.perf_counter() - t) / len(vids)
+    t = time.perf_counter()
+    embedder.prepare_videos(vids)   # what embed_videos runs: pixels in prep_workers threads, prompts here
+    t_prep_par = (time.perf_counter() - t) / len(vids)
     log(f"build: embedder input preparation (resize, patchify, prompt) {t_prep:.2f} s per video on the host, "
         f"{t_prep_par:.2f} s with {workers} threads")
     part.update(embed_host_prep_s_per_video=t_prep, embed_host_prep_parallel_s_per_video=t_prep_par)

@@ -156,17 +156,21 @@ class TextVideoEmbedder:
                 out[chunk] = np.asarray(emb, np.float32)[:len(chunk)]
         return out
 
-    def embed_videos(self, videos: Sequence[np.ndarray], batch_size: int = 8) -> np.ndarray:
-        """float32 [N, D] unit rows for uint8 [T, H, W, 3] videos, in input order. Videos are batched with others of
-        the same patch grid (same frame count and size), so each grid compiles once."""
-        videos = list(videos)
-        out = np.zeros((len(videos), self.dim), np.float32)
+    def prepare_videos(self, videos: Sequence[np.ndarray]) -> list[tuple[np.ndarray, V.VideoInputs]]:
+        """`video_inputs` of each video: the pixels in `prep_workers` threads, the prompts on the calling thread."""
         if self.prep_workers > 1 and len(videos) > 1:
             with ThreadPoolExecutor(max_workers=min(self.prep_workers, len(videos))) as pool:
                 pixels = list(pool.map(self._video_pixels, videos))
         else:
             pixels = [self._video_pixels(v) for v in videos]
-        prepared = [self._video_prompt(vi) for vi in pixels]
+        return [self._video_prompt(vi) for vi in pixels]
+
+    def embed_videos(self, videos: Sequence[np.ndarray], batch_size: int = 8) -> np.ndarray:
+        """float32 [N, D] unit rows for uint8 [T, H, W, 3] videos, in input order. Videos are batched with others of
+        the same patch grid (same frame count and size), so each grid compiles once."""
+        videos = list(videos)
+        out = np.zeros((len(videos), self.dim), np.float32)
+        prepared = self.prepare_videos(videos)
         by_grid: dict[tuple[int, int, int], list[int]] = {}
         for i, (_, vi) in enumerate(prepared):
             by_grid.setdefault(vi.grid_thw, []).append(i)
