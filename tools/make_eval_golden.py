@@ -1,12 +1,18 @@
 """Write the evaluation golden files (tests/fixtures/eval_golden/): the toy eval path on a small synthetic corpus with
 a demo policy whose LM head is rigged so that most episodes take the refine path (turn 1 -> SQR -> re-retrieval ->
-turn 2). tests/test_eval_golden.py runs the same setup and compares its detail JSONL and result.json byte for byte.
+turn 2). tests/test_eval_golden.py runs the same setup and compares its detail JSONL and result.json with
+`tools/eval_compare.py`: decisions exactly, floats to a tolerance, near-tied rows (unstable.json) left out.
 
-    JAX_PLATFORMS=cpu python tools/make_eval_golden.py tests/fixtures/eval_golden
+    JAX_PLATFORMS=cpu python tools/make_eval_golden.py tests/fixtures/eval_golden            # all three files
+    JAX_PLATFORMS=cpu python tools/make_eval_golden.py tests/fixtures/eval_golden --unstable-only
 
-The fixture was written by the evaluation code as it was before the episode engine (agent/rollout.py) replaced the
-old agent loop (commit efb88d4, run on 28a2dcd's code); the test checks that today's code still writes it.
+`--unstable-only` keeps detail.jsonl and result.json and rewrites unstable.json alone: the rows whose decisions move
+when every weight (the search engine's before the corpus is embedded, the policy's and the SQR head's) is scaled by
+1 + 1e-6 * N(0, 1), under three seeds. The detail/result files were written by the evaluation code as it was before
+the episode engine (agent/rollout.py) replaced the old agent loop (commit efb88d4, run on 28a2dcd's code).
 """
+import argparse
+import json
 import os
 import shutil
 import sys
@@ -14,9 +20,12 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
 
 from configs.toy import get_config  # noqa: E402
+from tools import eval_compare  # noqa: E402
 from vsr1_jax import loading  # noqa: E402
 from vsr1_jax.agent.evaluate import run_eval  # noqa: E402
 from vsr1_jax.processing.special_tokens import special_ids  # noqa: E402
@@ -24,6 +33,7 @@ from vsr1_jax.processing.special_tokens import special_ids  # noqa: E402
 # The demo policy (seed 0) generates token 699 in 14 of the 16 test episodes and token 547 in 9; swapping their LM-head
 # columns with <REFINE> and <|im_end|> makes those episodes refine (or stop) where they would have written them.
 SWAP_WITH_REFINE, SWAP_WITH_IM_END = 699, 547
+PERTURB_SCALE, PERTURB_SEEDS = 1e-6, (1, 2, 3)
 
 
 def golden_config():
@@ -49,24 +59,71 @@ def rig(policy, tok):
     policy.text.lm_head[...] = W
 
 
-def write_golden(out_dir):
-    """Run the golden setup in a scratch folder and copy its detail JSONL and result.json into out_dir."""
+def perturb(module, seed: int, scale: float = PERTURB_SCALE) -> None:
+    """Scale every float parameter of `module` in place by 1 + scale * N(0, 1)."""
+    state = nnx.state(module, nnx.Param)
+    leaves, treedef = jax.tree.flatten(state)
+    rng = np.random.default_rng(seed)
+    new = [x * (1 + scale * rng.standard_normal(x.shape)).astype(x.dtype)
+           if np.issubdtype(np.asarray(x).dtype, np.floating) else x for x in leaves]
+    nnx.update(module, jax.tree.unflatten(treedef, new))
+
+
+def run_golden(out_dir: str, perturb_seed: int | None = None) -> dict:
+    """Run the golden setup in a scratch folder; copy its detail JSONL and result.json into out_dir."""
     out_dir = os.path.abspath(out_dir)
     work = tempfile.mkdtemp()
     cwd = os.getcwd()
     os.chdir(work)  # relative paths: result.json's source_jsonl is "out/detail_synthetic_test.jsonl"
     try:
         c = golden_config()
-        models = loading.load_models(c)
+        emb = loading.demo_embedder(c)
+        if perturb_seed is not None:   # before the corpus and the stored query vectors are embedded with it
+            model = nnx.merge(emb.graphdef, emb.state)
+            perturb(model, perturb_seed)
+            emb.graphdef, emb.state = nnx.split(model)
+        loading.ensure_demo_data(c, emb)
+        models = loading.demo_models(c, emb)
+        if perturb_seed is not None:
+            perturb(models.policy, perturb_seed + 100)
+            perturb(models.head, perturb_seed + 200)
         rig(models.policy, models.tokenizer)
         summary = run_eval(c, models)
         os.makedirs(out_dir, exist_ok=True)
         shutil.copy(summary["detail_jsonl"], os.path.join(out_dir, "detail.jsonl"))
         shutil.copy(summary["result_json"], os.path.join(out_dir, "result.json"))
+        return summary
     finally:
         os.chdir(cwd)
         shutil.rmtree(work)
 
 
+def write_unstable(out_dir: str) -> dict:
+    """unstable.json: the rows of out_dir/detail.jsonl whose content moves under the weight perturbations."""
+    clean = eval_compare.read_jsonl(os.path.join(out_dir, "detail.jsonl"))
+    rows: set[int] = set()
+    for seed in PERTURB_SEEDS:
+        scratch = tempfile.mkdtemp()
+        try:
+            run_golden(scratch, perturb_seed=seed)
+            rows |= set(eval_compare.unstable_rows(clean, eval_compare.read_jsonl(os.path.join(scratch,
+                                                                                                "detail.jsonl"))))
+        finally:
+            shutil.rmtree(scratch)
+    info = {"perturbation": f"every weight x (1 + {PERTURB_SCALE:g} * N(0,1)), seeds {list(PERTURB_SEEDS)}",
+            "rows": sorted(rows), "of": len(clean)}
+    with open(os.path.join(out_dir, "unstable.json"), "w") as f:
+        json.dump(info, f, indent=1)
+    return info
+
+
 if __name__ == "__main__":
-    write_golden(sys.argv[1])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--unstable-only", action="store_true", help="keep detail.jsonl/result.json, rewrite unstable.json")
+    ap.add_argument("--no-unstable", action="store_true", help="write detail.jsonl and result.json only")
+    a = ap.parse_args()
+    if not a.unstable_only:
+        run_golden(a.out_dir)
+    if not a.no_unstable:
+        print(json.dumps(write_unstable(a.out_dir)))
