@@ -185,11 +185,11 @@ class EpisodeEngine:
 
     def __init__(self, policy: Qwen3VL, head: S.SQRHead, embedder: Qwen3VL, tokenizer, embed_tokenizer,
                  video_source: Callable, video_cfg, cfg: EpisodeConfig = EpisodeConfig(),
-                 opts: RunOptions = RunOptions(), *, retriever=None, sampler_loop: str = "while"):
+                 opts: RunOptions = RunOptions(), *, retriever=None):
         self.cfg, self.opts, self.video_cfg = cfg, opts, video_cfg
         self.tok, self.etok = tokenizer, embed_tokenizer
         self.retriever, self.video_source = retriever, video_source
-        self.sampler = Sampler(policy, opts, loop=sampler_loop)
+        self.sampler = Sampler(policy, opts)   # decodes with opts.decode_loop
         self.ids = special_ids(tokenizer, cfg.refine_token)
         if self.ids.refine is None:
             raise ValueError(f"the policy tokenizer has no {cfg.refine_token} token; load it with "

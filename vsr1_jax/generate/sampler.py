@@ -1,5 +1,6 @@
-"""Fast generation for Qwen3-VL: multimodal prefill into a preallocated KV cache and a jitted `lax.while_loop`
-decode with greedy / temperature / top-k / top-p sampling, per-row EOS stop, and M-RoPE decode positions.
+"""Fast generation for Qwen3-VL: multimodal prefill into a preallocated KV cache and a jitted decode (one donated
+step per token driven from the host, or one `lax.while_loop`: `RunOptions.decode_loop`) with greedy / temperature /
+top-k / top-p sampling, per-row EOS stop, and M-RoPE decode positions.
 
 Prompts are left-padded (as HF `generate` does) or, for the fused cudnn prefill, right-padded (`Sampler.padding`):
 either way every row writes its next token into the same cache slot T (a right-padded row's gap [len, T) is masked
@@ -142,14 +143,16 @@ class Sampler:
     `set_params`) and reuses the compiled functions: new weights of the same shapes, dtypes and shardings never
     recompile."""
 
-    def __init__(self, model: Qwen3VL, opts: RunOptions = RunOptions(), mesh=None, *, loop: str = "while",
+    def __init__(self, model: Qwen3VL, opts: RunOptions = RunOptions(), mesh=None, *, loop: str | None = None,
                  check_every: int = 16):
-        """loop: "while" runs the decode as one jitted `lax.while_loop`; "host" dispatches one jitted, donated step
-        per token from Python (asynchronously; rows' stop state is read every `check_every` steps). Same results;
-        on GPUs "host" avoids the while loop's per-iteration predicate sync and cache copies.
+        """loop: None = `opts.decode_loop` (config.model.decode_loop: every production generation takes its loop from
+        there); "host" dispatches one jitted, donated step per token from Python (asynchronously; rows' stop state
+        is read every `check_every` steps); "while" runs the decode as one jitted `lax.while_loop`. Same results;
+        "host" is the faster on GPUs (README "Measured figures").
 
         Pack prompts with `padding=sampler.padding`: "right" under the fused cudnn prefill (attn_impl="cudnn"),
         which takes per-row lengths but not left padding, else "left" (HF's layout)."""
+        loop = opts.decode_loop if loop is None else loop
         if loop not in ("while", "host"):
             raise ValueError(f"loop={loop!r}: expected 'while' or 'host'")
         if mesh is not None and mesh.size > 1 and opts.decode_attn_impl == "pallas":

@@ -40,6 +40,9 @@ class RunOptions:
     # single-position steps with a cache unroll the layer loop (inference speed); training differentiates through
     # the SQR rollout's 7 steps, where an unrolled loop multiplies compile time: it keeps the scan rolled
     unroll_decode: bool = True
+    # the generation loop (`generate.sampler.Sampler`): "host" (one jitted, donated step per token dispatched from
+    # Python; the production default, fastest on GPUs) or "while" (the whole decode as one jitted lax.while_loop)
+    decode_loop: str = "host"
 
     @property
     def jdtype(self):
@@ -58,7 +61,7 @@ class RunOptions:
         kw = dict(dtype=model_cfg.dtype, attn_impl=auto(model_cfg.attn_impl, "cudnn" if fused else "xla"),
                   vision_attn_impl=auto(model_cfg.vision_attn_impl, "cudnn" if fused else "xla"),
                   decode_attn_impl=auto(model_cfg.decode_attn_impl, "pallas" if nvidia else "xla"),
-                  remat=model_cfg.get("remat", "none"))
+                  remat=model_cfg.get("remat", "none"), decode_loop=model_cfg.decode_loop)
         kw.update(overrides)
         return cls(**kw)
 
