@@ -38,19 +38,21 @@ def _row(i, gt, turns, orig_rank):
 
 
 def make_rows():
-    """Three strata: refined (two turns, the second's top-1 is the GT), matched, not matched; one row names a video
-    with no file; one row's model text is hostile HTML."""
+    """Four strata: refined (two turns, the second's top-1 is the GT), matched, not matched, no verdict; one row
+    names a video with no file; one row's model text is hostile HTML."""
     rows = []
     for i in range(12):
         gt = f"syn_test_{i % N_VIDEOS:04d}"
         other = f"syn_test_{(i + 1) % N_VIDEOS:04d}"
-        if i % 3 == 0:
+        if i % 4 == 0:
             turns = [_turn(1, other, gt, "not_matched", 3, refine_to=(gt, 1), text=EVIL if i == 0 else "no"),
                      _turn(2, gt, gt, "matched", 1, span=(2.5, 6.0))]
-        elif i % 3 == 1:
+        elif i % 4 == 1:
             turns = [_turn(1, gt, gt, "matched", 1, span=(1.0, 4.0))]
-        else:
+        elif i % 4 == 2:
             turns = [_turn(1, "syn_test_0006" if i == 2 else other, gt, "not_matched", 2)]
+        else:
+            turns = [_turn(1, other, gt, "unknown", 4, text="garbled")]
         rows.append(_row(i, gt, turns, turns[0]["rank"]))
     return rows
 
@@ -93,16 +95,16 @@ def test_page_is_self_contained_escaped_and_counts_missing(eval_dir):
     assert page.count('<section class="card"') == 12
     assert counts["videos"] == 7 and counts["missing"] == 1
     assert "videos missing: <b>1 of 7 shown</b>" in page and "syn_test_0006.npy: no such video file" in page
-    assert page.count("<svg") == 12 and "R@1 original → final: <b>0.333 → 0.667</b>" in page
+    assert page.count("<svg") == 12 and "R@1 original → final: <b>0.250 → 0.500</b>" in page
     # thumbnails: one per frame-sample of each readable video shown (10 frames -> 8 thumbs), all PNG data URIs
     assert page.count('<img src="data:image/png;base64,') >= 8 * 6
 
 
 def test_sample_is_stratified_and_reproducible(eval_dir):
     rows = make_rows()
-    a = V.sample_rows(rows, 3, seed=1)
+    a = V.sample_rows(rows, 4, seed=1)
     assert {V.stratum(r) for r in a} == set(V.STRATA)
-    assert [r["index"] for r in a] == [r["index"] for r in V.sample_rows(rows, 3, seed=1)]
+    assert [r["index"] for r in a] == [r["index"] for r in V.sample_rows(rows, 4, seed=1)]
     picks = {tuple(r["index"] for r in V.sample_rows(rows, 6, seed=s)) for s in range(6)}
     assert len(picks) > 1  # the seed matters
     path, counts = V.write_page(str(eval_dir), str(eval_dir / "s.html"), sample=5, seed=3)
@@ -138,7 +140,7 @@ def test_page_renders_in_headless_chromium(eval_dir, tmp_path):
     base = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
             "--virtual-time-budget=5000", f"--user-data-dir={tmp_path / 'profile'}"]
     url = "file://" + os.path.abspath(path)
-    dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=60).stdout
     assert dom.count('<section class="card"') == 12, dom[:500]
     m = re.search(r'id="render-check" data-images="(\d+)" data-decoded="(\d+)"', dom)
     assert m, "the page's load script did not run"
@@ -147,7 +149,7 @@ def test_page_renders_in_headless_chromium(eval_dir, tmp_path):
     assert "<script>alert" not in dom  # the hostile text stayed text
     shot = tmp_path / "shot.png"
     subprocess.run(base + [f"--screenshot={shot}", "--window-size=1200,1600", url], capture_output=True,
-                   timeout=120)
+                   timeout=60)
     from PIL import Image
     img = Image.open(shot)
     assert img.size == (1200, 1600) and len(np.unique(np.asarray(img.convert("L")))) > 20  # rendered, not blank

@@ -34,10 +34,11 @@ from vsr1_jax.eval.report import read_detail_jsonl
 PAGE = "episodes.html"
 THUMBS = 8          # frames shown per video: evenly spaced over the clip
 THUMB_W = 160       # frames wider than this are downscaled (JPEG); smaller ones stay PNG at their own size
-STRATA = ("refined", "matched", "not matched")
-_STRATUM_TEXT = {"refined": "refined the query (latent refinement + a new retrieval)",
-                 "matched": "accepted a top-1 video without refining",
-                 "not matched": "rejected the top-1 (or gave no verdict) without refining"}
+STRATA = ("refined", "matched", "not matched", "no verdict")
+_STRATUM_TEXT = {"refined": "the policy refined its query (latent refinement + a new retrieval)",
+                 "matched": "the policy accepted a top-1 video without refining",
+                 "not matched": "the policy rejected the top-1 video without refining",
+                 "no verdict": "no parsable answer (unknown) and no refinement"}
 
 
 class ViewerError(Exception):
@@ -76,16 +77,16 @@ def find_inputs(eval_dir: str, data_root=None, dataset=None, split=None) -> tupl
 
 
 def stratum(row: dict) -> str:
-    """What the agent did: refined the query, accepted a video, or neither."""
+    """What the agent did: refined the query, else accepted a video, else rejected one, else gave no verdict."""
     if row.get("used_refine_any"):
         return "refined"
-    turns = row.get("turns") or []
-    return "matched" if any(t.get("answer") == "matched" for t in turns) else "not matched"
+    answers = {t.get("answer") for t in row.get("turns") or []}
+    return next((a.replace("_", " ") for a in ("matched", "not_matched") if a in answers), "no verdict")
 
 
 def sample_rows(rows: list[dict], n: int, seed: int) -> list[dict]:
     """`n` rows (all when n <= 0 or n >= len), reproducible for a seed, taken round-robin from each stratum so that
-    refined, matched and not-matched episodes all appear; shown grouped by stratum, in query order."""
+    every kind of episode appears (refined, matched, not matched, no verdict); shown grouped by stratum, in query order."""
     if n <= 0 or n >= len(rows):
         picked = list(range(len(rows)))
     else:
@@ -207,9 +208,10 @@ def timeline(row: dict, frames: Frames) -> str:
         ok = isinstance(s, (int, float)) and isinstance(e, (int, float))
         bar(f"turn {turn} pred", s if ok else None, e if ok else None, "pred" if on_gt else "pred off",
             "no span parsed")
+    step = next(v * 10 ** e for e in range(-1, 6) for v in (1, 2, 5) if dur / (v * 10 ** e) <= 8)  # round ticks
     ticks = "".join(f'<line class="tick" x1="{x(t):.1f}" x2="{x(t):.1f}" y1="2" y2="{y}"/>'
                     f'<text class="tl" x="{x(t):.1f}" y="{y + 12}">{t:g}s</text>'
-                    for t in np.linspace(0, dur, 6).round(1))
+                    for t in np.arange(0, dur + 1e-9, step).round(6))
     return (f'<svg class="timeline" viewBox="0 0 {W} {y + 16}" role="img" aria-label="timeline">{ticks}'
             f'{"".join(rows_svg)}</svg>')
 
@@ -271,7 +273,8 @@ h2{font-size:16px;margin:22px 0 8px;border-bottom:2px solid #ccd;padding-bottom:
 .card{background:#fff;border:1px solid #dde;border-radius:10px;padding:12px 14px;margin:0 0 14px}
 .card header{display:flex;flex-wrap:wrap;gap:12px;align-items:center;font-size:13px}
 .badge{color:#fff;border-radius:10px;padding:1px 9px;font-weight:600}
-.s-refined{background:#7048e8}.s-matched{background:#2f9e44}.s-not-matched{background:#868e96}
+.s-refined{background:#7048e8}.s-matched{background:#2f9e44}.s-not-matched{background:#e8590c}
+.s-no-verdict{background:#868e96}
 .qid{color:#667}.ranks{color:#334}.ok{color:#2b8a3e;font-weight:600}.bad{color:#c92a2a;font-weight:600}
 .query{font-size:16px;margin:8px 0 2px;font-weight:500}.gt{margin:0 0 6px;color:#445;font-size:13px}
 .strip{display:grid;grid-template-columns:210px 1fr;gap:10px;align-items:center;margin:8px 0}
@@ -297,9 +300,12 @@ svg .tick{stroke:#e3e5ea}svg .gt{fill:#40c057}svg .pred{fill:#f08c00}
 svg .pred.off{fill:#ffd8a8;stroke:#f08c00;stroke-dasharray:3 2}
 footer{color:#889;font-size:12px;margin:20px 0}
 """
-# Writes how many <img> decoded into the footer: a broken image is visible to the reader and to the browser test.
-SCRIPT = ("window.addEventListener('load',function(){var im=document.images,ok=0;for(var i=0;i<im.length;i++)"
-          "{if(im[i].complete&&im[i].naturalWidth>0)ok++;}var e=document.getElementById('render-check');"
+# Counts the <img> whose pixels decoded (drawn on a canvas, some pixel not transparent: a corrupt image can still
+# report its size) and writes the count into the footer, for the reader and for the browser test.
+SCRIPT = ("window.addEventListener('load',function(){var im=document.images,ok=0,c=document.createElement('canvas');"
+          "c.width=c.height=8;var g=c.getContext('2d');for(var i=0;i<im.length;i++){g.clearRect(0,0,8,8);"
+          "try{g.drawImage(im[i],0,0,8,8);var d=g.getImageData(0,0,8,8).data,a=0;for(var j=3;j<d.length;j+=4)a+=d[j];"
+          "if(im[i].naturalWidth>0&&a>0)ok++;}catch(e){}}var e=document.getElementById('render-check');"
           "e.setAttribute('data-images',im.length);e.setAttribute('data-decoded',ok);"
           "e.textContent='images decoded: '+ok+' / '+im.length;});")
 
