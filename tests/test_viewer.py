@@ -65,7 +65,8 @@ def eval_dir(tmp_path_factory):
     rng = np.random.default_rng(0)
     meta = []
     for v in range(N_VIDEOS):
-        frames = np.zeros((10, 64, 64, 3), np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
+        shape = (10, 90, 200, 3) if v == 5 else (10, 64, 64, 3)  # video 5: real-data sized frames -> JPEG
+        frames = np.zeros(shape, np.uint8) + rng.integers(0, 255, 3, dtype=np.uint8)
         frames[:, 20:40, 20:40] = 255
         write_video_npy(paths.video_npy("test", f"syn_test_{v:04d}"), frames)
         meta.append(dict(video_id=f"syn_test_{v:04d}", output_num_frames=10,
@@ -96,8 +97,8 @@ def test_page_is_self_contained_escaped_and_counts_missing(eval_dir):
     assert counts["videos"] == 7 and counts["missing"] == 1
     assert "videos missing: <b>1 of 7 shown</b>" in page and "syn_test_0006.npy: no such video file" in page
     assert page.count("<svg") == 12 and "R@1 original → final: <b>0.250 → 0.500</b>" in page
-    # thumbnails: one per frame-sample of each readable video shown (10 frames -> 8 thumbs), all PNG data URIs
-    assert page.count('<img src="data:image/png;base64,') >= 8 * 6
+    # thumbnails: 8 of each readable video's 10 frames, PNG data URIs (JPEG for the large frames)
+    assert page.count('<img src="data:image/png;base64,') >= 8 * 5 and 'src="data:image/jpeg;base64,' in page
 
 
 def test_sample_is_stratified_and_reproducible(eval_dir):

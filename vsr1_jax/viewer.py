@@ -86,7 +86,7 @@ def stratum(row: dict) -> str:
 
 def sample_rows(rows: list[dict], n: int, seed: int) -> list[dict]:
     """`n` rows (all when n <= 0 or n >= len), reproducible for a seed, taken round-robin from each stratum so that
-    every kind of episode appears (refined, matched, not matched, no verdict); shown grouped by stratum, in query order."""
+    every kind of episode appears (refined, matched, not matched, no verdict); grouped by stratum, in query order."""
     if n <= 0 or n >= len(rows):
         picked = list(range(len(rows)))
     else:
@@ -179,7 +179,8 @@ def video_strip(frames: Frames, video_id, label: str, gt_id, gt_span, same: bool
     cells = []
     for uri, t in info["thumbs"]:
         inside = is_gt and all(isinstance(v, (int, float)) for v in gt_span) and gt_span[0] <= t <= gt_span[1]
-        cells.append(f'<figure class="{"in-gt" if inside else ""}"><img src="{uri}" alt="t={t:.1f}s">'
+        px = ' class="px"' if uri.startswith("data:image/png") else ""  # small frames: sharp pixels when enlarged
+        cells.append(f'<figure class="{"in-gt" if inside else ""}"><img src="{uri}"{px} alt="t={t:.1f}s">'
                      f'<figcaption>{t:.0f}s</figcaption></figure>')
     return f'<div class="strip">{head}<div class="thumbs">{"".join(cells)}</div></div>'
 
@@ -242,7 +243,7 @@ def card(row: dict, frames: Frames) -> str:
         parts.append(video_strip(frames, vid, label, gt_id, gt_span, same=vid in seen))
         seen.add(vid)
         ans = t.get("answer")
-        span = (f'{_num(t.get("pred_start"))}–{_num(t.get("pred_end"))} s, IoU {_num(t.get("iou_raw"), "{:.2f}")}'
+        span = (f'{_num(t.get("pred_start"))}–{_num(t.get("pred_end"))} s, raw IoU {_num(t.get("iou_raw"), "{:.2f}")}'
                 if t.get("time_parse_ok") else "no span")
         refine = ("<REFINE> → query refined, GT rank "
                   f'{esc(t.get("rank"))} → {esc(t.get("policy_rank"))}' if t.get("refine_applied") else
@@ -282,10 +283,11 @@ h2{font-size:16px;margin:22px 0 8px;border-bottom:2px solid #ccd;padding-bottom:
 table.overview{border-collapse:collapse;width:100%;background:#fff;border:1px solid #dde;font-size:12.5px;
   margin:12px 0}
 .overview td,.overview th{padding:3px 8px;border-bottom:1px solid #eef;text-align:left;white-space:nowrap}
-.overview td.q{white-space:normal;max-width:420px}.overview a{color:#364fc7;text-decoration:none}
+.overview div.q{max-width:330px;overflow:hidden;text-overflow:ellipsis}.overview a{color:#364fc7;text-decoration:none}
 .thumbs{display:flex;gap:4px;flex-wrap:wrap}
 figure{margin:0;border:3px solid transparent;border-radius:4px;text-align:center}
-figure.in-gt{border-color:#40c057}figure img{height:68px;display:block;image-rendering:pixelated;border-radius:2px}
+figure.in-gt{border-color:#40c057}figure img{height:68px;display:block;border-radius:2px;outline:1px solid #d0d4dc}
+img.px{image-rendering:pixelated}
 figcaption{font-size:11px;color:#667}
 .missing{background:repeating-linear-gradient(45deg,#fff4e6,#fff4e6 8px,#ffe8cc 8px,#ffe8cc 16px);
   border:1px dashed #e8590c;color:#a33e00;padding:10px;border-radius:6px;font-size:12px;word-break:break-all}
@@ -316,14 +318,16 @@ def overview(shown: list[dict]) -> str:
     for r in shown:
         s, ok = stratum(r), bool(r.get("final_top1_is_gt"))
         answers = " / ".join(str(t.get("answer")) for t in r.get("turns") or [])
+        iou = f'{_num(r.get("final_iou_r1"), "{:.2f}")} ({_num(r.get("final_iou_raw"), "{:.2f}")})'
         lines.append(f'<tr><td><a href="#ep-{esc(r.get("index"))}">#{esc(r.get("index"))}</a></td>'
                      f'<td><span class="badge s-{s.replace(" ", "-")}">{esc(s)}</span></td>'
-                     f'<td class="q">{esc(r.get("query"))}</td><td>{esc(answers)}</td>'
+                     f'<td><div class="q" title="{esc(r.get("query"))}">{esc(r.get("query"))}</div></td>'
+                     f'<td>{esc(answers)}</td>'
                      f'<td>{esc(r.get("orig_rank"))} → {esc(r.get("final_rank"))}</td>'
-                     f'<td class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"}</td>'
-                     f'<td>{_num(r.get("final_iou_raw"), "{:.2f}")}</td></tr>')
+                     f'<td class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"}</td><td>{iou}</td></tr>')
     return ('<table class="overview"><tr><th></th><th>agent</th><th>query</th><th>answer per turn</th>'
-            f'<th>GT rank orig → final</th><th>final top-1 GT</th><th>final IoU</th></tr>{"".join(lines)}</table>')
+            '<th>GT rank: orig → final</th><th>final top-1 GT</th><th>IoU@R1 (raw)</th></tr>'
+            f'{"".join(lines)}</table>')
 
 
 def build_page(rows: list[dict], frames: Frames, *, source: str, n: int = 24, seed: int = 0,
