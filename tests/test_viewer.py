@@ -124,6 +124,10 @@ def test_errors_name_the_path_and_the_fix(tmp_path, eval_dir, capsys):
     shutil.copy(eval_dir / "detail_syn_test.jsonl", bare)
     assert V.main([str(bare)]) == 2
     assert "--data_root R --dataset D --split S" in capsys.readouterr().err
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "run_summary.json").write_text("{")
+    assert V.main([str(tmp_path / "torn")]) == 2
+    assert "run_summary.json: unreadable" in capsys.readouterr().err
     summary = json.load(open(eval_dir / "run_summary.json"))
     assert V.main([str(bare), "--data_root", summary["data_root"], "--sample", "4"]) == 0
     assert "4 of 12 episodes" in capsys.readouterr().out and (bare / "episodes.html").is_file()

@@ -55,7 +55,13 @@ def find_inputs(eval_dir: str, data_root=None, dataset=None, split=None) -> tupl
         raise ViewerError(f"{eval_dir}: no such evaluation folder; pass the output_dir of an evaluation run "
                           "(e.g. outputs/toy/eval_grpo after `bash scripts/demo.sh`)")
     summary_path = os.path.join(eval_dir, "run_summary.json")
-    summary = json.load(open(summary_path)) if os.path.isfile(summary_path) else {}
+    try:
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except FileNotFoundError:
+        summary = {}
+    except (OSError, ValueError) as e:
+        raise ViewerError(f"{summary_path}: unreadable ({e}); delete it and pass --data_root/--dataset/--split")
     named = summary.get("detail_jsonl")
     if named and not os.path.isfile(named):  # the folder was moved: look for the file under its own name here
         named = os.path.join(eval_dir, os.path.basename(named))
@@ -245,8 +251,8 @@ def card(row: dict, frames: Frames) -> str:
         ans = t.get("answer")
         span = (f'{_num(t.get("pred_start"))}–{_num(t.get("pred_end"))} s, raw IoU {_num(t.get("iou_raw"), "{:.2f}")}'
                 if t.get("time_parse_ok") else "no span")
-        refine = ("<REFINE> → query refined, GT rank "
-                  f'{esc(t.get("rank"))} → {esc(t.get("policy_rank"))}' if t.get("refine_applied") else
+        applied = f'<REFINE> → query refined, GT rank {t.get("rank")} → {t.get("policy_rank")}'
+        refine = (applied if t.get("refine_applied") else
                   "<REFINE> emitted, not applied" if t.get("refine_token_generated") else "no refinement")
         parts.append(f'<div class="turn"><div class="verdict">answer <span class="ans a-{esc(ans)}">{esc(ans)}'
                      f'</span> · {esc(span)} · {esc(refine)}</div>'
