@@ -165,6 +165,12 @@ def test_demo_run_writes_outputs(tmp_path):
     result = json.load(open(summary["result_json"]))
     assert {"final_retrieval", "original_retrieval", "final_temporal", "turns"} <= set(result)
     assert result["num_examples"] == summary["queries"] > 0
+    # run_summary.json says where the data is, so the episode viewer needs only the eval folder
+    from vsr1_jax import viewer
+    assert (summary["data_root"], summary["dataset"], summary["split"]) == (os.path.abspath(c.data_root), c.dataset,
+                                                                            c.split)
+    page, counts = viewer.write_page(summary["output_dir"])
+    assert counts["shown"] == min(24, summary["queries"]) and counts["videos"] > 0 and counts["missing"] == 0
 
 
 def test_missing_checkpoint_is_named(tmp_path):

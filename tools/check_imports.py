@@ -36,6 +36,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "retrieval": (2, ("models", "processing", "sharding", "buckets")),
     "generate": (2, ("models", "sharding", "kernels", "buckets")),
     "convert": (3, ("models", "checkpoint", "processing", "safetensors_io")),
+    "viewer": (3, ("data", "eval")),  # episode page: reads eval outputs and prepared videos, no model code
     "loading": (4, BELOW),
     "agent": (5, BELOW),
     "train": (6, BELOW),

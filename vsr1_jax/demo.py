@@ -15,7 +15,7 @@ import os
 import time
 from collections import Counter
 
-from vsr1_jax import distributed, loading
+from vsr1_jax import distributed, loading, viewer
 from vsr1_jax.agent.evaluate import run_eval
 from vsr1_jax.eval.report import plot_curves, read_detail_jsonl
 from vsr1_jax.train import loop
@@ -110,6 +110,8 @@ def run_demo(config) -> dict:
 
     if not distributed.is_primary():  # process 0 writes the report
         return dict(output_dir=os.path.abspath(out), wall_s=time.time() - t0)
+    # the last evaluation's episodes as a self-contained page (frames, reasoning, refinement, spans)
+    episodes, _ = viewer.write_page(os.path.join(out, "eval_grpo" if config.demo.grpo else "eval_sft"))
     pngs = [str(plot_curves(curves["sft"], os.path.join(out, "sft_loss.png"),
                             title="Stage 1 (SFT) on the synthetic corpus", ylabel="loss"))]
     if "grpo" in curves:
@@ -125,6 +127,8 @@ def run_demo(config) -> dict:
         f.write("Time (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) + "\n\n")
         for p in pngs:
             f.write(f"![{os.path.basename(p)}]({os.path.basename(p)})\n\n")
+        f.write(f"Episodes of the last evaluation, in a browser: [episodes.html]({os.path.relpath(episodes, out)})\n")
     print(open(report).read())
     return dict(output_dir=os.path.abspath(out), report=os.path.abspath(report),
-                **{os.path.basename(p): os.path.abspath(p) for p in pngs}, wall_s=time.time() - t0)
+                **{os.path.basename(p): os.path.abspath(p) for p in pngs}, episodes_html=os.path.abspath(episodes),
+                wall_s=time.time() - t0)

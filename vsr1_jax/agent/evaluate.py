@@ -101,7 +101,9 @@ def run_eval(config, models: loading.Models | None = None, *, output_dir: str | 
                     wall_s=time.time() - t0)
     report.write_detail_jsonl(rows, detail)
     out = report.write_report(rows, out_dir, detail, ks=tuple(ec.topk), thresholds=tuple(ec.iou_thresholds))
+    # where the prepared data is, so that the episode viewer (vsr1_jax/viewer.py) finds the frames by itself
     summary = dict(output_dir=os.path.abspath(out_dir), detail_jsonl=detail, queries=len(rows),
+                   data_root=os.path.abspath(config.data_root), dataset=config.dataset, split=split,
                    skips={**qset.skips, "video_file_missing": stats["video_file_missing"],
                           "prompt_too_long": stats["prompt_too_long"]},
                    generate_s=stats["generate_s"], refine_s=stats["refine_s"],
