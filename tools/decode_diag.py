@@ -5,11 +5,10 @@ head); the weights-only GEMV chain of one step; and the copy bandwidth. Prints a
 
     python tools/decode_diag.py [B] [--attn pallas] [--trace]
 
---trace: a profiler trace of 32 host-loop decode steps, summarised by tools/trace_summary.py (kernels per step, busy
-vs idle GPU time, time by kernel kind) into $OUT/decode_trace_summary.json; the trace itself to $OUT.
+--trace: a profiler trace of 32 decode steps of each loop (host and while), summarised by tools/trace_summary.py (kernels per step, busy
+vs idle GPU time, time by kernel kind) into $OUT/decode_trace_summary_<loop>_B<B>_<attn>.json.
 """
 import json
-import shutil
 import os
 import sys
 import time
@@ -35,7 +34,7 @@ def main():
     model = nnx.jit(lambda: Qwen3VL(cfg, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))()
     print(f"init {time.perf_counter() - t:.1f}s", flush=True)
     opts = RunOptions(dtype="bfloat16", attn_impl="cudnn", vision_attn_impl="cudnn", decode_attn_impl=attn)
-    s = Sampler(model, opts)
+    s = Sampler(model, opts, loop="while")
     hs = Sampler(model, opts, loop="host")
     T, N = 2048, 64
     p = pack_prompts([list(np.random.RandomState(0).randint(1, 5000, T))] * B, cfg=cfg, pad_id=0)
@@ -55,24 +54,26 @@ def main():
         g = hs.decode(c, logits, p.next_pos, sp)
         g.tokens.block_until_ready()
     res["host_loop_step_ms"] = (timeit(hloop, n=3, warmup=1) - t_copy) / N * 1e3
-    if "--trace" in sys.argv:
-        tdir = "/tmp/decode_trace"
-        c = jax.block_until_ready(jax.tree.map(jnp.copy, cache))
+    if "--trace" in sys.argv:   # both loops, 32 steps each: where the while loop loses its time
         sp32 = SamplingParams(max_new_tokens=32, eos_ids=(), pad_id=0)
-        hs.decode(jax.tree.map(jnp.copy, cache), logits, p.next_pos, sp32).tokens.block_until_ready()
-        with jax.profiler.trace(tdir, create_perfetto_trace=True):
-            hs.decode(c, logits, p.next_pos, sp32).tokens.block_until_ready()
-        for root, _, files in os.walk(tdir):
-            for fn in files:
-                if fn.endswith(".json.gz"):
-                    summ = summarize(os.path.join(root, fn), steps=32)
-                    shutil.copy(os.path.join(root, fn), os.path.join(out, f"decode_B{B}_{attn}_" + fn))
-                    with open(os.path.join(out, f"decode_trace_summary_B{B}_{attn}.json"), "w") as fh:
-                        json.dump(summ, fh, indent=1)
-                    for t, v in summ["streams"].items():
-                        print(t, json.dumps({k: v[k] for k in ("kernels_per_step", "busy_us_per_step",
-                                                               "span_us_per_step", "by_kind_us_per_step")}),
-                              flush=True)
+        for name, smp in (("host", hs), ("while", s)):
+            tdir = f"/tmp/decode_trace_{name}"
+            smp.decode(jax.tree.map(jnp.copy, cache), logits, p.next_pos, sp32).tokens.block_until_ready()
+            c = jax.block_until_ready(jax.tree.map(jnp.copy, cache))
+            with jax.profiler.trace(tdir, create_perfetto_trace=True):
+                smp.decode(c, logits, p.next_pos, sp32).tokens.block_until_ready()
+            for root, _, files in os.walk(tdir):
+                for fn in files:
+                    if fn.endswith(".json.gz"):
+                        summ = summarize(os.path.join(root, fn), steps=32)
+                        with open(os.path.join(out, f"decode_trace_summary_{name}_B{B}_{attn}.json"), "w") as fh:
+                            json.dump(summ, fh, indent=1)
+                        for t, v in summ["streams"].items():
+                            print(name, t, json.dumps({k: v[k] for k in ("kernels_per_step", "busy_us_per_step",
+                                                                         "span_us_per_step", "by_kind_us_per_step")}),
+                                  flush=True)
+                            print(name, "top", json.dumps(dict(list(v["top_kernels_us_per_step"].items())[:12])),
+                                  flush=True)
 
     gd, st = nnx.split(model)
 
