@@ -52,7 +52,7 @@ def reward_samples(trajs: list[Trajectory], records: list[dict], group: int, vec
         last = t.turns[-1]
         q_orig, pos, negs = vectors(rec, t)
         gt_time = rec["gt_time"] if rec["has_gt_time"] else None
-        text = "\n".join(turn.text for turn in t.turns)  # every assistant message of the episode (TR:4559-4570)
+        text = R.completion_text([turn.text for turn in t.turns])  # minus pure <search> calls (TR:4559-4570)
         out.append(R.RewardSample(text=text, retrieved_id=last.doc_id, gt_id=rec["gt_video"], gt_time=gt_time,
                                   has_refine=last.has_refine, q_final=last.q_next, q_orig=q_orig, pos_vec=pos,
                                   neg_vecs=negs))
@@ -132,6 +132,8 @@ class GRPOTask:
                                     EpisodeConfig.from_config(c, "grpo"), RunOptions.from_config(c.model),
                                     retriever=retriever)
         self.sp = self.engine.sampling_params(g.temperature)
+        if g.loss_type not in grpo.LOSS_TYPES:
+            raise ValueError(f"config.grpo.loss_type={g.loss_type!r}: expected one of {grpo.LOSS_TYPES}")
         if g.rollout_keys not in ("batch", "prompt"):
             raise ValueError(f"config.grpo.rollout_keys={g.rollout_keys!r}: expected 'batch' or 'prompt'")
         self.weights = R.RewardWeights.from_config(g.rewards)
@@ -219,7 +221,9 @@ class GRPOTask:
                               group_buckets=tuple(g.vision_group_buckets),
                               patch_buckets=tuple(g.vision_patch_buckets), loss_type=g.loss_type,
                               min_sizes=np.max([p["sizes"] for p in parts], axis=0),
-                              totals=tuple(np.sum([p["totals"] for p in parts], axis=0)))
+                              totals=tuple(np.sum([p["totals"] for p in parts], axis=0)),
+                              device_rows=self.config.data.grpo.per_device_batch_size,
+                              device_batches=self.A * self.m // self.config.data.grpo.per_device_batch_size)
         dev = self._device(batch)
         if self._jit_score is None:
             self._jit_score = jax.jit(self._score)
