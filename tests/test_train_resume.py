@@ -177,3 +177,52 @@ def test_resume_cuts_metrics_and_events_back_to_the_checkpoint(tmp_path):
     assert loop.truncate_events(str(tb), 3) == 2
     assert _tb_steps(str(tb)) == [1, 2, 3]
     assert loop.truncate_events(str(tb), 3) == 0 and loop.truncate_metrics(str(metrics), 3) == 0
+
+
+class _CountingTask:
+    """A loop.Task without a model: the state counts steps; row 3 of a data file is dropped while loading and one
+    row is unusable at step 2."""
+
+    def __init__(self, total_steps):
+        self.total_steps, self.i = total_steps, 0
+        self.skipped = [dict(file="rows.jsonl", line=3, qid="q3", reason="drop_missing_video_npy", detail="x.npy")]
+
+    def next_batch(self):
+        self.i += 1
+        return self.i
+
+    def step(self, state, batch):
+        return {"w": state["w"] + 1.0}, {"loss": float(batch)}
+
+    def after_step(self, step, batch, metrics):
+        if batch == 2:
+            self.skipped.append(dict(file="rows.jsonl", line=9, qid="q9", reason="video_unreadable", detail="y"))
+        return metrics
+
+    def host_state(self):
+        return {"i": self.i}
+
+    def load_host_state(self, state):
+        self.i = state.get("i", 0)
+
+
+def test_skipped_rows_config_and_changed_settings_on_resume(tmp_path, caplog):
+    import jax.numpy as jnp
+    import ml_collections
+    ckpt = ml_collections.ConfigDict(dict(keep=10, async_save=False, every_steps=1, every_fraction=0.0))
+    cfg = ml_collections.ConfigDict(dict(sft=dict(learning_rate=1.0, max_steps=2), output_dir="a"))
+    out = str(tmp_path / "run")
+    _, steps, stopped = loop.run(_CountingTask(2), {"w": jnp.zeros(())}, out_dir=out, ckpt_cfg=ckpt, config=cfg)
+    assert (steps, stopped) == (2, 0)
+    cfg.sft.learning_rate, cfg.sft.max_steps, cfg.output_dir = 2.0, 4, "b"   # output_dir: not a setting change
+    with caplog.at_level("WARNING"):
+        state, steps, _ = loop.run(_CountingTask(4), {"w": jnp.zeros(())}, out_dir=out, ckpt_cfg=ckpt, config=cfg)
+    assert steps == 4 and float(state["w"]) == 4.0
+    warning = " ".join(r.getMessage() for r in caplog.records if "settings that differ" in r.getMessage())
+    assert "sft.learning_rate 1.0 -> 2.0" in warning and "sft.max_steps 2 -> 4" in warning
+    assert "output_dir" not in warning
+    rows = [json.loads(x) for x in open(os.path.join(out, "skipped.jsonl"))]
+    # the load-time row once (step 0: the resumed run does not write its own again), the step-2 row once
+    assert [(r["step"], r["qid"], r["file"]) for r in rows] == [(0, "q3", "rows.jsonl"), (2, "q9", "rows.jsonl")]
+    assert json.load(open(os.path.join(out, "config.json")))["sft"]["learning_rate"] == 2.0
+    assert [json.loads(x)["step"] for x in open(os.path.join(out, "metrics.jsonl"))] == [1, 2, 3, 4]

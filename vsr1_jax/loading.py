@@ -85,12 +85,13 @@ def check_checkpoint_path(path: str, field: str = "checkpoint") -> None:
 
 
 def _flat(tree, prefix=()) -> dict:
+    """A restored nnx.State ({name: ... {"value": array}}) as {module path: array}."""
     if isinstance(tree, dict):
         out = {}
         for k, v in tree.items():
             out.update(_flat(v, prefix + (str(k),)))
         return out
-    return {prefix: tree}
+    return {prefix[:-1] if prefix and prefix[-1] == "value" else prefix: tree}
 
 
 def apply_training_checkpoint(models: Models, path: str, dtype=None) -> Models:
@@ -207,18 +208,17 @@ def load_models(config, path: str | None = None, field: str = "checkpoint") -> M
     path = config.checkpoint if path is None else path
     dtype = jnp.dtype(config.model.dtype)
     if config.demo.enabled:
-        emb = demo_embedder(config)
-        ensure_demo_data(config, emb)
-        models = demo_models(config, emb)
-        if not path:
-            return models
-        check_checkpoint_path(path, field)
-        if not is_training_checkpoint(path):
+        if path:   # checked before the demo corpus is built
+            check_checkpoint_path(path, field)
+        if path and not is_training_checkpoint(path):
             raise SetupError(f"--config.{field}={path}: the demo config (config.demo.enabled) runs the tiny demo models "
                              "and takes only their training checkpoints (<output_dir>/{sft,grpo}/checkpoints/<step>); "
                              "for a released or converted model pass --config.demo.enabled=False with a dataset "
                              "config (configs/charades.py, ...)")
-        return apply_training_checkpoint(models, path, dtype)
+        emb = demo_embedder(config)
+        ensure_demo_data(config, emb)
+        models = demo_models(config, emb)
+        return apply_training_checkpoint(models, path, dtype) if path else models
     if not path:
         raise SetupError(f"--config.{field} is empty; {CONVERT_HINT}")
     return load_checkpoint(path, dtype=dtype, field=field)

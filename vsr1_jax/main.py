@@ -5,6 +5,7 @@ status 2; `--verbose` adds the traceback)."""
 import ast
 import logging
 import os
+import runpy
 import sys
 
 import jax
@@ -58,7 +59,7 @@ def usage(argv) -> str:
               "setting and the fix; --verbose prints the traceback), 130 / 143 stopped by SIGINT / SIGTERM (training "
               "saves first; run the same command to resume)", ""]
     try:
-        config = config_flags.config_flags._LoadConfigModule("config", path).get_config()  # noqa: SLF001
+        config = runpy.run_path(path)["get_config"]()
     except Exception as e:  # noqa: BLE001  a broken config file still gets the rest of --help
         return "\n".join(lines + [f"(config {path} did not load: {e})"])
     lines.append(f"main config keys (values of {path}; every key of the config file can be overridden):")

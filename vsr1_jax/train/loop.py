@@ -71,6 +71,7 @@ class MetricsWriter:
         self.skipped_path = os.path.join(out_dir, "skipped.jsonl")
         self._tb = None
         if enabled:
+            open(self.skipped_path, "a").close()   # present (empty) when every row was used
             from tensorboardX import SummaryWriter  # noqa: PLC0415  lazy: tensorboardX imports torch (~3 s per CLI start)
             self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
 
