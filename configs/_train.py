@@ -51,7 +51,7 @@ def get_sft_config() -> ml_collections.ConfigDict:
 
 def get_grpo_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.init_checkpoint = ""            # the Stage-1 checkpoint (orbax folder or HF folder); "" = config.checkpoint
+    c.init_checkpoint = ""            # the Stage-1 model (orbax, HF or <run>/checkpoints/<step>); "" = checkpoint
     c.learning_rate = 5e-7            # S2:251 (G §3.4), constant
     c.adam_beta1 = 0.9
     c.adam_beta2 = 0.999

@@ -211,8 +211,9 @@ def load_models(config, path: str | None = None, field: str = "checkpoint") -> M
         if path:   # checked before the demo corpus is built
             check_checkpoint_path(path, field)
         if path and not is_training_checkpoint(path):
-            raise SetupError(f"--config.{field}={path}: the demo config (config.demo.enabled) runs the tiny demo models "
-                             "and takes only their training checkpoints (<output_dir>/{sft,grpo}/checkpoints/<step>); "
+            raise SetupError(f"--config.{field}={path}: the demo config (config.demo.enabled) runs the tiny demo "
+                             "models and takes only their training checkpoints "
+                             "(<output_dir>/{sft,grpo}/checkpoints/<step>); "
                              "for a released or converted model pass --config.demo.enabled=False with a dataset "
                              "config (configs/charades.py, ...)")
         emb = demo_embedder(config)

@@ -72,7 +72,8 @@ class MetricsWriter:
         self._tb = None
         if enabled:
             open(self.skipped_path, "a").close()   # present (empty) when every row was used
-            from tensorboardX import SummaryWriter  # noqa: PLC0415  lazy: tensorboardX imports torch (~3 s per CLI start)
+            # lazy: tensorboardX imports torch (~3 s of every CLI start, errors and --help included)
+            from tensorboardX import SummaryWriter  # noqa: PLC0415
             self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
 
     def write(self, step: int, scalars: dict) -> None:

@@ -281,11 +281,12 @@ def completion_text(messages: Sequence[str]) -> str:
 class RewardSample:
     """One rollout's final turn, as the rewards see it.
 
-    text: the rollout's reward text (`completion_text` of its assistant messages; the answer, think and time tags are
-    read from it); retrieved_id / gt_id: the candidate shown and the GT video id; gt_time: the GT [start, end] seconds (any
-    malformed value scores IoU 0); has_refine: the sampled ids held `<REFINE>`; q_final: the refined query vector
-    [D], None when no refinement was computed (then the quality reward is the penalty); q_orig: the original query
-    vector [D]; pos_vec: the GT video vector [D]; neg_vecs: the negative video vectors [K, D] (K may be 0).
+    text: the rollout's reward text (`completion_text` of its assistant messages; the answer, think and time tags
+    are read from it); retrieved_id / gt_id: the candidate shown and the GT video id; gt_time: the GT [start, end]
+    seconds (any malformed value scores IoU 0); has_refine: the sampled ids held `<REFINE>`; q_final: the refined
+    query vector [D], None when no refinement was computed (then the quality reward is the penalty); q_orig: the
+    original query vector [D]; pos_vec: the GT video vector [D]; neg_vecs: the negative video vectors [K, D] (K may
+    be 0).
     """
     text: str
     retrieved_id: Any
