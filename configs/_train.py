@@ -51,7 +51,7 @@ def get_sft_config() -> ml_collections.ConfigDict:
 
 def get_grpo_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.init_checkpoint = ""            # the Stage-1 checkpoint (orbax folder or HF folder); "" = config.checkpoint
+    c.init_checkpoint = ""            # the Stage-1 model (orbax, HF or <run>/checkpoints/<step>); "" = checkpoint
     c.learning_rate = 5e-7            # S2:251 (G §3.4), constant
     c.adam_beta1 = 0.9
     c.adam_beta2 = 0.999
@@ -68,7 +68,10 @@ def get_grpo_config() -> ml_collections.ConfigDict:
     c.num_iterations = 1              # mu (AR:208-213): > 1 reuses a generation with stored old log-probs
     c.steps_per_generation = 4        # 1 GPU: PDTBS 2 x spg 4 = 8 = 1 prompt x G (S2:332-341; G §3.1)
     c.loss_type = "grpo"              # "grpo": mean over each sequence's tokens, then over the batch (AR:523);
-    #                                   "token_mean": mean over every completion token of the batch
+    #   "bnpo": the original's token mean: each per-device micro-batch's token mean, averaged over the accumulation
+    #   steps and devices (TR:5669-5672); "token_mean" (not the original's): one mean over every completion token of
+    #   the generation batch, independent of the micro-batching (differs from "bnpo" when micro-batches' token counts
+    #   differ)
     c.max_turns = 1                   # 1 = what the original trains; > 1 = the paper's full agent loop (option)
     c.rollout_batch_size = 8          # rows generated together
     # sampling keys of the rollouts: "batch" = one key per generation batch (a counter folded in; several processes

@@ -76,6 +76,42 @@ def test_micro_batched_weights_equal_whole_batch():
     assert np.all(w[6:] == 0)
 
 
+def _ref_bnpo_micro_loss(per_token_loss, action_mask):
+    """TR:5669-5672, transcribed: the original's "bnpo" loss of one micro-batch on one rank."""
+    per_token_loss, action_mask = torch.tensor(per_token_loss), torch.tensor(action_mask)
+    loss = (
+        per_token_loss * action_mask
+    ).sum() / action_mask.sum().clamp(min=1.0)
+    return loss.item()
+
+
+def test_bnpo_weights_equal_the_originals_per_micro_batch_token_means():
+    """loss_type="bnpo": each device's micro-batch token mean (TR:5669-5672), divided by GA (TR:1231) and averaged
+    over the ranks (DeepSpeed), equals sum(w * per_token_loss) with w from `token_weights`; the rows of micro-batch a
+    on device d are rows [(a * W + d) * pdbs, ... + pdbs) of the scoring layout. "token_mean" differs from it when
+    micro-batches hold different token counts."""
+    rng = np.random.RandomState(5)
+    GA, W, pdbs, C = 3, 2, 2, 9
+    B = GA * W * pdbs
+    lengths = rng.randint(0, C + 1, B)
+    lengths[:pdbs] = 0                                     # an all-empty micro-batch: clamp(min=1), still counted
+    mask = (np.arange(C)[None] < lengths[:, None]).astype(np.float64)
+    seq = np.arange(B)
+    per_tok = rng.randn(B, C)
+    ref = sum(_ref_bnpo_micro_loss(per_tok[g * pdbs:(g + 1) * pdbs], mask[g * pdbs:(g + 1) * pdbs])
+              for g in range(GA * W)) / GA / W
+    w = G.token_weights(mask, seq, "bnpo", group_rows=pdbs)
+    assert float((per_tok * w).sum()) == pytest.approx(ref, rel=1e-6)
+    # one process of two holding half of every micro-batch: the same weights with the job's group count
+    half = np.concatenate([np.arange(a * W * pdbs, a * W * pdbs + pdbs) for a in range(GA)])
+    w_half = G.token_weights(mask[half], seq[half], "bnpo", group_rows=pdbs, groups_total=GA * W)
+    np.testing.assert_allclose(w_half, w[half], rtol=1e-6)
+    token_mean = float((per_tok * G.token_weights(mask, seq, "token_mean")).sum())
+    assert abs(token_mean - ref) > 1e-3
+    with pytest.raises(ValueError, match="group_rows"):
+        G.token_weights(mask, seq, "bnpo", group_rows=5)
+
+
 def test_kl_is_zero_when_policy_is_reference():
     logp = -jnp.asarray(np.random.RandomState(4).rand(3, 7), jnp.float32)
     _, kl, _ = G.per_token_objective(logp, logp, logp, jnp.ones(3), epsilon_low=0.2, epsilon_high=0.2, beta=0.01)

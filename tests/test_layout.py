@@ -502,10 +502,16 @@ def test_validate_dataset_counts_unknown_ids_and_missing_npy(tiny):
     assert rep.counts["grpo/hard_negative_unknown_ids"] == 1 and rep.counts["grpo/pos_doc_missing"] == 1
     assert rep.counts["grpo/drop_missing_video_npy"] >= 1 and rep.counts["test/corpus_video_npy_missing"] == 1
     # the GRPO records loader drops/filters the same things and reports it under the original's key names
-    recs, counts = grpo_records(P)
+    dropped = []
+    recs, counts = grpo_records(P, dropped=dropped)
     missing = tiny["grpo"][4].retrieved_video
     assert counts["drop_missing_video_npy"] == sum(r.retrieved_video == missing for r in tiny["grpo"])
     assert all(r["retrieved_video"] != missing for r in recs)
+    # each dropped row named: file, 1-based line, qid, reason, the missing file
+    want = [(i + 1, r.qid) for i, r in enumerate(tiny["grpo"]) if r.retrieved_video == missing]
+    assert [(d["line"], d["qid"]) for d in dropped] == want
+    assert all(d["file"] == str(P.grpo_rows) and d["reason"] == "drop_missing_video_npy"
+               and str(P.video_npy("train", missing)) in d["detail"] for d in dropped)
     recs, counts = grpo_records(P, require_npy=False)
     assert counts["hard_negative_unknown_ids"] == 1
     assert counts["pos_doc_missing"] == 1 and counts["gt_time_invalid"] == 0
@@ -534,8 +540,12 @@ def test_records_for_pipelines(tiny):
     assert r["pos_row"] == tiny["train"]["docid2row"][r["pos_video_id"]]
     assert r["pos_video_id"] not in r["hard_negative_ids"]
     P.video_npy("train", tiny["sft"][0].video_id).unlink()
-    recs, counts = sft_records(P)
+    dropped = []
+    recs, counts = sft_records(P, dropped=dropped)
     assert counts["video_file_missing"] >= 1 and all(r["video_id"] != tiny["sft"][0].video_id for r in recs)
+    assert len(dropped) == counts["video_file_missing"] and dropped[0]["item"] == 0
+    assert dropped[0]["qid"] == tiny["sft"][0].qid and dropped[0]["file"] == str(P.sft_oneturn)
+    assert str(P.video_npy("train", tiny["sft"][0].video_id)) in dropped[0]["detail"]
     grecs, _ = grpo_records(P, require_npy=False)
     g3 = next(r for r in grecs if r["problem_id"] == 3)
     assert g3["has_gt_time"] is False and np.isnan(g3["gt_time"]).all()

@@ -1,4 +1,6 @@
 """Tests of vsr1_jax.processing.prompts: prompts, chat rendering vs HF, video expansion, encoding, parsing."""
+import random
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -466,6 +468,47 @@ def test_sanitize_completion():
     assert sanitize_completion("x<|endoftext|>y<|im_end|>") == "x"
     assert sanitize_completion("<|vision_start|><|image_pad|><|vision_end|> ok ") == "ok"
     assert sanitize_completion("plain") == "plain"
+    # the original's set (TR:145-148): <|vision_pad|> stays; bare video/image tags, numbered ones and NUL go
+    assert sanitize_completion("a<|vision_pad|>b") == "a<|vision_pad|>b"
+    assert sanitize_completion("<video>a</video><image_3>b</image>c<|video|><|video_12|>\x00d") == "abcd"
+    assert sanitize_completion(None) == ""
+
+
+# TR:144-166, transcribed: the original's completion clean-up
+_REF_GEN_STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+_REF_MM_TEXT_TOKEN_PATTERN = re.compile(
+    r"<\|(?:video_pad|image_pad|video(?:_\d+)?|image(?:_\d+)?|vision_start|vision_end)\|>"
+    r"|</?(?:video(?:_\d+)?|image(?:_\d+)?)>"
+)
+
+
+def _ref_sanitize_generated_text(text):
+    if not isinstance(text, str):
+        return ""
+    cleaned = text
+    for stop_tok in _REF_GEN_STOP_TOKENS:
+        pos = cleaned.find(stop_tok)
+        if pos >= 0:
+            cleaned = cleaned[:pos]
+    cleaned = _REF_MM_TEXT_TOKEN_PATTERN.sub("", cleaned)
+    cleaned = cleaned.replace("\x00", "")
+    return cleaned.strip()
+
+
+def test_sanitize_completion_matches_the_original_fuzz():
+    pieces = ("<|im_end|>", "<|endoftext|>", "<|vision_pad|>", "<|video_pad|>", "<|image_pad|>", "<|vision_start|>",
+              "<|vision_end|>", "<|video|>", "<|video_3|>", "<|image|>", "<|image_12|>", "<|video_|>", "<video>",
+              "</video>", "<video_2>", "</video_2>", "<image>", "</image>", "<image_7>", "</image_7>", "<imagex>",
+              "<|im_start|>", "\x00", " ", "\n", "\t", "<", "|>", "a", "<think>", "</think>", "<answer>", "matched",
+              "<REFINE>", "_1")
+    rng = random.Random(0)
+    changed = 0
+    for _ in range(5000):
+        text = "".join(rng.choices(pieces, k=rng.randrange(0, 12)))
+        want = _ref_sanitize_generated_text(text)
+        assert sanitize_completion(text) == want, repr(text)
+        changed += want != text.strip()
+    assert changed > 1000
 
 
 # ---------------------------------------------------------------------------------------------------- <REFINE> ids

@@ -537,3 +537,83 @@ def test_score_samples_matches_reference():
     total = sum(getattr(w, k) * np.asarray(want[k]) for k in R.REWARD_NAMES)
     np.testing.assert_allclose(got["total"], total, rtol=1e-9, atol=1e-12)
     assert R.score_samples([], w)["total"].shape == (0,)
+
+
+# ================================================================================================================
+# The reward text: assistant messages minus pure <search> calls (TR:408-418, TR:4559-4570)
+# ================================================================================================================
+
+
+def ref_extract_search_query(text):  # TR:408-418
+    if not text:
+        return ""
+    pattern = r"<search>(.*?)</search>"
+    hits = re.findall(pattern, text, flags=re.IGNORECASE | re.DOTALL)
+    if hits:
+        return hits[-1].strip()
+    start = text.lower().rfind("<search>")
+    if start >= 0:
+        return text[start + len("<search>"):].strip()
+    return ""
+
+
+def ref_completion_text(msg_list):  # TR:4559-4570, one rollout's messages
+    parts = []
+    for msg in msg_list:
+        if msg.get("role") == "assistant":
+            content = str(msg.get("content", ""))
+            if ref_extract_search_query(content) and not ref_extract_answer(content):
+                continue
+            parts.append(content)
+    return "\n".join(parts)
+
+
+_SEARCH_PIECES = ("<search>", "</search>", "<SEARCH>", "</Search>", "<search> </search>", "<search>cat</search>",
+                  "<search>dog on a log", "<answer></answer>", "<answer> </answer>", "<answer>matched</answer>",
+                  "<answer>foo</answer>", "<think>b</think>", "<think> </think>", " ", "\n", "o", "query")
+
+
+def _random_message(rng):
+    if rng.random() < 0.4:
+        return random_completion(rng)
+    return "".join(rng.choices(_SEARCH_PIECES, k=rng.randrange(0, 6)))
+
+
+def test_completion_text_matches_reference_fuzz():
+    from vsr1_jax.processing.parsing import is_pure_search_call, search_query
+    rng = random.Random(7)
+    dropped = kept = 0
+    for _ in range(N_CASES // 2):
+        msgs = [_random_message(rng) for _ in range(rng.randrange(1, 4))]
+        for m in msgs:
+            assert search_query(m) == ref_extract_search_query(m), m
+            pure = bool(ref_extract_search_query(m) and not ref_extract_answer(m))
+            assert is_pure_search_call(m) == pure, m
+            dropped, kept = dropped + pure, kept + (not pure)
+        conv = [{"role": "user", "content": "q"}] + [{"role": "assistant", "content": m} for m in msgs]
+        text = R.completion_text(msgs)
+        assert text == ref_completion_text(conv), msgs
+        assert R.think_reward(text) == ref_think(ref_completion_text(conv))
+    assert dropped > 500 and kept > 500, (dropped, kept)
+
+
+def test_completion_text_drops_a_pure_search_call():
+    # the case: the message is a search call with no answer, so it is not in the reward text (think = 0)
+    assert R.completion_text(["<think>b</think><search>o"]) == ""
+    assert R.think_reward(R.completion_text(["<think>b</think><search>o"])) == 0.0
+    assert R.completion_text(["<think>b</think><search>o</search><answer>matched</answer>"]) != ""
+    assert R.completion_text(["<search>a</search>", "<think>x</think><answer>matched</answer>"]) == \
+        "<think>x</think><answer>matched</answer>"
+    assert R.completion_text(["<search> </search> t", "u"]) == "<search> </search> t\nu"  # blank query: kept
+
+
+def test_grpo_reward_samples_use_the_reward_text():
+    from types import SimpleNamespace
+
+    from vsr1_jax.train.grpo_run import reward_samples
+    turn = lambda text: SimpleNamespace(text=text, doc_id="v1", has_refine=False, q_next=None)  # noqa: E731
+    trajs = [SimpleNamespace(turns=[turn("<think>b</think><search>o")]),
+             SimpleNamespace(turns=[turn("<search>q</search>"), turn("<think>a</think><answer>matched</answer>")])]
+    rec = dict(gt_video="v1", has_gt_time=False, gt_time=None)
+    got = reward_samples(trajs, [rec], 2, lambda rec, t: (None, None, None))
+    assert [s.text for s in got] == ["", "<think>a</think><answer>matched</answer>"]

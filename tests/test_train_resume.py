@@ -1,16 +1,24 @@
 """Kill and resume: an SFT or GRPO run killed with SIGKILL at a random step and started again with the same command
 resumes from its last complete checkpoint and then logs bit-identical losses (and, for GRPO, rewards) to an
-uninterrupted run; a half-written checkpoint folder left by the kill is never restored. Runs the real entry point in
-subprocesses on a small synthetic corpus."""
+uninterrupted run; a half-written checkpoint folder left by the kill is never restored; metrics.jsonl and the
+TensorBoard events hold every step once. GRPO is first stopped by SIGTERM (exit 143, "stopped at step N/M — run the
+same command to resume"); SFT is then resumed with other settings (a warning names them, and the data position of
+another batch size is refused in one `error:` line). Runs the real entry point in subprocesses on a small synthetic
+corpus."""
 import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
 
 import pytest
+from tensorboardX import SummaryWriter
+from tensorboardX.proto import event_pb2
+
+from vsr1_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -51,8 +59,36 @@ def _losses(mode, out):
     with open(os.path.join(out, mode, "metrics.jsonl")) as f:
         for line in f:
             r = json.loads(line)
+            assert r["step"] not in rows, f"step {r['step']} twice in metrics.jsonl"
             rows[r["step"]] = tuple(r[k] for k in KEYS[mode])
     return rows
+
+
+def _tfrecords(path):
+    """A minimal TFRecord reader (length, crc, data, crc; the CRCs are not checked): the records' bytes, and
+    whether the file ends inside a record."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out, pos = [], 0
+    while pos + 12 <= len(data):
+        (n,) = struct.unpack("<Q", data[pos:pos + 8])
+        if pos + 12 + n + 4 > len(data):
+            break
+        out.append(data[pos + 12:pos + 12 + n])
+        pos += 12 + n + 4
+    return out, pos != len(data)
+
+
+def _tb_steps(tb_dir, tag="loss"):
+    """Every step at which `tag` was logged, over all event files (a step logged twice appears twice)."""
+    steps = []
+    for name in sorted(os.listdir(tb_dir)):
+        records, truncated = _tfrecords(os.path.join(tb_dir, name))
+        assert not truncated, f"{name} ends in a partial record"
+        for r in records:
+            ev = event_pb2.Event.FromString(r)
+            steps += [ev.step for v in ev.summary.value if v.tag == tag]
+    return sorted(steps)
 
 
 def _run(cmd, cache, timeout=600):
@@ -69,23 +105,16 @@ def test_sigkill_then_resume_gives_identical_losses(tmp_path, mode):
     ref = _losses(mode, a)
     assert sorted(ref) == list(range(1, STEPS + 1))
 
-    kill_at = random.Random().randint(2, STEPS - 2)
-    proc = subprocess.Popen(_cmd(mode, data_root, b), cwd=ROOT, env=_env(cache), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     metrics = os.path.join(b, mode, "metrics.jsonl")
-    deadline = time.time() + 600
-    try:
-        while time.time() < deadline:
-            if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= kill_at:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended before step {kill_at}: {proc.stderr.read()[-2000:]}")
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"no step {kill_at} within 600 s")
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=60)
+    if mode == "grpo":   # SIGTERM first: the step finishes, a checkpoint is saved, exit 143 with the resume hint
+        proc = _start_and_signal(mode, data_root, b, cache, 1, signal.SIGTERM)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=300) == 143, err[-3000:]
+        last = err.rstrip().splitlines()[-1]
+        assert "stopped at step" in last and f"/{STEPS}" in last and "run the same command to resume" in last, last
+    kill_at = random.Random().randint(2, STEPS - 2)
+    proc = _start_and_signal(mode, data_root, b, cache, kill_at, signal.SIGKILL)
+    proc.wait(timeout=60)
     ckpts = os.path.join(b, mode, "checkpoints")
     # what a kill in the middle of a save leaves behind: an uncommitted step folder; it must be ignored
     os.makedirs(os.path.join(ckpts, f"{STEPS + 5}.orbax-checkpoint-tmp-1"), exist_ok=True)
@@ -95,7 +124,105 @@ def test_sigkill_then_resume_gives_identical_losses(tmp_path, mode):
     r = _run(_cmd(mode, data_root, b), cache)
     resumed_from = max(done_before) if done_before else 0
     assert f"resumed from {ckpts}" in r.stderr or resumed_from == 0
-    got = _losses(mode, b)
+    got = _losses(mode, b)   # each step once
     assert sorted(got) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert got[step] == ref[step], f"step {step} after a kill at step {kill_at} (resumed from {resumed_from})"
+    assert _tb_steps(os.path.join(b, mode, "tensorboard")) == list(range(1, STEPS + 1))
+    if mode == "sft":   # other settings on resume: named in a warning; another batch size cannot resume
+        cmd = _cmd(mode, data_root, b) + ["--config.sft.learning_rate=1e-4",
+                                          "--config.data.sft.per_device_batch_size=1"]
+        r = subprocess.run(cmd, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert "sft.learning_rate" in r.stderr and "data.sft.per_device_batch_size 2 -> 1" in r.stderr
+        last = r.stderr.rstrip().splitlines()[-1]
+        assert last.startswith("error: ") and "cannot resume" in last and "Traceback" not in r.stderr, last
+
+
+def _start_and_signal(mode, data_root, out, cache, at_step, sig):
+    """Start the run and send `sig` to its process group once metrics.jsonl holds `at_step` rows."""
+    proc = subprocess.Popen(_cmd(mode, data_root, out), cwd=ROOT, env=_env(cache), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics = os.path.join(out, mode, "metrics.jsonl")
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline:
+            if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= at_step:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended before step {at_step}: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"no step {at_step} within 600 s")
+    finally:
+        os.killpg(proc.pid, sig)
+    return proc
+
+
+def test_resume_cuts_metrics_and_events_back_to_the_checkpoint(tmp_path):
+    """What a run killed after its checkpoint at step 3 leaves: rows and events of steps 4-5 and a half-written last
+    event record; resuming from step 3 removes them (the resumed run writes those steps again)."""
+    tb = tmp_path / "tensorboard"
+    w = SummaryWriter(str(tb))
+    for step in range(1, 6):
+        w.add_scalar("loss", 1.0 / step, step)
+    w.close()
+    (name,) = os.listdir(tb)
+    with open(tb / name, "ab") as f:
+        f.write(b"\x10\x00\x00\x00\x00\x00\x00\x00\x01\x02")   # a record cut by SIGKILL
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 6)) + '{"step": 6, "lo')
+    assert loop.truncate_metrics(str(metrics), 3) == 3
+    assert [json.loads(x)["step"] for x in metrics.read_text().splitlines()] == [1, 2, 3]
+    assert loop.truncate_events(str(tb), 3) == 2
+    assert _tb_steps(str(tb)) == [1, 2, 3]
+    assert loop.truncate_events(str(tb), 3) == 0 and loop.truncate_metrics(str(metrics), 3) == 0
+
+
+class _CountingTask:
+    """A loop.Task without a model: the state counts steps; row 3 of a data file is dropped while loading and one
+    row is unusable at step 2."""
+
+    def __init__(self, total_steps):
+        self.total_steps, self.i = total_steps, 0
+        self.skipped = [dict(file="rows.jsonl", line=3, qid="q3", reason="drop_missing_video_npy", detail="x.npy")]
+
+    def next_batch(self):
+        self.i += 1
+        return self.i
+
+    def step(self, state, batch):
+        return {"w": state["w"] + 1.0}, {"loss": float(batch)}
+
+    def after_step(self, step, batch, metrics):
+        if batch == 2:
+            self.skipped.append(dict(file="rows.jsonl", line=9, qid="q9", reason="video_unreadable", detail="y"))
+        return metrics
+
+    def host_state(self):
+        return {"i": self.i}
+
+    def load_host_state(self, state):
+        self.i = state.get("i", 0)
+
+
+def test_skipped_rows_config_and_changed_settings_on_resume(tmp_path, caplog):
+    import jax.numpy as jnp
+    import ml_collections
+    ckpt = ml_collections.ConfigDict(dict(keep=10, async_save=False, every_steps=1, every_fraction=0.0))
+    cfg = ml_collections.ConfigDict(dict(sft=dict(learning_rate=1.0, max_steps=2), output_dir="a"))
+    out = str(tmp_path / "run")
+    _, steps, stopped = loop.run(_CountingTask(2), {"w": jnp.zeros(())}, out_dir=out, ckpt_cfg=ckpt, config=cfg)
+    assert (steps, stopped) == (2, 0)
+    cfg.sft.learning_rate, cfg.sft.max_steps, cfg.output_dir = 2.0, 4, "b"   # output_dir: not a setting change
+    with caplog.at_level("WARNING"):
+        state, steps, _ = loop.run(_CountingTask(4), {"w": jnp.zeros(())}, out_dir=out, ckpt_cfg=ckpt, config=cfg)
+    assert steps == 4 and float(state["w"]) == 4.0
+    warning = " ".join(r.getMessage() for r in caplog.records if "settings that differ" in r.getMessage())
+    assert "sft.learning_rate 1.0 -> 2.0" in warning and "sft.max_steps 2 -> 4" in warning
+    assert "output_dir" not in warning
+    rows = [json.loads(x) for x in open(os.path.join(out, "skipped.jsonl"))]
+    # the load-time row once (step 0: the resumed run does not write its own again), the step-2 row once
+    assert [(r["step"], r["qid"], r["file"]) for r in rows] == [(0, "q3", "rows.jsonl"), (2, "q9", "rows.jsonl")]
+    assert json.load(open(os.path.join(out, "config.json")))["sft"]["learning_rate"] == 2.0
+    assert [json.loads(x)["step"] for x in open(os.path.join(out, "metrics.jsonl"))] == [1, 2, 3, 4]

@@ -20,7 +20,9 @@ from pathlib import Path
 # shape; the allow-lists decide. BELOW = every component of a lower rank.
 BELOW = "below"
 LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
-    # base layers: no other vsr1_jax component
+    # the error base class and the CLI error style: every component may derive its errors from it
+    "errors": (-1, ()),
+    # base layers: no other vsr1_jax component but errors
     "kernels": (0, ()),
     "processing": (0, ()),
     "sharding": (0, ()),
@@ -28,14 +30,15 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "eval": (0, ()),
     "compiles": (0, ()),
     "buckets": (0, ()),
-    "safetensors_io": (0, ()),
+    "safetensors_io": (0, ("errors",)),
+    "runinfo": (0, ()),       # the resolved config, code version and resume diffs a run folder records
     "profiling": (0, ()),     # profiler-trace summaries for bench and tools
     "distributed": (0, ()),   # jax.distributed setup + cross-process helpers; main calls it first
-    "models": (1, ("kernels", "buckets")),
-    "data": (2, ("processing", "buckets")),
-    "retrieval": (2, ("models", "processing", "sharding", "buckets")),
+    "models": (1, ("kernels", "buckets", "errors")),
+    "data": (2, ("processing", "buckets", "errors")),
+    "retrieval": (2, ("models", "processing", "sharding", "buckets", "errors")),
     "generate": (2, ("models", "sharding", "kernels", "buckets")),
-    "convert": (3, ("models", "checkpoint", "processing", "safetensors_io")),
+    "convert": (3, ("models", "checkpoint", "processing", "safetensors_io", "errors")),
     "viewer": (3, ("data", "eval")),  # episode page: reads eval outputs and prepared videos, no model code
     "loading": (4, BELOW),
     "agent": (5, BELOW),

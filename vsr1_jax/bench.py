@@ -37,6 +37,7 @@ from flax import nnx
 from vsr1_jax.agent.rollout import Trajectory, Turn
 from vsr1_jax.data.build import frames as FR
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
+from vsr1_jax.errors import UserError, run_cli
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, broadcast_group, pack_prompts
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset
@@ -1064,11 +1065,15 @@ def main(argv=None):
                     help="attention of single-position steps (RunOptions.decode_attn_impl)")
     ap.add_argument("--mixed-lengths", default="4096,8192", help="prompt lengths LO,HI of --what=mixed")
     ap.add_argument("--trace", default="", help="folder for a profiler trace of one step (sft) and its summary")
+    ap.add_argument("--verbose", action="store_true", help="print the traceback of an error (run_cli reads it)")
     args = ap.parse_args(argv)
     global PARTIAL_DIR
     PARTIAL_DIR = args.out
     cfg = get_preset(args.preset)
     whats = ["parity", "forward", "decode", "sqr", "episode"] if args.what == "all" else args.what.split(",")
+    known = ("forward", "decode", "sqr", "parity", "build", "mixed", "sft", "grpo", "episode")
+    if set(whats) - set(known):   # before any bench runs: a typo does not cost the benches before it
+        raise UserError(f"--what={args.what}: unknown {sorted(set(whats) - set(known))}; known: {', '.join(known)}")
     log(f"devices: {jax.devices()}")
     for what in whats:
         t = time.perf_counter()
@@ -1098,7 +1103,7 @@ def main(argv=None):
             res = bench_episode(cfg, batches=tuple(int(b) for b in args.batches.split(",")),
                                 new_tokens=args.new_tokens, decode_attn=args.decode_attn, **size)
         else:
-            raise SystemExit(f"unknown --what={what!r}")
+            raise AssertionError(what)   # checked above
         res.update(decode_attn=args.decode_attn, preset=args.preset, device=str(jax.devices()[0].device_kind),
                    wall_s=time.perf_counter() - t,
                    jax=jax.__version__)
@@ -1109,4 +1114,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))   # the project's errors as one `error: ...` line (vsr1_jax/errors.py)

@@ -42,6 +42,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from vsr1_jax import checkpoint
+from vsr1_jax.errors import UserError, run_cli
 from vsr1_jax.models.qwen3_vl import params as P
 from vsr1_jax.models.qwen3_vl.config import ConfigError, Qwen3VLConfig
 from vsr1_jax.models.qwen3_vl.model import abstract_model
@@ -66,7 +67,7 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"
 _CAST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
 
 
-class ConvertError(Exception):
+class ConvertError(UserError):
     """A checkpoint cannot be converted; the message names the file, key or field and what is wrong."""
 
 
@@ -772,9 +773,16 @@ def init_stage1(policy_src: str, embedder_src: str, dst: str, *, seed: int = 0, 
 # ---- CLI --------------------------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a ConvertError (any UserError) is one `error: ...` line and exit status 2 (--verbose adds
+    the traceback), a failed write (disk full, permissions) exit status 1, Ctrl-C 130."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m vsr1_jax.convert",
                                      description="Convert Qwen3-VL / VideoSearch-R1 checkpoints between HF "
-                                                 "safetensors folders and vsr1_jax orbax folders.")
+                                                 "safetensors folders and vsr1_jax orbax folders. --verbose: "
+                                                 "print the traceback of an error.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("hf-to-orbax", help="HF folder (safetensors) -> orbax folder")
     b = sub.add_parser("orbax-to-hf", help="orbax folder written by hf-to-orbax -> HF folder")
@@ -808,9 +816,6 @@ def main(argv: list[str] | None = None) -> int:
         else:
             out = orbax_to_hf(args.src, args.dst, max_shard_size=args.max_shard_size, dtype=args.dtype,
                               overwrite=args.overwrite, quiet=args.quiet)
-    except ConvertError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except OSError as e:  # disk full, permissions: the staging folder is already gone
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ import os
 import time
 from collections import Counter
 
-from vsr1_jax import distributed, loading, viewer
+from vsr1_jax import distributed, loading, runinfo, viewer
 from vsr1_jax.agent.evaluate import run_eval
 from vsr1_jax.eval.report import plot_curves, read_detail_jsonl
 from vsr1_jax.train import loop
@@ -29,6 +29,13 @@ def trained_models(models: loading.Models, task, state) -> loading.Models:
     """`models` with the policy and SQR head of a train state."""
     policy, head = task.graphdefs.modules(state.params, state.frozen)
     return models._replace(policy=policy, head=head)
+
+
+def _last_checkpoint(run_dir: str) -> str:
+    """The newest training checkpoint of a run folder (what the demo's trained models are)."""
+    ckpts = os.path.join(run_dir, "checkpoints")
+    steps = sorted(int(d) for d in os.listdir(ckpts) if d.isdigit()) if os.path.isdir(ckpts) else []
+    return os.path.abspath(os.path.join(ckpts, str(steps[-1]))) if steps else os.path.abspath(run_dir)
 
 
 def _summary_of(out_dir: str, eval_summary: dict) -> dict:
@@ -71,31 +78,34 @@ def run_demo(config) -> dict:
     t0 = time.time()
     out = config.output_dir
     os.makedirs(out, exist_ok=True)
+    if distributed.is_primary():
+        runinfo.save_config(config, out)
     models = loading.load_models(config)
     stages, curves, times = {}, {}, {}
 
     t = time.time()
-    stages["untrained"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_untrained")))
+    stages["untrained"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_untrained"),
+                                                  checkpoint="the demo's untrained tiny models"))
     times["eval untrained"] = time.time() - t
 
     t = time.time()
-    task, state, stopped = run_sft(config, models, out_dir=os.path.join(out, "sft"))
+    task, state = run_sft(config, models, out_dir=os.path.join(out, "sft"))   # errors.Stopped on SIGINT / SIGTERM
     times["SFT"] = time.time() - t
-    if stopped:
-        raise SystemExit("interrupted during SFT; run the same command again to resume")
     models = trained_models(models, task, state)
     rows = loop.read_metrics(os.path.join(out, "sft"))
-    curves["sft"] = {k: [(r["step"], r[k]) for r in rows if k in r] for k in ("loss", "lm_loss", "infonce_loss")}
+    curves["sft"] = {k: [(r["step"], r[k]) for r in rows if k in r] for k in ("loss", "lm_loss")}
+    # a step without InfoNCE rows logs infonce_loss = 0: not a point of the curve (it would look like a perfect loss)
+    curves["sft"]["infonce_loss"] = [(r["step"], r["infonce_loss"]) for r in rows
+                                     if "infonce_loss" in r and r.get("infonce_rows", 1) > 0]
     t = time.time()
-    stages["after SFT"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_sft")))
+    stages["after SFT"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_sft"),
+                                                  checkpoint=_last_checkpoint(os.path.join(out, "sft"))))
     times["eval after SFT"] = time.time() - t
 
     if config.demo.grpo:
         t = time.time()
-        gtask, gstate, stopped = run_grpo(config, models, out_dir=os.path.join(out, "grpo"))
+        gtask, gstate = run_grpo(config, models, out_dir=os.path.join(out, "grpo"))
         times["GRPO"] = time.time() - t
-        if stopped:
-            raise SystemExit("interrupted during GRPO; run the same command again to resume")
         models = trained_models(models, gtask, gstate)
         rows = loop.read_metrics(os.path.join(out, "grpo"))
         rewards = [(r["step"], r["reward"]) for r in rows]
@@ -105,7 +115,8 @@ def run_demo(config) -> dict:
         q = max(len(rewards) // 4, 1)
         grpo_change = (sum(v for _, v in rewards[:q]) / q, sum(v for _, v in rewards[-q:]) / q)
         t = time.time()
-        stages["after GRPO"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_grpo")))
+        stages["after GRPO"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_grpo"),
+                                                       checkpoint=_last_checkpoint(os.path.join(out, "grpo"))))
         times["eval after GRPO"] = time.time() - t
 
     if not distributed.is_primary():  # process 0 writes the report

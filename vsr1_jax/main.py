@@ -1,27 +1,120 @@
-"""Entry point: `python -m vsr1_jax.main --config=configs/<name>.py [--config.x.y=...]`; dispatches on config.mode
-(eval | sft | grpo | demo | build) to the run that owns it. No logic of its own."""
+"""Entry point: `python -m vsr1_jax.main --config=configs/<name>.py [--config.x.y=...] [--verbose]`; dispatches on
+config.mode (eval | sft | grpo | demo | build) to the run that owns it. Its own logic is the command line only:
+`--help`, and the error style of vsr1_jax/errors.py (a config typo or a project error is one `error: ...` line, exit
+status 2; `--verbose` adds the traceback)."""
+import ast
 import logging
+import os
+import runpy
+import sys
 
 import jax
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
-from vsr1_jax import demo, distributed
+from vsr1_jax import demo, distributed, errors
 from vsr1_jax.agent.evaluate import run_eval
-from vsr1_jax.loading import SetupError
 from vsr1_jax.prepare import run_build
 from vsr1_jax.train.grpo_run import main_grpo
 from vsr1_jax.train.sft_run import main_sft
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/toy.py", "ml_collections config file")
+DEFAULT_CONFIG = "configs/toy.py"
+_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file")
 
-MODES = {
-    "eval": run_eval,       # the search agent over the test queries -> detail JSONL, result.json, report
-    "sft": main_sft,        # Stage 1 -> checkpoints, metrics, the final model as an HF folder
-    "grpo": main_grpo,      # Stage 2 from a Stage-1 model -> checkpoints, metrics, the final model
-    "demo": demo.run_demo,  # the toy pipeline: eval, SFT, eval, GRPO, eval, and the side-by-side report
-    "build": run_build,     # raw videos + annotations -> the prepared layout (the original's 11 steps)
+MODES = {"eval": run_eval, "sft": main_sft, "grpo": main_grpo, "demo": demo.run_demo, "build": run_build}
+MODE_HELP = {
+    "eval": "the search agent over the test queries -> detail JSONL, result.json, report (--config.checkpoint)",
+    "sft": "Stage 1 -> checkpoints, metrics, the final model as an HF folder",
+    "grpo": "Stage 2 from a Stage-1 model (--config.grpo.init_checkpoint) -> checkpoints, metrics, the final model",
+    "demo": "the toy pipeline: eval, SFT, eval, GRPO, eval, and the side-by-side report",
+    "build": "raw videos + annotations -> the prepared layout (the original's 11 steps)",
 }
+# the settings most runs change, shown by --help with their values in the chosen config
+MAIN_KEYS = ("mode", "dataset", "data_root", "split", "checkpoint", "output_dir", "model.dtype", "demo.enabled",
+             "eval.max_samples", "eval.max_turn", "sft.learning_rate", "sft.max_steps", "sft.num_epochs",
+             "data.sft.per_device_batch_size", "grpo.init_checkpoint", "grpo.learning_rate", "grpo.max_steps",
+             "grpo.loss_type", "data.grpo.generation_batch_size", "data.grpo.per_device_batch_size")
+_VERBOSE = False
+
+
+def _config_file(argv) -> str:
+    """The config file named on the command line (the last --config wins, as in absl), else the default."""
+    path = DEFAULT_CONFIG
+    for i, a in enumerate(argv):
+        if a.startswith("--config="):
+            path = a.split("=", 1)[1]
+        elif a == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    return path
+
+
+def usage(argv) -> str:
+    """--help: the command, the modes, the error style and the main config keys with their values in the config
+    given (`--config=...`, default configs/toy.py)."""
+    path = _config_file(argv)
+    lines = [__doc__.split(";")[0].replace("Entry point: ", "usage: "), "",
+             "modes (--config.mode=...):"]
+    lines += [f"  {name:6s} {text}" for name, text in MODE_HELP.items()]
+    lines += ["", "exit status: 0 done, 1 unexpected failure, 2 a user error (one 'error: ...' line naming the file or "
+              "setting and the fix; --verbose prints the traceback), 130 / 143 stopped by SIGINT / SIGTERM (training "
+              "saves first; run the same command to resume)", ""]
+    try:
+        config = runpy.run_path(path)["get_config"]()
+    except Exception as e:  # noqa: BLE001  a broken config file still gets the rest of --help
+        return "\n".join(lines + [f"(config {path} did not load: {e})"])
+    lines.append(f"main config keys (values of {path}; every key of the config file can be overridden):")
+    for key in MAIN_KEYS:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        lines.append(f"  --config.{key}={node!r}")
+    lines.append("sections: " + ", ".join(k for k in config.keys() if hasattr(config[k], "keys")))
+    return "\n".join(lines)
+
+
+def _unquote(msg: str) -> str:
+    """ml_collections wraps a KeyError's repr in an AttributeError's: undo the layers of quoting."""
+    for _ in range(3):
+        try:
+            value = ast.literal_eval(msg)
+        except (ValueError, SyntaxError):
+            break
+        if not isinstance(value, str):
+            break
+        msg = value
+    return msg
+
+
+def override_error(exc: BaseException, argv) -> errors.ConfigOverrideError:
+    """A flag-parsing failure as one message naming the `--config...` argument it came from and the fix."""
+    msg = " ".join(_unquote(str(exc)).split())
+    if isinstance(exc, (AttributeError, KeyError)):
+        key = msg.split("'")[1] if msg.count("'") >= 2 else msg
+        arg = next((a for a in argv if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")), None)
+        where = arg.split("=", 1)[0] if arg else "a --config override"
+        hint = msg[len(key) + 2:].strip()
+        msg = f"{where}: the config has no field {key!r}{'; ' + hint if hint else ''}; see --help for the main keys"
+    elif isinstance(exc, OSError) and "config" in msg:
+        last = [ln.strip() for ln in _unquote(str(exc)).splitlines() if ln.strip()][-1]
+        msg = f"--config={_config_file(argv)} could not be loaded: {last}"
+    return errors.ConfigOverrideError(msg)
+
+
+def parse_flags(argv):
+    """absl's flag parsing with the project's error style; `--verbose` and `--help` are handled here."""
+    global _VERBOSE
+    argv, _VERBOSE = errors.split_verbose(argv)
+    if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
+        print(usage(argv[1:]))
+        sys.exit(0)
+    try:
+        rest = flags.FLAGS(argv)
+        _CONFIG.value.keys()   # a config file that failed to load raises here (ml_collections defers the error)
+        return rest
+    except Exception as e:  # noqa: BLE001  any failure here comes from the command line or the config file
+        err = override_error(e, argv)
+        err.__cause__ = e
+        sys.exit(errors.report(err, _VERBOSE))
 
 
 def main(argv):
@@ -29,26 +122,33 @@ def main(argv):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO through absl
     config = _CONFIG.value
-    run = MODES.get(config.mode)
-    if run is None:
-        raise SystemExit(f"error: config.mode={config.mode!r} is not available (known: {', '.join(MODES)})")
     try:
-        distributed.initialize(config)  # multi-host jobs (launch/): before anything touches a device
-    except ValueError as e:
-        raise SystemExit(f"error: {e}") from None
-    if config.mode == "build" and jax.process_count() > 1:
-        raise SystemExit("error: --config.mode=build runs in one process; start it without launch/")
-    try:
+        run = MODES.get(config.mode)
+        if run is None:
+            raise errors.ConfigOverrideError(f"config.mode={config.mode!r} is not available (known: "
+                                             f"{', '.join(MODES)})")
+        try:
+            distributed.initialize(config)  # multi-host jobs (launch/): before anything touches a device
+        except ValueError as e:
+            raise errors.ConfigOverrideError(str(e)) from e
+        if config.mode == "build" and jax.process_count() > 1:
+            raise errors.ConfigOverrideError("--config.mode=build runs in one process; start it without launch/")
         summary = run(config)
-    except SetupError as e:
-        raise SystemExit(f"error: {e}") from None
+    except errors.UserError as e:
+        sys.exit(errors.report(e, _VERBOSE))
+    except errors.Stopped as e:   # training saved a checkpoint after SIGINT / SIGTERM
+        print(str(e), file=sys.stderr)
+        sys.exit(e.exit_status)
+    except KeyboardInterrupt:     # Ctrl-C outside the training loop (loading, evaluation)
+        print(f"{config.mode}: interrupted", file=sys.stderr)
+        sys.exit(errors.EXIT_SIGINT)
     if not distributed.is_primary():
         return
     print(f"{config.mode}: outputs under {summary['output_dir']}")
     for k, v in summary.items():
-        if k != "output_dir" and isinstance(v, str) and v.startswith("/"):
+        if k != "output_dir" and isinstance(v, str) and os.path.isabs(v):
             print(f"  {k}: {v}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

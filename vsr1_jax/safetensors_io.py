@@ -15,10 +15,12 @@ from typing import Callable, Iterable
 import ml_dtypes
 import numpy as np
 
+from vsr1_jax.errors import UserError
+
 INDEX_FILE = "model.safetensors.index.json"
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(UserError, ValueError):
     """A safetensors file or folder is unreadable or inconsistent; the message names the file and key."""
 
 

@@ -14,31 +14,57 @@ import time
 import jax
 from tqdm import tqdm
 
-from vsr1_jax import distributed, loading
+from vsr1_jax import distributed, loading, runinfo
 from vsr1_jax.agent.detail_rows import detail_rows
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine
 from vsr1_jax.data.files import load_npy_video, read_video_npy_meta
 from vsr1_jax.data.paths import PreparedPaths
-from vsr1_jax.data.queries import eval_queries, load_corpus, load_queries
+from vsr1_jax.data.queries import eval_queries, load_retrieval
 from vsr1_jax.eval import report
 from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.retrieval.index import RetrievalInputError
 from vsr1_jax.retrieval.topk import make_retriever
 
 log = logging.getLogger(__name__)
 
 
-def video_source_for(paths: PreparedPaths, split: str):
-    """doc_id -> (npy frames, meta.jsonl row or None) of a prepared split."""
+def video_source_for(paths: PreparedPaths, split: str, missing: set | None = None):
+    """doc_id -> (npy frames, meta.jsonl row or None) of a prepared split; a missing file raises FileNotFoundError
+    and is added to `missing` when given."""
     meta_path = paths.video_npy_meta(split)
     meta = {r.video_id: r.to_json() for r in read_video_npy_meta(meta_path)} if os.path.exists(meta_path) else {}
 
     def video_source(doc_id):
         path = paths.video_npy(split, doc_id)
         if not os.path.exists(path):
+            if missing is not None:
+                missing.add(str(path))
             raise FileNotFoundError(f"{path} missing (video_npy_with_meta is produced by the npy-extraction step)")
         return load_npy_video(path), meta.get(doc_id)
 
     return video_source
+
+
+def missing_videos(paths: PreparedPaths, split: str, doc_ids) -> list[str]:
+    """The npy files of `doc_ids` that do not exist (what an evaluation would fail to read)."""
+    return [str(p) for p in (paths.video_npy(split, d) for d in doc_ids) if not os.path.exists(p)]
+
+
+def _retriever(config, paths: PreparedPaths, split: str, corpus):
+    """The search engine over the split's corpus (its errors name the embeddings file)."""
+    try:
+        return make_retriever(config.eval.retrieval.engine, corpus.matrix, corpus.docid2row)
+    except RetrievalInputError as e:
+        raise RetrievalInputError(f"{paths.segment_embeds(split)}: {e}") from None
+
+
+def _skipped_block(qset, rows: list, stats: dict, missing_files: list[str], limit: int = 20) -> dict:
+    """What result.json / report.txt say about the selected queries that were not evaluated."""
+    counts = {**qset.skips, "video_file_missing": stats["video_file_missing"],
+              "prompt_too_long": stats["prompt_too_long"]}
+    files = sorted(missing_files)
+    return dict(selected=qset.rows_total, evaluated=len(rows), not_evaluated=qset.rows_total - len(rows),
+                counts=counts, video_files_missing=files[:limit], video_files_missing_total=len(files))
 
 
 def _gather_rows(rows: list[dict], trajs, positions: list[int], stats: dict):
@@ -55,32 +81,47 @@ def _gather_rows(rows: list[dict], trajs, positions: list[int], stats: dict):
     return [r for _, r in merged], total
 
 
-def run_eval(config, models: loading.Models | None = None, *, output_dir: str | None = None) -> dict:
+def run_eval(config, models: loading.Models | None = None, *, output_dir: str | None = None,
+             checkpoint: str | None = None) -> dict:
     """Evaluate `models` (default: loaded from the config: the demo's, or `config.checkpoint`) on
-    `config.split` of the dataset; write the outputs under `output_dir` (default `config.output_dir`)."""
+    `config.split` of the dataset; write the outputs under `output_dir` (default `config.output_dir`).
+    `checkpoint`: what run_summary.json names as the evaluated model when `models` are given."""
     t0 = time.time()
     out_dir = output_dir or config.output_dir
     os.makedirs(out_dir, exist_ok=True)
+    paths = PreparedPaths(config.data_root, config.dataset)
+    split = config.split
+    corpus = queries = None
     if models is None:
         if not config.demo.enabled:
             if not config.checkpoint:
                 raise loading.SetupError(f"--config.checkpoint is empty; {loading.CONVERT_HINT}")
             loading.check_dataset(config)
+            corpus, queries = load_retrieval(paths, split)   # data errors before the (slow) model load
+            retriever = _retriever(config, paths, split, corpus)
         models = loading.load_models(config)
+        checkpoint = config.checkpoint or "the demo's untrained tiny models (config.demo)"
+    if corpus is None:
+        corpus, queries = load_retrieval(paths, split)
+        retriever = _retriever(config, paths, split, corpus)
+    loading.check_embedder_dim(models, corpus.dim, str(paths.segment_embeds(split)), checkpoint or config.checkpoint)
+    if distributed.is_primary():
+        runinfo.save_config(config, out_dir)
     # a trained model may hold global (multi-process) arrays; each process evaluates on a local copy
     models = models._replace(policy=distributed.local_module(models.policy),
                              head=distributed.local_module(models.head),
                              embedder=distributed.local_module(models.embedder))
-    paths = PreparedPaths(config.data_root, config.dataset)
-    split = config.split
-    corpus = load_corpus(paths, split)
-    queries = load_queries(paths, split)
     qset = eval_queries(paths, split, max_samples=config.eval.max_samples, limit_ratio=config.eval.eval_limit_ratio,
                         seed=config.eval.seed, queries=queries, docid2row=corpus.docid2row)
-    retriever = make_retriever(config.eval.retrieval.engine, corpus.matrix, corpus.docid2row)
+    absent = missing_videos(paths, split, corpus.doc_ids)
+    if absent:   # checked up front: a query whose retrieved video is one of these is skipped and named at the end
+        log.warning("%d of the %d video files of %s/%s are missing (e.g. %s); queries that retrieve one of them are "
+                    "skipped and listed in report.txt / result.json", len(absent), len(corpus.doc_ids),
+                    paths.dataset_dir, split, absent[0])
     ep_cfg = EpisodeConfig.from_config(config, "eval")
+    missing_files: set = set()
     engine = EpisodeEngine(models.policy, models.head, models.embedder, models.tokenizer, models.embed_tokenizer,
-                           video_source_for(paths, split), config.video.eval, ep_cfg,
+                           video_source_for(paths, split, missing_files), config.video.eval, ep_cfg,
                            RunOptions.from_config(config.model), retriever=retriever)
     P, k = jax.process_count(), jax.process_index()
     mine = list(range(k, len(qset.queries), P))   # this process's queries (all of them with one process)
@@ -95,17 +136,24 @@ def run_eval(config, models: loading.Models | None = None, *, output_dir: str | 
     stats = {key: engine.stats[key] for key in ("video_file_missing", "prompt_too_long", "generate_s", "refine_s")}
     if P > 1:
         rows, stats = _gather_rows(rows, trajs, mine, stats)
+        missing_files = set().union(*distributed.allgather_objects(sorted(missing_files)))
     detail = os.path.join(out_dir, f"detail_{config.dataset}_{split}.jsonl")
     if k != 0:   # process 0 writes the files
         return dict(output_dir=os.path.abspath(out_dir), detail_jsonl=detail, queries=len(rows), **stats,
                     wall_s=time.time() - t0)
     report.write_detail_jsonl(rows, detail)
-    out = report.write_report(rows, out_dir, detail, ks=tuple(ec.topk), thresholds=tuple(ec.iou_thresholds))
-    # where the prepared data is, so that the episode viewer (vsr1_jax/viewer.py) finds the frames by itself
+    skipped = _skipped_block(qset, rows, stats, sorted(missing_files))
+    out = report.write_report(rows, out_dir, detail, ks=tuple(ec.topk), thresholds=tuple(ec.iou_thresholds),
+                              skipped=skipped if skipped["not_evaluated"] else None)
+    print(report.skipped_text(skipped) if skipped["not_evaluated"] else
+          f"evaluated {len(rows)} of {skipped['selected']} queries", flush=True)
     summary = dict(output_dir=os.path.abspath(out_dir), detail_jsonl=detail, queries=len(rows),
+                   # where the prepared data is, so that the episode viewer (vsr1_jax/viewer.py) finds the frames
                    data_root=os.path.abspath(config.data_root), dataset=config.dataset, split=split,
-                   skips={**qset.skips, "video_file_missing": stats["video_file_missing"],
-                          "prompt_too_long": stats["prompt_too_long"]},
+                   queries_selected=skipped["selected"], skips=skipped["counts"],
+                   video_files_missing=skipped["video_files_missing"],
+                   checkpoint=os.path.abspath(checkpoint) if checkpoint and os.path.isdir(checkpoint) else checkpoint,
+                   code_version=runinfo.code_version(),
                    generate_s=stats["generate_s"], refine_s=stats["refine_s"],
                    wall_s=time.time() - t0, **{k: str(v) for k, v in out.items()})
     with open(os.path.join(out_dir, "run_summary.json"), "w") as f:

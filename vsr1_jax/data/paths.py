@@ -7,6 +7,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from vsr1_jax.errors import UserError
+
 # Where to point users when a file is missing: the original's download script fetches the prepared tree, the build
 # mode makes it from raw videos (vsr1_jax/prepare.py), and the synthetic generator writes a complete toy tree.
 BUILD_HINT = ("the original's `bash scripts/download_data.bash` fetches the prepared tree; `python -m vsr1_jax.main "
@@ -40,11 +42,11 @@ PRODUCERS = {
 # ---------------------------------------------------------------------------------------------------------------
 # Errors
 # ---------------------------------------------------------------------------------------------------------------
-class PreparedDataError(ValueError):
+class PreparedDataError(UserError, ValueError):
     """A prepared-data file exists but its content is wrong (message names the file, and the line when known)."""
 
 
-class MissingPreparedFileError(FileNotFoundError):
+class MissingPreparedFileError(UserError, FileNotFoundError):
     """A prepared-data file is absent; the message names the file and the step that produces it."""
 
 

@@ -15,6 +15,7 @@ from absl import flags
 from vsr1_jax.buckets import BucketOverflowError, bucket_length
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.queries import eval_queries, grpo_records, sft_records
+from vsr1_jax.errors import UserError
 
 # ---------------------------------------------------------------------------------------------------------------
 # absl flags (grain's multiprocessing reads them)
@@ -343,6 +344,11 @@ def build_dataset(records: Sequence[Any], *, map_fn: Callable[[Any], Any] | None
     return ds, spec
 
 
+class PipelineStateError(UserError, ValueError):
+    """A saved iterator state (a checkpoint's data position) belongs to a pipeline with other records, seed, batch
+    size, epochs or process sharding; resuming from it would not continue the same run."""
+
+
 class DataIterator:
     """Iterator over a built dataset with a checkpointable state.
 
@@ -391,7 +397,7 @@ class DataIterator:
     def set_position_state(self, state: Mapping) -> None:
         """Continue after `state["batches"]` batches (see `position_state`)."""
         if state.get("global_fingerprint") != self.spec.global_fingerprint():
-            raise ValueError(
+            raise PipelineStateError(
                 f"iterator state was saved by a different pipeline (global fingerprint "
                 f"{state.get('global_fingerprint')!r} != {self.spec.global_fingerprint()!r}); records, seed, global "
                 "batch size or epochs changed")
@@ -404,7 +410,7 @@ class DataIterator:
 
     def set_state(self, state: Mapping) -> None:
         if state.get("fingerprint") != self.spec.fingerprint():
-            raise ValueError(
+            raise PipelineStateError(
                 f"iterator state was saved by a different pipeline (fingerprint {state.get('fingerprint')!r} != "
                 f"{self.spec.fingerprint()!r}); records, seed, batch size, epochs or process sharding changed")
         self._it.set_state(state["grain"])

@@ -126,16 +126,19 @@ def load_queries(paths: PreparedPaths, split: str, *, duplicates: str = "last") 
 
 
 def check_same_dim(queries: Queries, corpus: Corpus, where: str = "") -> int:
-    """The retrieval dim D is read from the files and must agree (MAIN `_resolve_retrieval_dim` L445-467)."""
+    """The retrieval dim D is read from the files and must agree (MAIN `_resolve_retrieval_dim` L445-467).
+    `where`: the two files, "<query file> vs <video file>: "."""
     if queries.dim != corpus.dim:
         raise PreparedDataError(f"{where}query embeddings are {queries.dim}-d but video embeddings are "
-                                f"{corpus.dim}-d; both must come from the same embedder")
+                                f"{corpus.dim}-d; both must come from the same embedder (rebuild the query "
+                                "embeddings with the embedder of the corpus: the embed_queries build step)")
     return corpus.dim
 
 
 def load_retrieval(paths: PreparedPaths, split: str) -> tuple[Corpus, Queries]:
+    """The corpus and the queries of a split, their dimensions checked against each other."""
     corpus, queries = load_corpus(paths, split), load_queries(paths, split)
-    check_same_dim(queries, corpus, f"{paths.dataset_dir}/{split}: ")
+    check_same_dim(queries, corpus, f"{paths.query_embeddings(split)} vs {paths.segment_embeds(split)}: ")
     return corpus, queries
 
 
@@ -290,14 +293,15 @@ def filter_known_ids(ids: Sequence[str], docid2row: Mapping[str, int], exclude: 
 
 def sft_records(paths: PreparedPaths, *, docid2row: Mapping[str, int] | None = None,
                 hard_negatives: Mapping[str, Sequence[str]] | None = None,
-                require_npy: bool = True) -> tuple[list[dict], Counter]:
+                require_npy: bool = True, dropped: list | None = None) -> tuple[list[dict], Counter]:
     """train_oneturn.json → pipeline records + drop counts.
 
     A record: index (position in the array), qid, query, messages, video_id (top-1 shown), pos_video_id,
     gold_label, pair_id, video_path, hard_negative_ids (from hard_negatives.json; the positive, duplicates and
     unknown ids removed) and, with docid2row, pos_row / video_row.
     Dropped (counted): items whose top-1 npy is missing (`video_file_missing`). Counted, kept: GT not in the
-    corpus (`pos_doc_missing`: the InfoNCE term then has no positive, TRN L1336-1344).
+    corpus (`pos_doc_missing`: the InfoNCE term then has no positive, TRN L1336-1344). `dropped`: a list that
+    receives one dict per dropped item (file, item, qid, reason, detail).
     """
     items = read_sft_items(paths.sft_oneturn)
     if docid2row is None and paths.docid2row("train").exists():
@@ -311,6 +315,9 @@ def sft_records(paths: PreparedPaths, *, docid2row: Mapping[str, int] | None = N
         npy = paths.video_npy("train", vid)
         if require_npy and not npy.is_file():
             counts["video_file_missing"] += 1
+            if dropped is not None:
+                dropped.append(dict(file=str(paths.sft_oneturn), item=index, qid=it.qid, reason="video_file_missing",
+                                    detail=f"{npy} not found"))
             continue
         pos = it.meta.query_pos_video_id
         negs = [x for x in dict.fromkeys((hard_negatives or {}).get(it.qid, [])) if x != pos]
@@ -335,7 +342,8 @@ def sft_records(paths: PreparedPaths, *, docid2row: Mapping[str, int] | None = N
 
 
 def grpo_records(paths: PreparedPaths, *, docid2row: Mapping[str, int] | None = None,
-                 hard_negative_k: int = 24, require_npy: bool = True) -> tuple[list[dict], Counter]:
+                 hard_negative_k: int = 24, require_npy: bool = True,
+                 dropped: list | None = None) -> tuple[list[dict], Counter]:
     """train.minimal_top1.jsonl → pipeline records + counts (grpo.md §5; data_rl.py L739-795).
 
     A record: problem_id, qid, query, gt_video, gt_time float64 [2] (NaN when null), has_gt_time, gt_duration
@@ -344,17 +352,21 @@ def grpo_records(paths: PreparedPaths, *, docid2row: Mapping[str, int] | None = 
     (-1 padded) for the retrieval reward (TR:3964-4035).
     Dropped (counted): rows whose retrieved npy is missing (`drop_missing_video_npy`, BV's key). Counted, kept:
     `gt_time_invalid` (reversed/zero-length spans become null: BV `_normalize_time_span` requires end > start) and
-    `pos_doc_missing` (the reward then takes the no-refine penalty, TR:3838-3846).
+    `pos_doc_missing` (the reward then takes the no-refine penalty, TR:3838-3846). `dropped`: a list that receives
+    one dict per dropped row (file, line, qid, reason, detail).
     """
     rows = read_grpo_rows(paths.grpo_rows)
     if docid2row is None and paths.docid2row("train").exists():
         docid2row = read_docid2row(paths.docid2row("train"))
     counts: Counter = Counter()
     out = []
-    for r in rows:
+    for line, r in enumerate(rows, 1):
         npy = paths.video_npy("train", r.retrieved_video)
         if require_npy and not npy.is_file():
             counts["drop_missing_video_npy"] += 1
+            if dropped is not None:
+                dropped.append(dict(file=str(paths.grpo_rows), line=line, qid=r.qid, reason="drop_missing_video_npy",
+                                    detail=f"{npy} not found"))
             continue
         gt = r.gt_time
         if gt is not None and not (math.isfinite(gt[0]) and math.isfinite(gt[1]) and gt[1] > gt[0]):

@@ -321,17 +321,39 @@ def plot_vcmr_by_turn(policy: Mapping[int, Mapping[str, Any]], path: str | os.Pa
 
 
 # ------------------------------------------------------------------------------------------ everything
+def skipped_text(skipped: Mapping[str, Any]) -> str:
+    """One line: how many of the selected queries were evaluated and why the others were not, naming the missing
+    video files (the `skipped` block of `write_report`)."""
+    reasons = ", ".join(f"{k} {v}" for k, v in skipped["counts"].items() if v)
+    text = (f"evaluated {skipped['evaluated']} of {skipped['selected']} queries: {skipped['not_evaluated']} "
+            f"skipped ({reasons})")
+    files = skipped.get("video_files_missing") or []
+    if files:
+        more = skipped.get("video_files_missing_total", len(files)) - len(files)
+        text += "; video file missing: " + ", ".join(files) + (f" (+{more} more)" if more > 0 else "")
+    return text
+
+
 def write_report(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, source_jsonl: str, *,
-                 ks: Sequence[int] = M.TOPK, thresholds: Sequence[float] = M.IOU_THRESHOLDS) -> dict[str, Path]:
-    """Write result.json, report.txt, recall_at_k.png, vcmr_by_turn.png into out_dir; return {name: path}."""
+                 ks: Sequence[int] = M.TOPK, thresholds: Sequence[float] = M.IOU_THRESHOLDS,
+                 skipped: Mapping[str, Any] | None = None) -> dict[str, Path]:
+    """Write result.json, report.txt, recall_at_k.png, vcmr_by_turn.png into out_dir; return {name: path}.
+    `skipped` (when some selected queries were not evaluated): {selected, evaluated, not_evaluated, counts {reason:
+    n}, video_files_missing [paths]}, added to result.json as "skipped" and to report.txt (the metrics cover the
+    evaluated queries only)."""
     d = Path(out_dir)
     d.mkdir(parents=True, exist_ok=True)
     res = result_json(rows, source_jsonl, ks=ks, thresholds=thresholds)
+    if skipped:
+        res["skipped"] = dict(skipped)
     paths = {"result_json": d / RESULT_JSON, "report_txt": d / REPORT_TXT,
              "recall_at_k_png": d / RECALL_PNG, "vcmr_by_turn_png": d / VCMR_PNG}
     # Same serialisation as WTR L115 so the file diffs cleanly against the original's.
     paths["result_json"].write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["report_txt"].write_text(text_report(rows, source_jsonl, ks=ks, thresholds=thresholds), encoding="utf-8")
+    text = text_report(rows, source_jsonl, ks=ks, thresholds=thresholds)
+    if skipped:
+        text = f"NOTE: {skipped_text(skipped)}; every number below covers the evaluated queries only\n" + text
+    paths["report_txt"].write_text(text, encoding="utf-8")
     plot_recall_at_k(res, paths["recall_at_k_png"], ks)
     plot_vcmr_by_turn(M.policy_by_turn(M.dedup_rows(rows), ks, thresholds), paths["vcmr_by_turn_png"], thresholds)
     return paths

@@ -133,19 +133,44 @@ def has_think(text: str) -> bool:
     return bool(blocks) and bool(blocks[-1].strip())
 
 
+def search_query(text: str) -> str:
+    """The search query of a message as the original reads it (TR:408-418): the stripped content of the LAST
+    `<search>...</search>` block (tags any case; "" when that block is blank, even if an earlier one is not); with
+    no closed block, the stripped text after the last `<search>`; "" when there is none."""
+    if not isinstance(text, str) or not text:
+        return ""
+    hits = re.findall(r"<search>(.*?)</search>", text, re.IGNORECASE | re.DOTALL)
+    if hits:
+        return hits[-1].strip()
+    start = text.lower().rfind("<search>")
+    return text[start + len("<search>"):].strip() if start >= 0 else ""
+
+
+def is_pure_search_call(text: str) -> bool:
+    """A message that is a search call with no answer: it has a search query (`search_query`) and no non-empty
+    `<answer>` (TR:4566: `_extract_search_query(content) and not _extract_answer_tag(content)`; an empty answer
+    tag counts as none there, as it normalises to "")."""
+    return bool(search_query(text)) and not parse_answer_reward(text)
+
+
 _STOP_STRINGS = ("<|im_end|>", "<|endoftext|>")
-_MULTIMODAL_STRINGS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+# The original's placeholder pattern (TR:145-148): <|video_pad|>, <|image_pad|>, <|vision_start|>, <|vision_end|>,
+# <|video|>, <|video_N|>, <|image|>, <|image_N|>, and the bare tags <video>, </video>, <video_N>, </video_N>, <image>,
+# </image>, <image_N>, </image_N>. <|vision_pad|> is not in it (kept); NUL characters are dropped too (TR:164).
+_MULTIMODAL_PATTERN = re.compile(
+    r"<\|(?:video_pad|image_pad|video(?:_\d+)?|image(?:_\d+)?|vision_start|vision_end)\|>"
+    r"|</?(?:video(?:_\d+)?|image(?:_\d+)?)>")
 
 
-def sanitize_completion(text: str, stop_strings: Sequence[str] = _STOP_STRINGS,
-                        drop_strings: Sequence[str] = _MULTIMODAL_STRINGS) -> str:
-    """Decoded completion -> answer text (TR:144-166): cut at the first stop token, drop multimodal placeholder
-    tokens, strip whitespace."""
+def sanitize_completion(text: str, stop_strings: Sequence[str] = _STOP_STRINGS) -> str:
+    """Decoded completion -> answer text, as the original's `_sanitize_generated_text` (TR:151-166): cut at the
+    first stop token (each stop string in turn, the earliest wins), remove the multimodal placeholders of
+    `_MULTIMODAL_PATTERN` and NUL characters, strip whitespace. Not a string -> ""."""
+    if not isinstance(text, str):
+        return ""
     cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=len(text))
-    text = text[:cut]
-    for s in drop_strings:
-        text = text.replace(s, "")
-    return text.strip()
+    text = _MULTIMODAL_PATTERN.sub("", text[:cut])
+    return text.replace("\x00", "").strip()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -213,5 +238,6 @@ def last_refine_positions(ids: Any, refine_id: int, gen_start: Any, *, lengths: 
 
 __all__ = [
     "has_refine", "has_think", "has_time_tags", "last_refine_position", "last_refine_positions", "parse_answer_eval",
-    "parse_answer_reward", "parse_span_eval", "parse_span_reward", "refine_positions", "sanitize_completion",
+    "is_pure_search_call", "parse_answer_reward", "parse_span_eval", "parse_span_reward", "refine_positions",
+    "sanitize_completion", "search_query",
 ]

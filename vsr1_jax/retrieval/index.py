@@ -18,11 +18,13 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from vsr1_jax.errors import UserError
+
 INDEX_FILENAME = "index.faiss"
 ID_MAP_FILENAME = "id_map.json"
 
 
-class RetrievalInputError(ValueError):
+class RetrievalInputError(UserError, ValueError):
     """Bad vectors or arguments given to the retrieval engine (dim mismatch, non-finite, zero norm, bad k/ids)."""
 
 

@@ -9,10 +9,15 @@ positions. Right padding is what the fused cudnn kernel takes (per-row lengths).
 predicted from column n - 1 + t (`prompt_lengths`). Only the sampled tokens carry loss weight, so in the
 multi-turn option nothing the policy did not sample (the retrieved video, the environment's text) is trained on.
 
-The loss is a weighted token sum: `token_weight` [B, C] is set on the host so that the sum is the original's
-aggregation exactly whatever the micro-batching: "grpo" = mean over each sequence's sampled tokens, then mean over
-the sequences of the generation batch (TRL `loss_type="grpo"` with GA = steps_per_generation); "token_mean" = mean
-over every sampled token of the generation batch.
+The loss is a weighted token sum: `token_weight` [B, C] is set on the host (`token_weights`):
+- "grpo" (the original's default, AR:523): mean over each sequence's sampled tokens, then mean over the sequences
+  of the generation batch; equal to the original's per-micro-batch means averaged over GA = steps_per_generation and
+  the ranks (TR:5664-5668), because every micro-batch holds the same number of sequences.
+- "bnpo" (the original's token mean, TR:5669-5672): each per-device micro-batch's token mean, averaged over the
+  accumulation steps and devices (the Trainer divides by GA, TR:1231; DeepSpeed averages the ranks). Micro-batches
+  with more tokens weigh each token less, so the result depends on how the rows are split.
+- "token_mean" (this port's option, not the original's): one mean over every sampled token of the generation batch,
+  the same whatever the micro-batching. It differs from "bnpo" whenever micro-batches hold different token counts.
 """
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ from vsr1_jax.models.qwen3_vl.model import RunOptions
 from vsr1_jax.train.logprobs import token_logprobs
 from vsr1_jax.train.state import Graphdefs, TrainState
 
-LOSS_TYPES = ("grpo", "token_mean")
+LOSS_TYPES = ("grpo", "bnpo", "token_mean")
 
 
 # ---- advantages and weights (host, numpy) ------------------------------------------------------------------------
@@ -44,14 +49,26 @@ def group_advantages(rewards: np.ndarray, group: int, eps: float = 1e-4) -> tupl
 
 
 def token_weights(completion_mask: np.ndarray, sequence: np.ndarray, loss_type: str, *,
-                  totals: tuple[float, float] | None = None) -> np.ndarray:
+                  totals: tuple[float, float] | None = None, group_rows: int | None = None,
+                  groups_total: int | None = None) -> np.ndarray:
     """[B, C] float32 weights of the sampled tokens so that sum(w * per_token_loss) is the aggregation of
-    `loss_type`. sequence [B]: the sequence (trajectory) each row belongs to (rows of one trajectory = its turns),
-    -1 for padding rows. totals: (sequences, tokens) of the whole generation batch when these rows are one
-    process's part of it (`weight_totals` summed over the processes); default: these rows'."""
+    `loss_type` (module docstring). sequence [B]: the sequence (trajectory) each row belongs to (rows of one
+    trajectory = its turns), -1 for padding rows. totals: (sequences, tokens) of the whole generation batch when
+    these rows are one process's part of it (`weight_totals` summed over the processes); default: these rows'.
+    "bnpo" only: group_rows = rows of one per-device micro-batch (consecutive rows; B must be a multiple of it) and
+    groups_total = the number of such micro-batches in the whole generation batch (GA x devices; default: these
+    rows' B // group_rows)."""
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type={loss_type!r}: expected one of {LOSS_TYPES}")
     m = np.asarray(completion_mask, np.float64) * (np.asarray(sequence) >= 0)[:, None]
+    if loss_type == "bnpo":
+        B = m.shape[0]
+        if not group_rows or B % group_rows:
+            raise ValueError(f"loss_type='bnpo' needs group_rows dividing the {B} rows, got {group_rows}")
+        groups = m.reshape(B // group_rows, group_rows, -1)
+        per_group = np.maximum(groups.sum(axis=(1, 2), keepdims=True), 1.0)   # clamp(min=1) as TR:5671
+        n = B // group_rows if groups_total is None else groups_total
+        return (groups / per_group / n).reshape(m.shape).astype(np.float32)
     n_seqs, n_tokens = weight_totals(completion_mask, sequence) if totals is None else totals
     if loss_type == "token_mean":
         return (m / max(n_tokens, 1.0)).astype(np.float32)

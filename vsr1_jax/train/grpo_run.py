@@ -26,7 +26,7 @@ from flax import nnx
 from vsr1_jax import distributed, loading, sharding
 from vsr1_jax.agent.evaluate import video_source_for
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine, Trajectory
-from vsr1_jax.data.paths import PreparedPaths
+from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import grpo_records, load_corpus, load_queries
 from vsr1_jax.loading import Models
@@ -52,7 +52,7 @@ def reward_samples(trajs: list[Trajectory], records: list[dict], group: int, vec
         last = t.turns[-1]
         q_orig, pos, negs = vectors(rec, t)
         gt_time = rec["gt_time"] if rec["has_gt_time"] else None
-        text = "\n".join(turn.text for turn in t.turns)  # every assistant message of the episode (TR:4559-4570)
+        text = R.completion_text([turn.text for turn in t.turns])  # minus pure <search> calls (TR:4559-4570)
         out.append(R.RewardSample(text=text, retrieved_id=last.doc_id, gt_id=rec["gt_video"], gt_time=gt_time,
                                   has_refine=last.has_refine, q_final=last.q_next, q_orig=q_orig, pos_vec=pos,
                                   neg_vecs=negs))
@@ -69,19 +69,24 @@ class GRPOTask:
         split = c.data.train_split
         corpus = load_corpus(paths, split)
         queries = load_queries(paths, split)
-        records, counts = grpo_records(paths, docid2row=corpus.docid2row, hard_negative_k=d.hard_negative_topk)
+        self.skipped = []   # rows the loop writes to skipped.jsonl (file, line, qid, reason)
+        records, counts = grpo_records(paths, docid2row=corpus.docid2row, hard_negative_k=d.hard_negative_topk,
+                                       dropped=self.skipped)
         kept = []
         for r in records:   # the reward needs the stored query vector and the GT video vector (TR:3838-3846)
-            if queries.lookup(r["query"]) is None:
-                counts["drop_query_missing_meta"] += 1
-            elif r["gt_video"] not in corpus.docid2row:
-                counts["drop_gt_not_in_corpus"] += 1
-            else:
+            reason = ("drop_query_missing_meta" if queries.lookup(r["query"]) is None else
+                      "drop_gt_not_in_corpus" if r["gt_video"] not in corpus.docid2row else None)
+            if reason is None:
                 kept.append(r)
+                continue
+            counts[reason] += 1
+            where = paths.query_meta(split) if reason == "drop_query_missing_meta" else paths.docid2row(split)
+            self.skipped.append(dict(file=str(paths.grpo_rows), problem_id=int(r["problem_id"]), qid=r["qid"],
+                                     reason=reason, detail=f"not in {where}"))
         counts["rows_used"] = len(kept)
         self.stats = dict(counts)
         if not kept:
-            raise ValueError(f"{paths.grpo_rows}: no usable GRPO rows ({self.stats})")
+            raise PreparedDataError(f"{paths.grpo_rows}: no usable GRPO rows ({self.stats})")
         self.corpus, self.queries = corpus, queries
         self.G = d.num_generations
         self.prompts_per_round = d.generation_batch_size // self.G   # of the whole job (all processes)
@@ -132,6 +137,8 @@ class GRPOTask:
                                     EpisodeConfig.from_config(c, "grpo"), RunOptions.from_config(c.model),
                                     retriever=retriever)
         self.sp = self.engine.sampling_params(g.temperature)
+        if g.loss_type not in grpo.LOSS_TYPES:
+            raise ValueError(f"config.grpo.loss_type={g.loss_type!r}: expected one of {grpo.LOSS_TYPES}")
         if g.rollout_keys not in ("batch", "prompt"):
             raise ValueError(f"config.grpo.rollout_keys={g.rollout_keys!r}: expected 'batch' or 'prompt'")
         self.weights = R.RewardWeights.from_config(g.rewards)
@@ -219,7 +226,9 @@ class GRPOTask:
                               group_buckets=tuple(g.vision_group_buckets),
                               patch_buckets=tuple(g.vision_patch_buckets), loss_type=g.loss_type,
                               min_sizes=np.max([p["sizes"] for p in parts], axis=0),
-                              totals=tuple(np.sum([p["totals"] for p in parts], axis=0)))
+                              totals=tuple(np.sum([p["totals"] for p in parts], axis=0)),
+                              device_rows=self.config.data.grpo.per_device_batch_size,
+                              device_batches=self.A * self.m // self.config.data.grpo.per_device_batch_size)
         dev = self._device(batch)
         if self._jit_score is None:
             self._jit_score = jax.jit(self._score)
@@ -281,7 +290,8 @@ class GRPOTask:
 
 
 def run_grpo(config, models: Models, *, out_dir: str | None = None):
-    """Train Stage 2 from `models` (the Stage-1 policy); returns (task, final state, stopped early)."""
+    """Train Stage 2 from `models` (the Stage-1 policy); returns (task, final state); raises errors.Stopped when a
+    signal stopped it early."""
     out_dir = out_dir or os.path.join(config.output_dir, "grpo")
     mesh = sharding.make_mesh(config.mesh.to_dict()) if jax.device_count() > 1 else None
     task = GRPOTask(config, models, mesh=mesh)
@@ -290,30 +300,31 @@ def run_grpo(config, models: Models, *, out_dir: str | None = None):
         with open(os.path.join(out_dir, "grpo_data_stats.json"), "w") as f:
             json.dump(task.stats, f, indent=2)
     state, steps, stopped = loop.run(task, task.state, out_dir=out_dir, ckpt_cfg=config.grpo.checkpoint,
-                                     log_every=config.grpo.log_every, desc="grpo")
+                                     log_every=config.grpo.log_every, desc="grpo", config=config)
+    if stopped:
+        raise loop.stopped_error("grpo", out_dir, steps, task.total_steps, stopped)
     task.state = state
-    return task, state, stopped
+    return task, state
 
 
 def main_grpo(config) -> dict:
     """`--config.mode=grpo`: start from the Stage-1 model (`config.grpo.init_checkpoint`, else
     `config.checkpoint`; the demo's SFT output in the demo), train, export the final model."""
+    field = "grpo.init_checkpoint" if config.grpo.init_checkpoint else "checkpoint"
     path = config.grpo.init_checkpoint or config.checkpoint
     if not config.demo.enabled:
         if not path:
-            raise loading.SetupError("GRPO starts from a Stage-1 model: pass --config.grpo.init_checkpoint=<orbax or "
-                                     f"HF folder> (or --config.checkpoint); {loading.CONVERT_HINT}")
+            raise loading.SetupError("GRPO starts from a Stage-1 model: pass --config.grpo.init_checkpoint=<"
+                                     f"{loading.CHECKPOINT_KINDS}> (or --config.checkpoint)")
         loading.check_dataset(config)
-        models = loading.load_checkpoint(path, dtype=jnp.dtype(config.model.dtype))
-    else:
-        models = loading.load_checkpoint(path) if path else loading.load_models(config)
+    models = loading.load_models(config, path, field)
     out_dir = os.path.join(config.output_dir, "grpo")
-    task, state, stopped = run_grpo(config, models, out_dir=out_dir)
+    task, state = run_grpo(config, models, out_dir=out_dir)   # errors.Stopped on SIGINT / SIGTERM
     summary = dict(output_dir=os.path.abspath(out_dir), metrics_jsonl=os.path.abspath(os.path.join(out_dir,
                                                                                                     "metrics.jsonl")),
                    checkpoints=os.path.abspath(os.path.join(out_dir, "checkpoints")), steps=int(state.step),
-                   stopped_early=stopped)
-    if not stopped and config.grpo.export_hf:
+                   total_steps=task.total_steps)
+    if config.grpo.export_hf:
         summary["hf_folder"] = os.path.abspath(state_lib.export_hf(os.path.join(out_dir, "hf"), state,
                                                                    task.graphdefs, models.embedder,
                                                                    models.tokenizer, models.embed_tokenizer))

@@ -11,7 +11,12 @@ hard-negative lists, ...). The loop owns everything else:
 - checkpoints: async (orbax), every `every_steps` / `every_fraction` of the total, the newest `keep` kept, and
   always at the end and on SIGTERM (the signal finishes the current step, saves, and exits).
 - metrics: one JSON line per logged step in `<output_dir>/metrics.jsonl` and TensorBoard scalars in
-  `<output_dir>/tensorboard` (tensorboardX); a tqdm bar with rate and ETA. Process 0 writes them.
+  `<output_dir>/tensorboard` (tensorboardX); a tqdm bar with rate and ETA ("compiling (first step)" until the first
+  step is done). Process 0 writes them. On resume from step N both are cut back to steps <= N first (rows and event
+  records a killed run wrote after its last checkpoint, and a record half-written by SIGKILL), so every step appears
+  once.
+- the run folder records the resolved config (`config.json`); a resume with other settings logs a warning naming
+  them. A stop by SIGINT / SIGTERM returns the signal as `stopped` (the entry point exits 130 / 143).
 - multi-host: every process runs the loop in step; orbax writes each process's shards and process 0 the metadata
   and the host state (which the tasks keep identical on every process); the restore target is the current
   state's shardings, so a checkpoint restores on another process count or mesh.
@@ -25,17 +30,19 @@ import logging
 import math
 import os
 import signal
+import struct
 import time
 from typing import Any, Callable, Protocol
 
 import jax
 import numpy as np
-from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
-from vsr1_jax import distributed
+from vsr1_jax import distributed, runinfo
 from vsr1_jax.checkpoint import CheckpointManager
 from vsr1_jax.compiles import CompileCounter
+from vsr1_jax.data.pipelines import PipelineStateError
+from vsr1_jax.errors import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,8 @@ class Task(Protocol):
     def after_step(self, step: int, batch, metrics: dict) -> dict: ...  # host work; returns scalars to log
     def host_state(self) -> dict: ...                                   # JSON-able, saved with each checkpoint
     def load_host_state(self, state: dict) -> None: ...
+    # optional: skipped: list of dicts (file, item / line / qid, reason, detail) of the rows it could not use; the
+    # loop moves them to skipped.jsonl beside metrics.jsonl after each step (step 0: dropped while loading)
     # optional: checkpoint_ok(step) -> bool: False while a step's host state cannot be checkpointed (GRPO between
     # the num_iterations updates of one generation round); saves (and a SIGTERM exit) wait for the next True
 
@@ -59,7 +68,13 @@ class MetricsWriter:
     def __init__(self, out_dir: str, enabled: bool = True):
         self.enabled = enabled
         self.path = os.path.join(out_dir, "metrics.jsonl")
-        self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard")) if enabled else None
+        self.skipped_path = os.path.join(out_dir, "skipped.jsonl")
+        self._tb = None
+        if enabled:
+            open(self.skipped_path, "a").close()   # present (empty) when every row was used
+            # lazy: tensorboardX imports torch (~3 s of every CLI start, errors and --help included)
+            from tensorboardX import SummaryWriter  # noqa: PLC0415
+            self._tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
 
     def write(self, step: int, scalars: dict) -> None:
         if not self.enabled:
@@ -71,9 +86,97 @@ class MetricsWriter:
             if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, step)
 
+    def flush(self) -> None:
+        """Put the buffered TensorBoard events on disk (before a checkpoint: a later SIGKILL must not lose the
+        events of the steps the checkpoint holds, which a resume does not log again)."""
+        if self._tb is not None:
+            self._tb.flush()
+
+    def skipped(self, step: int, rows: list) -> None:
+        """Append the rows a task could not use (each names its file and item / line / qid) to skipped.jsonl, and
+        empty `rows`."""
+        if self.enabled and rows:
+            with open(self.skipped_path, "a") as f:
+                for r in rows:
+                    f.write(json.dumps({"step": int(step), **r}, default=str) + "\n")
+        del rows[:]
+
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def truncate_metrics(path: str, step: int) -> int:
+    """Keep the rows of a metrics.jsonl with "step" <= `step` (and drop an unparseable last line, e.g. cut by
+    SIGKILL); returns the number of rows removed."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if int(row.get("step", 0)) <= step:
+                kept.append(json.dumps(row) + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
+
+
+def read_event_records(path: str) -> list[bytes]:
+    """The records of a TFRecord (TensorBoard event) file, up to the first truncated or corrupt one."""
+    from tensorboardX.record_writer import masked_crc32c  # noqa: PLC0415  lazy: tensorboardX imports torch
+    out = []
+    with open(path, "rb") as f:
+        data = f.read()
+    pos = 0
+    while pos + 12 <= len(data):
+        (n,) = struct.unpack("<Q", data[pos:pos + 8])
+        (len_crc,) = struct.unpack("<I", data[pos + 8:pos + 12])
+        end = pos + 12 + n + 4
+        if masked_crc32c(data[pos:pos + 8]) != len_crc or end > len(data):
+            break
+        body = data[pos + 12:pos + 12 + n]
+        if masked_crc32c(body) != struct.unpack("<I", data[end - 4:end])[0]:
+            break
+        out.append(body)
+        pos = end
+    return out
+
+
+def truncate_events(tb_dir: str, step: int) -> int:
+    """Rewrite every event file under `tb_dir` without the events of steps > `step` and without a trailing
+    half-written record (the resumed run writes those steps again, into a new file); returns the events removed."""
+    if not os.path.isdir(tb_dir):
+        return 0
+    from tensorboardX.proto import event_pb2  # noqa: PLC0415  lazy: tensorboardX imports torch
+    from tensorboardX.record_writer import masked_crc32c  # noqa: PLC0415  (same)
+    removed = 0
+    for name in sorted(os.listdir(tb_dir)):
+        path = os.path.join(tb_dir, name)
+        if "tfevents" not in name or not os.path.isfile(path):
+            continue
+        records = read_event_records(path)
+        keep = [r for r in records if event_pb2.Event.FromString(r).step <= step]
+        whole = sum(12 + len(r) + 4 for r in records) == os.path.getsize(path)
+        if len(keep) == len(records) and whole:
+            continue
+        removed += len(records) - len(keep)
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as f:
+            for r in keep:
+                header = struct.pack("<Q", len(r))
+                f.write(header + struct.pack("<I", masked_crc32c(header)) + r + struct.pack("<I", masked_crc32c(r)))
+        os.replace(tmp, path)
+    return removed
 
 
 def _py(v):
@@ -103,6 +206,7 @@ class _Stop:
 
     def __init__(self):
         self.requested = False
+        self.signum = 0
         self._old = {}
 
     def __enter__(self):
@@ -116,6 +220,7 @@ class _Stop:
     def _handle(self, signum, frame):
         log.warning("signal %d: saving a checkpoint after this step, then exiting", signum)
         self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -131,10 +236,28 @@ def save_interval(total_steps: int, every_steps: int, every_fraction: float) -> 
     return max(1, total_steps)
 
 
+def stopped_error(stage: str, out_dir: str, step: int, total: int, signum: int) -> Stopped:
+    """What the entry point reports for a run stopped by a signal (exit status 128 + signum)."""
+    return Stopped(f"{stage} stopped at step {step}/{total} (checkpoint {out_dir}/checkpoints/{step}) — run the "
+                   "same command to resume", signum)
+
+
+def _warn_changed_settings(config, out_dir: str, resume_from: int) -> None:
+    """On a resume, warn about the settings that differ from the run folder's config.json."""
+    old = runinfo.load_saved_config(out_dir)
+    if old is not None:
+        changes = runinfo.changed_settings(old, runinfo.config_dict(config))
+        if changes:
+            log.warning("resuming from %s/checkpoints/%d with settings that differ from the run that wrote it: %s",
+                        out_dir, resume_from, runinfo.describe_changes(changes))
+
+
 def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: str = "train",
-        abstract_state: Callable[[], Any] | None = None, on_log: Callable[[int, dict], None] | None = None):
+        abstract_state: Callable[[], Any] | None = None, on_log: Callable[[int, dict], None] | None = None,
+        config=None):
     """Train `task` from `state` (or from the newest checkpoint under out_dir/checkpoints). Returns
-    (state, steps_done, stopped_early)."""
+    (state, steps_done, stopped): stopped = the number of the signal that stopped the run early (SIGINT 2, SIGTERM
+    15), 0 when it ran to the end. `config`: the resolved config, saved as out_dir/config.json."""
     os.makedirs(out_dir, exist_ok=True)
     primary = jax.process_index() == 0
     mngr = CheckpointManager(os.path.join(out_dir, "checkpoints"), max_to_keep=ckpt_cfg.keep,
@@ -143,16 +266,39 @@ def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: 
     start = 0
     latest = mngr.latest_step()
     if latest is not None:
+        if primary and config is not None:
+            _warn_changed_settings(config, out_dir, latest)
         target = abstract_state() if abstract_state is not None else jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         state = mngr.restore(latest, target=target)
-        task.load_host_state(mngr.restore_extra(latest) or {})
+        try:
+            task.load_host_state(mngr.restore_extra(latest) or {})
+        except PipelineStateError as e:
+            raise PipelineStateError(
+                f"{out_dir}/checkpoints/{latest}: cannot resume: {e}. Run with the settings of that run "
+                f"({out_dir}/{runinfo.CONFIG_FILE}), or start a new run with another --config.output_dir") from None
         start = latest
         log.info("resumed from %s/checkpoints/%d", out_dir, latest)
+    if primary:
+        if config is not None:
+            runinfo.save_config(config, out_dir)
+        cut = truncate_metrics(os.path.join(out_dir, "metrics.jsonl"), start)
+        cut += truncate_metrics(os.path.join(out_dir, "skipped.jsonl"), start)
+        cut += truncate_events(os.path.join(out_dir, "tensorboard"), start)
+        if cut:
+            log.info("dropped %d metric rows / events after step %d (written after the last checkpoint)", cut, start)
     writer = MetricsWriter(out_dir, enabled=primary)
+    skipped = getattr(task, "skipped", None)   # optional: rows the task could not use, drained after each step
+    if skipped is not None:
+        if start > 0:
+            del skipped[:]   # the rows dropped while loading (step 0) were written by the run that saved the checkpoint
+        writer.skipped(0, skipped)
     bar = tqdm(total=task.total_steps, initial=start, desc=desc, unit="step", dynamic_ncols=True, disable=not primary)
+    if step_is_first := start < task.total_steps:
+        bar.set_postfix_str("compiling (first step)")
+        bar.refresh()
     step = start
-    stopped = False
+    stopped = 0
     try:
         with _Stop() as stop:
             while step < task.total_steps:
@@ -167,6 +313,11 @@ def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: 
                     host = task.after_step(step, batch, metrics)
                 step += 1
                 t2 = time.perf_counter()
+                if skipped is not None:
+                    writer.skipped(step, skipped)
+                if step_is_first:
+                    bar.set_postfix_str("")
+                    step_is_first = False
                 if step % log_every == 0 or step == task.total_steps:
                     scalars = dict(host, data_s=t1 - t0, step_s=t2 - t1, compiles=cc.count)
                     if "tokens" in host:
@@ -182,9 +333,10 @@ def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: 
                 # collective)
                 requested = distributed.any_process(stop.requested)
                 if ok and (step % interval == 0 or step == task.total_steps or requested):
+                    writer.flush()
                     mngr.save(step, state, extra=task.host_state(), force=True)
                 if requested and ok:
-                    stopped = True
+                    stopped = stop.signum or int(signal.SIGTERM)   # another process's signal: SIGTERM
                     break
     finally:
         bar.close()

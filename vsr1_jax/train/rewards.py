@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from vsr1_jax.processing.parsing import has_think, has_time_tags, parse_answer_reward, parse_span_reward
+from vsr1_jax.processing.parsing import (has_think, has_time_tags, is_pure_search_call, parse_answer_reward,
+                                         parse_span_reward)
 from vsr1_jax.processing.prompts import MATCHED, NOT_MATCHED
 
 REWARD_NAMES = ("answer", "think", "time_format", "time_iou", "refine", "refine_quality")  # S2:398-399
@@ -269,15 +270,23 @@ def dataset_reward_overrides(dataset: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------ entry point
 
+def completion_text(messages: Sequence[str]) -> str:
+    """The reward text of a rollout: its assistant messages joined with "\n", minus the pure search calls
+    (`parsing.is_pure_search_call`; TR:4559-4570, grpo.md §4 "minus pure <search> calls")."""
+    return "\n".join(m for m in messages if not is_pure_search_call(m))
+
+
+
 @dataclasses.dataclass
 class RewardSample:
     """One rollout's final turn, as the rewards see it.
 
-    text: the final turn's assistant message (sanitised completion; the answer, think and time tags are read from
-    it); retrieved_id / gt_id: the candidate shown and the GT video id; gt_time: the GT [start, end] seconds (any
-    malformed value scores IoU 0); has_refine: the sampled ids held `<REFINE>`; q_final: the refined query vector
-    [D], None when no refinement was computed (then the quality reward is the penalty); q_orig: the original query
-    vector [D]; pos_vec: the GT video vector [D]; neg_vecs: the negative video vectors [K, D] (K may be 0).
+    text: the rollout's reward text (`completion_text` of its assistant messages; the answer, think and time tags
+    are read from it); retrieved_id / gt_id: the candidate shown and the GT video id; gt_time: the GT [start, end]
+    seconds (any malformed value scores IoU 0); has_refine: the sampled ids held `<REFINE>`; q_final: the refined
+    query vector [D], None when no refinement was computed (then the quality reward is the penalty); q_orig: the
+    original query vector [D]; pos_vec: the GT video vector [D]; neg_vecs: the negative video vectors [K, D] (K may
+    be 0).
     """
     text: str
     retrieved_id: Any
@@ -326,7 +335,8 @@ def score_samples(samples: Sequence[RewardSample], weights: RewardWeights) -> di
 
 
 __all__ = [
-    "QUALITY_VARIANTS", "REWARD_NAMES", "RewardSample", "RewardWeights", "answer_reward", "dataset_reward_overrides",
+    "QUALITY_VARIANTS", "REWARD_NAMES", "RewardSample", "RewardWeights", "answer_reward", "completion_text",
+    "dataset_reward_overrides",
     "gt_span", "refine_quality_reward", "refine_quality_rewards", "refine_reward", "score_samples", "think_reward",
     "time_format_reward", "time_iou_reward", "total_reward",
 ]

@@ -22,12 +22,15 @@ def scoring_sizes(trajs: list[Trajectory]) -> tuple[int, int, int]:
 
 def scoring_batch(trajs: list[Trajectory], advantages: np.ndarray, *, cfg, pad_id: int, micro_batches: int,
                   rows_per_micro: int, prompt_buckets, completion_length: int, group_buckets, patch_buckets,
-                  loss_type: str, min_sizes=None, totals=None) -> dict:
+                  loss_type: str, min_sizes=None, totals=None, device_rows: int | None = None,
+                  device_batches: int | None = None) -> dict:
     """Every turn of every trajectory as one scored row (its prompt, then its sampled ids, right-padded: grpo.py),
     grouped into `micro_batches` x `rows_per_micro` rows with fixed bucket shapes; missing rows are padding with
     zero weight. Returns host arrays with a leading [A, m] shape. When these trajectories are one process's part of
     the generation batch: min_sizes = the maximum of every process's `scoring_sizes` (same buckets everywhere) and
-    totals = the summed `grpo.weight_totals` (weights normalised over the whole batch)."""
+    totals = the summed `grpo.weight_totals` (weights normalised over the whole batch). loss_type "bnpo":
+    device_rows = rows of one device's micro-batch (default `rows_per_micro`), device_batches = such micro-batches
+    in the whole generation batch (default: these rows')."""
     rows = [(i, turn) for i, t in enumerate(trajs) for turn in t.turns]
     A, m = micro_batches, rows_per_micro
     if len(rows) > A * m:
@@ -46,7 +49,8 @@ def scoring_batch(trajs: list[Trajectory], advantages: np.ndarray, *, cfg, pad_i
     for r, (i, t) in enumerate(rows):
         n = len(t.sampled_ids)
         comp[r, :n], cmask[r, :n], adv[r] = t.sampled_ids, True, advantages[i]
-    weights = grpo.token_weights(cmask, seq, loss_type, totals=totals)
+    weights = grpo.token_weights(cmask, seq, loss_type, totals=totals, group_rows=device_rows or m,
+                                 groups_total=device_batches)
     parts = []
     for a in range(A):
         sel = [rows[min(r, len(rows) - 1)][1] for r in range(a * m, (a + 1) * m)]

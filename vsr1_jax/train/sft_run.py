@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from vsr1_jax import distributed, loading, sharding
 from vsr1_jax.data.files import read_hard_negatives, read_video_meta
-from vsr1_jax.data.paths import PreparedPaths
+from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import load_corpus, load_queries, sft_records
 from vsr1_jax.loading import Models
@@ -92,9 +92,10 @@ class SFTTask:
         self.negatives = NegativeSampler(corpus.docid2row, corpus.matrix, hard, pool_size=d.negative_pool_size,
                                          seed=d.random_negative_seed, ambiguous_margin=d.ambiguous_negative_margin,
                                          filter_ambiguous=c.sft.filter_ambiguous_negatives)
-        records, counts = sft_records(paths, docid2row=corpus.docid2row)
+        self.skipped = []   # rows the loop writes to skipped.jsonl: dropped items now, unusable examples per step
+        records, counts = sft_records(paths, docid2row=corpus.docid2row, dropped=self.skipped)
         if not records:
-            raise ValueError(f"{paths.sft_oneturn}: no usable SFT items ({dict(counts)})")
+            raise PreparedDataError(f"{paths.sft_oneturn}: no usable SFT items ({dict(counts)})")
         self.counts = Counter({f"data_{k}": v for k, v in counts.items()})
         tok = models.tokenizer
         self.ids = special_ids(tok, c.eval.refine_token)
@@ -161,8 +162,9 @@ class SFTTask:
 
     def next_batch(self):
         host = self._collate()
-        for detail in host.pop("skipped"):
+        for detail, reason in zip(host.pop("skipped"), host["skip_reasons"]):
             log.warning("skipped: %s", detail)
+            self.skipped.append(dict(reason=reason, detail=detail))
         # the InfoNCE candidates come from one seeded stream over the rows of the global batch in order (and the
         # refresh after the step updates the lists from all rows), so every process computes them for every row of
         # the step, keeps its own, and holds the same sampler state as a single process would
@@ -236,8 +238,10 @@ class SFTTask:
             qids = [host["_qid"][a][b] for a in range(self.A) for b in range(self.B) if sel[a, b]]
             pos = [host["_pos"][a][b] for a in range(self.A) for b in range(self.B) if sel[a, b]]
             refreshed = self.negatives.refresh(qids, pos, q[sel])
+        # the counters are running totals since step 1 (data_* counted while loading): named total_* so that they
+        # are not read as this step's values
         out.update(hard_negatives_refreshed=refreshed, tokens=float(host["_tokens"]),
-                   **{k: float(v) for k, v in self.counts.items()})
+                   **{f"total_{k}": float(v) for k, v in self.counts.items()})
         return out
 
     def host_state(self) -> dict:
@@ -263,12 +267,12 @@ def main_sft(config) -> dict:
         loading.check_dataset(config)
     models = loading.load_models(config)
     out_dir = os.path.join(config.output_dir, "sft")
-    task, state, stopped = run_sft(config, models, out_dir=out_dir)
+    task, state = run_sft(config, models, out_dir=out_dir)   # errors.Stopped on SIGINT / SIGTERM
     summary = dict(output_dir=os.path.abspath(out_dir), metrics_jsonl=os.path.abspath(os.path.join(out_dir,
                                                                                                     "metrics.jsonl")),
                    checkpoints=os.path.abspath(os.path.join(out_dir, "checkpoints")), steps=int(state.step),
-                   stopped_early=stopped)
-    if not stopped and config.sft.export_hf:
+                   total_steps=task.total_steps)
+    if config.sft.export_hf:
         summary["hf_folder"] = os.path.abspath(state_lib.export_hf(os.path.join(out_dir, "hf"), state,
                                                                    task.graphdefs, models.embedder,
                                                                    models.tokenizer, models.embed_tokenizer))
@@ -276,14 +280,17 @@ def main_sft(config) -> dict:
 
 
 def run_sft(config, models: Models, *, out_dir: str | None = None):
-    """Train Stage 1; returns (task, final state). Checkpoints, metrics.jsonl and TensorBoard go to out_dir
+    """Train Stage 1; returns (task, final state); raises errors.Stopped when a signal stopped it early.
+    Checkpoints, metrics.jsonl and TensorBoard go to out_dir
     (default `<config.output_dir>/sft`)."""
     out_dir = out_dir or os.path.join(config.output_dir, "sft")
     mesh = sharding.make_mesh(config.mesh.to_dict()) if jax.device_count() > 1 else None
     task = SFTTask(config, models, mesh=mesh)
     state, steps, stopped = loop.run(task, task.state, out_dir=out_dir, ckpt_cfg=config.sft.checkpoint,
-                                     log_every=config.sft.log_every, desc="sft")
+                                     log_every=config.sft.log_every, desc="sft", config=config)
+    if stopped:
+        raise loop.stopped_error("sft", out_dir, steps, task.total_steps, stopped)
     task.state = state
-    return task, state, stopped
+    return task, state
 
 

@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from vsr1_jax.errors import UserError
 from vsr1_jax.processing.video import embedder_frame_indices
 
 # prepare_activitynet_segments.py `resolve_video_path` tries these extensions in this order (L8-19).
@@ -33,7 +34,7 @@ VIDEO_EXTENSIONS = ("mp4", "mkv", "webm", "avi")
 _FALLBACK_FPS = 30.0
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(UserError, RuntimeError):
     """A video file that cannot be opened or decoded (the message names the file and the reason)."""
 
 

@@ -40,6 +40,7 @@ from vsr1_jax.data.build import select as SEL
 from vsr1_jax.data.build import store as ST
 from vsr1_jax.data.build import teacher as TE
 from vsr1_jax.data.paths import SPLITS, PreparedPaths
+from vsr1_jax.errors import UserError
 from vsr1_jax.processing import prompts as P
 
 STEPS = ("annotations", "npy_train", "npy_test", "embed_queries", "embed_videos", "index", "top1_pool", "teacher",
@@ -60,7 +61,7 @@ class Embedder(Protocol):
     def embed_videos(self, videos: list[np.ndarray], batch_size: int = 8) -> np.ndarray: ...
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError, RuntimeError):
     """A build input is missing or inconsistent; the message names it and the config field or step to fix."""
 
 

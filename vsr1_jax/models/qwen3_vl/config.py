@@ -9,10 +9,12 @@ import json
 import os
 from typing import Any
 
+from vsr1_jax.errors import UserError
+
 SUPPORTED_MODEL_TYPES = ("qwen3_vl",)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A checkpoint's config.json cannot be turned into a Qwen3-VL config; the message names file and field."""
 
 
@@ -248,5 +250,5 @@ PRESETS: dict[str, Qwen3VLConfig] = {
 
 def get_preset(name: str) -> Qwen3VLConfig:
     if name not in PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+        raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
     return PRESETS[name]
