@@ -9,7 +9,9 @@ History of the files: written by the evaluation code before the episode engine r
 28a2dcd's code), and reproduced byte for byte by the engine (0564662). The padded vision batch (b1ea502) computes
 the position embedding as HF's 4-corner gather instead of a separable product, which moved the latent diagnostics
 of the detail rows by at most 4e-6 relative; detail.jsonl was rewritten then. On another CPU (AMD EPYC, 2026-12-07) the
-bytes differ in those diagnostics' last digits (~1e-7 relative) and nowhere else, hence the tolerant comparison."""
+bytes differ in those diagnostics' last digits (~1e-7 relative) and nowhere else, hence the tolerant comparison. The
+sanitizer fix of 2026-12-07 (processing/parsing.sanitize_completion keeps `<|vision_pad|>` as the original's TR:144-166
+does) put that token back into the turn-1 raw_output of rows 2 and 6; nothing else moved."""
 import json
 import os
 import subprocess
