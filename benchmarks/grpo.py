@@ -89,7 +89,7 @@ def run(args, report: C.Report) -> None:
                      video_grids=[grid], padding=eng.sampler.padding, length=-(-T // 64) * 64)
     # the policy's current weights, as the runner passes them (the sampler's own were donated to the update)
     pol = nnx.state(task.graphdefs.modules(state.params, state.frozen)[0])
-    t_pre = C.timeit(lambda: jax.block_until_ready(eng.sampler.prefill(p, T + N + 8, params=pol)[0]), n=2)
+    t_pre = C.timeit(lambda: jax.block_until_ready(eng.sampler.prefill(p, p.ids.shape[1] + N + 8, params=pol)[0]), n=2)
     step_s = max(med["rollout_s"] - t_pre, 1e-9) / N
     score_flops = G * C.forward_flops(cfg, T + N, grid, N)
     update_flops = G * C.train_flops(cfg, T + N, grid, N)

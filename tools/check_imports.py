@@ -29,7 +29,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "compiles": (0, ()),
     "buckets": (0, ()),
     "safetensors_io": (0, ()),
-    "profiling": (0, ()),     # profiler-trace summaries for bench and tools
+    "profiling": (0, ()),     # profiler-trace summaries for benchmarks/ and tools
     "distributed": (0, ()),   # jax.distributed setup + cross-process helpers; main calls it first
     "models": (1, ("kernels", "buckets")),
     "data": (2, ("processing", "buckets")),
@@ -42,10 +42,9 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "prepare": (6, BELOW),
     "demo": (7, BELOW),
     "main": (8, BELOW),
-    "bench": (8, BELOW),
 }
 # Components that only the listed ones may import (on top of the rules above).
-ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {"train": ("main", "bench", "demo")}
+ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {"train": ("main", "demo")}
 
 _FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 
