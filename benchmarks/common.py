@@ -573,6 +573,11 @@ class HFGenerate:
                 "torch_compile": ({"mode": "reduce-overhead", "fullgraph": self.fullgraph}
                                   if self.impl == "static" and DEVICE == "cuda" else None)}
 
+    def warmup(self, inp: dict, new_tokens: int, do_sample: bool = False) -> None:
+        """An untimed call first: the static baseline compiles and captures its CUDA graphs for this shape (the
+        whole length: the static cache is sized by it); eager only initialises its kernels (a few tokens)."""
+        self(inp, new_tokens if self.impl == "static" else min(new_tokens, 4), do_sample)
+
     def __call__(self, inp: dict, new_tokens: int, do_sample: bool = False):
         import torch  # lazy: only the HF side of a comparison needs torch
         kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=do_sample)

@@ -41,7 +41,8 @@ def run(args, report: C.Report) -> None:
     if args.loops == "all":
         samplers.update({lp: Sampler(ours, opts, loop=lp) for lp in LOOPS if lp != prod.loop})
     report.code(Sampler.generate, Sampler.prefill, Sampler.decode)
-    report.update(prompt_tokens=T, new_tokens=N, grid=list(grid), options=dataclasses.asdict(opts), production_loop=prod.loop, ceilings=ceil, rows=[])
+    report.update(prompt_tokens=T, new_tokens=N, grid=list(grid), options=dataclasses.asdict(opts),
+                  production_loop=prod.loop, ceilings=ceil, rows=[])
     report.save()
     p = pack_prompts([list(ids[0])], cfg=cfg, pad_id=0, video_pixels=px, video_grids=[grid], padding=prod.padding)
     sp = SamplingParams(max_new_tokens=N, eos_ids=(), pad_id=0)
@@ -93,7 +94,7 @@ def run(args, report: C.Report) -> None:
             try:
                 if tp is None:
                     raise RuntimeError("the prefill did not fit")
-                g(inp, N)   # warm-up (compilation, CUDA graph capture)
+                g.warmup(inp, N)
                 tg = C.timeit(lambda: g(inp, N), n=1, warmup=0)
                 row.update(g.describe(), generate_s=tg, prefill_s=tp,
                            **C.decode_row(max(tg - tp, 1e-9) / N, cfg, B, T + N / 2, ceil))

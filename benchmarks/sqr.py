@@ -70,7 +70,8 @@ def bench_sqr(cfg, groups=28, h=28, w=32, reps=3, decode_attn="config"):
     t_orig = 7 * t_one
     res = {"prompt_tokens": int(T), "cached_rollout_s": t_cached, "one_full_forward_s": t_one,
            "reforward_rollout_s": t_orig, "speedup": t_orig / t_cached}
-    C.log(f"SQR rollout: cached {t_cached * 1e3:.1f} ms vs 7 re-forwards {t_orig * 1e3:.1f} ms (x{t_orig / t_cached:.1f})")
+    C.log(f"SQR rollout: cached {t_cached * 1e3:.1f} ms vs 7 re-forwards {t_orig * 1e3:.1f} ms "
+          f"(x{t_orig / t_cached:.1f})")
     return res
 
 

@@ -22,7 +22,9 @@ def _report(path, name):
 
 def test_every_benchmark_runs_as_a_module():
     """`python -m benchmarks.<name> --help` for each benchmark file (the command the README gives)."""
-    code = "import runpy, sys\nfor n in sys.argv[1:]:\n    sys.argv = [n, '--help']\n    try:\n        runpy.run_module('benchmarks.' + n, run_name='__main__')\n    except SystemExit as e:\n        assert e.code == 0, n\n"
+    code = ("import runpy, sys\nfor n in sys.argv[1:]:\n    sys.argv = [n, '--help']\n    try:\n"
+            "        runpy.run_module('benchmarks.' + n, run_name='__main__')\n    except SystemExit as e:\n"
+            "        assert e.code == 0, n\n")
     names = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem not in ("__init__", "common"))
     assert names == ["build", "decode", "episode", "grpo", "mixed", "parity", "prefill", "sft", "sqr"]
     proc = subprocess.run([sys.executable, "-c", code, *names], cwd=ROOT, capture_output=True, text=True, timeout=300,
