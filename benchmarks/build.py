@@ -6,7 +6,6 @@ bf16, the production options), plus the query-embedding rate (`TextVideoEmbedder
 """
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -127,26 +126,23 @@ def bench_build(report, videos=4, seconds=120, fps=30, width=640, height=360, ba
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="qwen3_vl_embedding_2b", help="embedder preset ('tiny' for a smoke run)")
-    ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench_build.json")
+    ap = C.parser(__doc__, preset="qwen3_vl_embedding_2b")
     ap.add_argument("--videos", type=int, default=4)
     ap.add_argument("--seconds", type=int, default=120)
     ap.add_argument("--fps", type=int, default=30)
-    ap.add_argument("--size", default="640,360", help="WIDTH,HEIGHT of the synthetic videos")
+    ap.add_argument("--size", type=C.int_list, default=(640, 360), help="WIDTH,HEIGHT of the synthetic videos")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--queries", type=int, default=256)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--reps", type=int, default=2)
-    args = ap.parse_args(argv)
-    width, height = (int(x) for x in args.size.split(","))
-    report = C.Report("build", argv, args.out)
-    report.code(FR.extract_npy_frames, FR.embedder_frames, TextVideoEmbedder.prepare_videos,
-                TextVideoEmbedder.embed_videos, TextVideoEmbedder.embed_texts)
-    report.update(**bench_build(report, videos=args.videos, seconds=args.seconds, fps=args.fps, width=width,
-                                height=height, batch=args.batch, queries=args.queries, workers=args.workers,
-                                reps=args.reps, preset=args.preset))
-    return report.finish()
+
+    def run(args, report):
+        report.code(FR.extract_npy_frames, FR.embedder_frames, TextVideoEmbedder.prepare_videos,
+                    TextVideoEmbedder.embed_videos, TextVideoEmbedder.embed_texts)
+        report.update(**bench_build(report, videos=args.videos, seconds=args.seconds, fps=args.fps,
+                                    width=args.size[0], height=args.size[1], batch=args.batch, queries=args.queries,
+                                    workers=args.workers, reps=args.reps, preset=args.preset))
+    return C.bench_main("build", ap, argv, run)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ same tensors (HF initialises, ours is converted from its state dict).
 """
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import datetime
@@ -153,13 +154,41 @@ def _json_default(x):
     return str(x)
 
 
-def add_common_args(ap, hf: bool = True) -> None:
-    ap.add_argument("--preset", default="qwen3_vl_2b", help="model preset ('tiny' for a CPU smoke run)")
+def int_list(text: str) -> tuple[int, ...]:
+    """argparse type of "1,8,64"-style options."""
+    return tuple(int(x) for x in text.split(","))
+
+
+def parser(doc: str, *, preset: str = "qwen3_vl_2b", hf: str | None = None, frames_hw: tuple[str, str] | None = None,
+           runner: bool = False) -> argparse.ArgumentParser:
+    """The options every bench shares: --preset, --out; --hf (the HF baselines, default `hf`) where it has them;
+    --frames-hw (default, help) where it takes a video size; --config/--set/--part for the benches that build a
+    production runner from a config."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default=preset, help="model preset ('tiny' for a CPU smoke run)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench_<name>.json")
-    if hf:
-        ap.add_argument("--hf", default="eager,static",
-                        help="HF PyTorch baselines: comma list of eager (dynamic cache) and static (static cache + "
-                             "torch.compile reduce-overhead on CUDA), or none")
+    if hf is not None:
+        ap.add_argument("--hf", default=hf, help="HF PyTorch baselines: comma list of eager (dynamic cache) and static "
+                                                 "(static cache + torch.compile reduce-overhead on CUDA), or none")
+    if frames_hw is not None:
+        ap.add_argument("--frames-hw", type=int_list, default=int_list(frames_hw[0]), help=frames_hw[1])
+    if runner:
+        ap.add_argument("--config", default="base", help="configs/<name>.py the runner's settings come from")
+        ap.add_argument("--set", action="append", default=[], help="config override a.b.c=value (repeatable)")
+        ap.add_argument("--part", default="all", choices=("all", "ours", "hf"),
+                        help="all: ours, then the HF baselines in the same process; ours / hf: one side (on an 80-GB "
+                             "card JAX's memory pool and the HF training step do not both fit: two commands)")
+    return ap
+
+
+def bench_main(name: str, ap: argparse.ArgumentParser, argv, run) -> dict:
+    """Parse `argv`, open the report `bench_<name>.json` (the shared options recorded), `run(args, report)`, and
+    mark it complete."""
+    args = ap.parse_args(argv)
+    report = Report(name, argv, args.out)
+    report.update(**{k: getattr(args, k) for k in ("preset", "config", "set", "part", "hf") if hasattr(args, k)})
+    run(args, report)
+    return report.finish()
 
 
 def hf_impls(arg: str) -> tuple[str, ...]:
@@ -506,9 +535,9 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def hf_and_ours(cfg: Qwen3VLConfig, dtype: str, seed=0, with_hf=True):
+def hf_and_ours(cfg: Qwen3VLConfig, dtype: str, seed=0, with_hf=True, with_ours=True):
     """A random HF model on the torch device and our model with the same tensors (ours only: a random model built
-    on the device)."""
+    on the device; HF only: `with_ours=False`, ours is None)."""
     if not with_hf:
         t = time.perf_counter()
         ours = build_random(cfg, jnp.dtype(dtype), seed)
@@ -523,10 +552,12 @@ def hf_and_ours(cfg: Qwen3VLConfig, dtype: str, seed=0, with_hf=True):
     t = time.perf_counter()
     with torch.device(DEVICE):
         hf = Qwen3VLForConditionalGeneration._from_config(hcfg, dtype=tdt, attn_implementation="sdpa").eval()
-    sd = {k: v.detach().float().cpu().numpy() for k, v in hf.state_dict().items()}
-    ours = model_from_hf_state_dict(cfg, sd, dtype=jnp.dtype(dtype))
-    del sd
-    log(f"built HF + ours ({dtype}) in {time.perf_counter() - t:.1f}s")
+    ours = None
+    if with_ours:
+        sd = {k: v.detach().float().cpu().numpy() for k, v in hf.state_dict().items()}
+        ours = model_from_hf_state_dict(cfg, sd, dtype=jnp.dtype(dtype))
+        del sd
+    log(f"built HF{' + ours' if with_ours else ''} ({dtype}) in {time.perf_counter() - t:.1f}s")
     return hf, ours
 
 

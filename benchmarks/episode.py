@@ -2,9 +2,10 @@
 (`EpisodeConfig.from_config(config, "eval")`, `RunOptions.from_config(config.model)`, the configured retrieval
 engine), over a corpus and index of `--corpus` random unit vectors of the query embedder's width, B queries per
 run call with the agent batch size B (`config.agent.batch_size`), each query's ground-truth video in the corpus.
-Every video the retriever returns is the same synthetic clip (`--frames-hw`: 56 frames of 448x512 = a ~6.4k-token
-eval prompt); the policy (random 2B weights), the SQR head and the query embedder (random Qwen3-VL-Embedding-2B)
-run on the tiny tokenizer.
+Every video the retriever returns is the same synthetic clip (`--frames-hw`: 52 frames of 448x512 = 26 groups of
+28x32 patches, a ~6.3k-token eval prompt); the policy (random 2B weights), the SQR head and the query embedder
+(random Qwen3-VL-Embedding-2B) run on the tiny tokenizer (the accelerator machine holds no Qwen tokenizer; only the
+few text tokens of the prompt differ).
 
     python -m benchmarks.episode [--batches 1,16] [--new-tokens 1024] [--hf eager,static]
 
@@ -17,7 +18,6 @@ number of new tokens), eager and static cache + torch.compile, on HF random weig
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import statistics
@@ -105,7 +105,7 @@ def run(args, report: C.Report) -> None:
         return
     import torch  # lazy: only the HF side of the comparison needs torch
     del engines
-    hf, _ = C.hf_and_ours(models.policy.cfg, "bfloat16", with_hf=True)
+    hf, _ = C.hf_and_ours(models.policy.cfg, "bfloat16", with_ours=False)
     cfg = models.policy.cfg
     for B in args.batches:
         r = report["batches"][str(B)]
@@ -133,22 +133,15 @@ def run(args, report: C.Report) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap)
+    ap = C.parser(__doc__, hf="eager,static",
+                  frames_hw=("52,448,512", "FRAMES,HEIGHT,WIDTH of the video every doc shows"))
     ap.add_argument("--config", default="base", help="configs/<name>.py the engine's settings come from")
     ap.add_argument("--set", action="append", default=[], help="config override a.b.c=value (repeatable)")
-    ap.add_argument("--batches", default="1,16", help="queries per run call = agent batch size")
+    ap.add_argument("--batches", type=C.int_list, default=(1, 16), help="queries per run call = agent batch size")
     ap.add_argument("--new-tokens", type=int, default=1024, help="config.eval.max_new_tokens")
     ap.add_argument("--corpus", type=int, default=10000, help="vectors in the corpus and index")
-    ap.add_argument("--frames-hw", default="56,448,512", help="FRAMES,HEIGHT,WIDTH of the video every doc shows")
     ap.add_argument("--reps", type=int, default=2)
-    args = ap.parse_args(argv)
-    args.batches = [int(b) for b in args.batches.split(",")]
-    args.frames_hw = tuple(int(x) for x in args.frames_hw.split(","))
-    report = C.Report("episode", argv, args.out)
-    report.update(preset=args.preset, config=args.config, overrides=args.set)
-    run(args, report)
-    return report.finish()
+    return C.bench_main("episode", ap, argv, run)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 engine -> rewards -> advantages -> scoring batch -> reference log-probs -> update), built as
 `python -m vsr1_jax.main --config.mode=grpo` builds it (`configs/<--config>.py` + overrides, `GRPOTask(config,
 models)`), on random 2B weights and a minimal synthetic prepared dataset written to a temp folder: 1 prompt x 8
-samples (the config's generation batch), a ~6.4k-token video prompt (56 frames of 448x512, the GRPO pixel limits
+samples (the config's generation batch), a ~6.3k-token video prompt (52 frames of 448x512, the GRPO pixel limits
 raised to keep them at that size), 768 new tokens (random weights rarely stop early).
 
     python -m benchmarks.grpo [--steps 2] [--hf eager,static]
@@ -15,7 +15,6 @@ Baselines: HF PyTorch `generate` of the same 8 rows (eager, and static cache + t
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import statistics
 import tempfile
@@ -37,14 +36,14 @@ from vsr1_jax.train.grpo_run import GRPOTask
 
 def overrides(args, root: str) -> list[str]:
     """The config of the bench's step: the synthetic dataset, max_steps, and video limits and buckets that keep the
-    bench's video at its size (56 frames of 448x512 -> 28 groups of 28x32 patches)."""
+    bench's video at its size (52 frames of 448x512 -> 26 groups of 28x32 patches)."""
     f, h, w = args.frames_hw
     patches, groups = (h // 16) * (w // 16), f // 2
     return [f"data_root={root}", "dataset=bench", "mode=grpo", f"grpo.max_steps={args.steps + 1}",
             f"data.grpo.max_completion_length={args.new_tokens}",
             f"video.grpo.min_pixels={h * w}", f"video.grpo.max_pixels={h * w}", f"video.grpo.total_pixels={h * w * f}",
             f"grpo.vision_group_buckets=({groups},)", f"grpo.vision_patch_buckets=({patches},)",
-            "data.grpo.prompt_buckets=(1024, 2048, 4096, 6656, 7168, 8192)", "data.grpo.max_prompt_length=8192",
+            "data.grpo.prompt_buckets=(1024, 2048, 4096, 6400, 6656, 7168, 8192)", "data.grpo.max_prompt_length=8192",
             *args.set]
 
 
@@ -137,7 +136,7 @@ def hf_baseline(report, cfg, ids, grid, px, G: int, N: int, impls, micro: int = 
     """HF PyTorch doing the step's work on the same GPU: `generate` of the G rows (each baseline), then the
     reference log-probs and the forward/backward of the G rows in micro-batches (gradient checkpointing, AdamW)."""
     import torch  # lazy: only the HF side of the comparison needs torch
-    hf, _ = C.hf_and_ours(cfg, "bfloat16", with_hf=True)
+    hf, _ = C.hf_and_ours(cfg, "bfloat16", with_ours=False)
     ref_hf = C.frozen_copy(hf)
     T = ids.shape[1]
     inp = C.hf_inputs(cfg, ids, grid, px, torch.bfloat16, rows=G)
@@ -211,22 +210,11 @@ def hf_baseline(report, cfg, ids, grid, px, G: int, N: int, impls, micro: int = 
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap)
-    ap.add_argument("--config", default="base", help="configs/<name>.py the runner's settings come from")
-    ap.add_argument("--set", action="append", default=[], help="config override a.b.c=value (repeatable)")
+    ap = C.parser(__doc__, hf="eager,static", runner=True,
+                  frames_hw=("52,448,512", "FRAMES,HEIGHT,WIDTH of the dataset's videos"))
     ap.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step that compiles)")
     ap.add_argument("--new-tokens", type=int, default=768, help="data.grpo.max_completion_length")
-    ap.add_argument("--frames-hw", default="56,448,512", help="FRAMES,HEIGHT,WIDTH of the dataset's videos")
-    ap.add_argument("--part", default="all", choices=("all", "ours", "hf"),
-                    help="all: ours then the HF baselines in one process; ours / hf: one side (on an 80-GB card "
-                         "JAX's pool and the HF step do not both fit: run the two parts as two commands)")
-    args = ap.parse_args(argv)
-    args.frames_hw = tuple(int(x) for x in args.frames_hw.split(","))
-    report = C.Report("grpo", argv, args.out)
-    report.update(preset=args.preset, config=args.config, part=args.part)
-    run(args, report)
-    return report.finish()
+    return C.bench_main("grpo", ap, argv, run)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ rows, same weights (time, first-token agreement). The vision tower is the same i
 """
 from __future__ import annotations
 
-import argparse
 
 import numpy as np
 
@@ -62,16 +61,10 @@ def run(args, report: C.Report) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap, hf=False)
-    ap.add_argument("--lengths", default="4096,8192", help="prompt lengths LO,HI")
+    ap = C.parser(__doc__)
+    ap.add_argument("--lengths", type=C.int_list, default=(4096, 8192), help="prompt lengths LO,HI")
     ap.add_argument("--batch", type=int, default=16)
-    args = ap.parse_args(argv)
-    args.lengths = tuple(int(x) for x in args.lengths.split(","))
-    report = C.Report("mixed", argv, args.out)
-    report.update(preset=args.preset)
-    run(args, report)
-    return report.finish()
+    return C.bench_main("mixed", ap, argv, run)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ side) and bf16: max relative logit error and argmax agreement, same weights.
 """
 from __future__ import annotations
 
-import argparse
 
 import jax
 import jax.numpy as jnp
@@ -47,15 +46,12 @@ def bench_parity(cfg, groups=8, h=28, w=32):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap, hf=False)
-    ap.add_argument("--frames-hw", default="8,28,32", help="video size GROUPS,H,W in patches")
-    args = ap.parse_args(argv)
-    g, h, w = (int(x) for x in args.frames_hw.split(","))
-    report = C.Report("parity", argv, args.out)
-    report.code(Qwen3VL.__call__)
-    report.update(preset=args.preset, **bench_parity(get_preset(args.preset), g, h, w))
-    return report.finish()
+    ap = C.parser(__doc__, frames_hw=("8,28,32", "video size GROUPS,H,W in patches"))
+
+    def run(args, report):
+        report.code(Qwen3VL.__call__)
+        report.update(**bench_parity(get_preset(args.preset), *args.frames_hw))
+    return C.bench_main("parity", ap, argv, run)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ attention, beside the HF PyTorch forward (sdpa) on the same weights in the same 
 """
 from __future__ import annotations
 
-import argparse
 
 import jax
 import jax.numpy as jnp
@@ -63,16 +62,8 @@ def run(args, report: C.Report) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap)
-    ap.set_defaults(hf="eager")
-    ap.add_argument("--frames-hw", default="36,28,32", help="video size GROUPS,H,W in patches (8,268 tokens)")
-    args = ap.parse_args(argv)
-    args.frames_hw = tuple(int(x) for x in args.frames_hw.split(","))
-    report = C.Report("prefill", argv, args.out)
-    report.update(preset=args.preset)
-    run(args, report)
-    return report.finish()
+    ap = C.parser(__doc__, hf="eager", frames_hw=("36,28,32", "video size GROUPS,H,W in patches (8,268 tokens)"))
+    return C.bench_main("prefill", ap, argv, run)
 
 
 if __name__ == "__main__":

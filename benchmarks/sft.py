@@ -2,7 +2,7 @@
 `SFTTask.step` (the jitted train step: forward, cached SQR rollout, embedder splice, InfoNCE, backward, AdamW) and
 `SFTTask.after_step` (hard-negative refresh), built as `python -m vsr1_jax.main --config.mode=sft` builds it
 (`configs/<--config>.py` + overrides, `SFTTask(config, models)`), on random 2B weights and a minimal synthetic
-prepared dataset in a temp folder whose videos give a ~6.5k-token sample (56 frames of 448x512, the SFT pixel
+prepared dataset in a temp folder whose videos give a ~6.5k-token sample (52 frames of 448x512, the SFT pixel
 limits set to keep them at that size).
 
     python -m benchmarks.sft [--steps 3] [--hf eager|none] [--trace DIR]
@@ -15,7 +15,6 @@ give JAX part of the GPU: XLA_PYTHON_CLIENT_MEM_FRACTION=0.55.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -37,13 +36,13 @@ from vsr1_jax.train.sft_run import SFTTask
 
 def overrides(args, root: str) -> list[str]:
     """The config of the bench's step: the synthetic dataset, and video limits and buckets that keep the bench's
-    video at its size (56 frames of 448x512 -> 28 groups of 28x32 patches)."""
+    video at its size (52 frames of 448x512 -> 26 groups of 28x32 patches)."""
     f, h, w = args.frames_hw
     patches, groups = (h // 16) * (w // 16), f // 2
     return [f"data_root={root}", "dataset=bench", "mode=sft", f"sft.max_steps={args.steps + 1}",
             f"video.sft.min_pixels={h * w}", f"video.sft.max_pixels={h * w}", f"video.sft.total_pixels={h * w * f}",
             f"sft.vision_group_buckets=({groups},)", f"sft.vision_patch_buckets=({patches},)",
-            "data.sft.buckets=(1024, 2048, 4096, 6656, 7168, 8192)",
+            "data.sft.buckets=(1024, 2048, 4096, 6400, 6656, 7168, 8192)",
             # one label bucket: every step of the bench runs the program the warm-up step compiled
             "sft.label_buckets=(512,)", *args.set]
 
@@ -186,7 +185,7 @@ def hf_sft_step(res: dict, cfg, grid, answer: int, head) -> None:
     K, D = 24, head.append_kernel.shape[1]
     cand = rng.randn(K + 1, D).astype(np.float32)
     cand /= np.linalg.norm(cand, axis=-1, keepdims=True)
-    hf, _ = C.hf_and_ours(cfg, "bfloat16", with_hf=True)
+    hf, _ = C.hf_and_ours(cfg, "bfloat16", with_ours=False)
     refine_torch = _hf_refine_modules(head, C.DEVICE)
     t = res.get("step_s")
     hf.to(C.DEVICE).train()
@@ -250,24 +249,12 @@ def hf_sft_step(res: dict, cfg, grid, answer: int, head) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap)
-    ap.set_defaults(hf="eager")
-    ap.add_argument("--config", default="base", help="configs/<name>.py the runner's settings come from")
-    ap.add_argument("--set", action="append", default=[], help="config override a.b.c=value (repeatable)")
+    ap = C.parser(__doc__, hf="eager", runner=True,
+                  frames_hw=("52,448,512", "FRAMES,HEIGHT,WIDTH of the dataset's videos"))
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step that compiles)")
-    ap.add_argument("--frames-hw", default="56,448,512", help="FRAMES,HEIGHT,WIDTH of the dataset's videos")
     ap.add_argument("--trace", default="", help="folder for a profiler trace of one step and its summary")
-    ap.add_argument("--part", default="all", choices=("all", "ours", "hf"),
-                    help="all: ours then the HF step in one process; ours / hf: one side (on an 80-GB card JAX's "
-                         "pool and the HF step do not both fit: run the two parts as two commands)")
     ap.add_argument("--answer-tokens", type=int, default=203, help="label tokens of the HF-only part's sample")
-    args = ap.parse_args(argv)
-    args.frames_hw = tuple(int(x) for x in args.frames_hw.split(","))
-    report = C.Report("sft", argv, args.out)
-    report.update(preset=args.preset, config=args.config, part=args.part)
-    run(args, report)
-    return report.finish()
+    return C.bench_main("sft", ap, argv, run)
 
 
 if __name__ == "__main__":

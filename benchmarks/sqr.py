@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import argparse
 
 import jax
 import jax.numpy as jnp
@@ -76,17 +75,14 @@ def bench_sqr(cfg, groups=28, h=28, w=32, reps=3, decode_attn="config"):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    C.add_common_args(ap, hf=False)
-    ap.add_argument("--frames-hw", default="28,28,32", help="video size GROUPS,H,W in patches")
+    ap = C.parser(__doc__, frames_hw=("28,28,32", "video size GROUPS,H,W in patches"))
     ap.add_argument("--decode-attn", default="config", choices=("config", "xla", "pallas"))
-    args = ap.parse_args(argv)
-    g, h, w = (int(x) for x in args.frames_hw.split(","))
-    report = C.Report("sqr", argv, args.out)
-    report.code(S.rollout_cached)
-    report.update(preset=args.preset, decode_attn=args.decode_attn,
-                  **bench_sqr(get_preset(args.preset), g, h, w, decode_attn=args.decode_attn))
-    return report.finish()
+
+    def run(args, report):
+        report.code(S.rollout_cached)
+        report.update(decode_attn=args.decode_attn,
+                      **bench_sqr(get_preset(args.preset), *args.frames_hw, decode_attn=args.decode_attn))
+    return C.bench_main("sqr", ap, argv, run)
 
 
 if __name__ == "__main__":
