@@ -11,8 +11,10 @@ few text tokens of the prompt differ).
 
 The figure is the wall time of `run` (median of `--reps` calls after a warm-up call that compiles), per query =
 run / B. The engine's own counters (`engine.stats`: generate and refine seconds, generated tokens) and what the
-trajectories did (turns, stop reasons) are logged beside it, not summed into it. Random weights decide like any
-policy: they rarely write <REFINE>, so most episodes end after turn 1 (`turns_mean` says how many ran).
+trajectories did (turns, stop reasons) are logged beside it, not summed into it. By default (`--policy refine`)
+the random policy is steered to write <REFINE> at every step (`steer_to_refine`: same shapes, same cost per token),
+so every episode refines and runs `config.eval.max_turn` = 2 turns (generate, latent rollout, q_final, top-1 over
+the index, twice); `--policy random` keeps the weights as initialised (they rarely refine: mostly one turn).
 Baseline: HF `generate` of one turn's prompts (the engine's own prompt ids and video rows, B rows, the same
 number of new tokens), eager and static cache + torch.compile, on HF random weights of the same config.
 """
@@ -29,6 +31,7 @@ from benchmarks import common as C
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine, refine_latents, refined_query
 from vsr1_jax.generate.sampler import Sampler
 from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.processing.special_tokens import REFINE_TOKEN
 from vsr1_jax.retrieval.topk import make_retriever
 
 
@@ -37,6 +40,23 @@ def synthetic_frames(frames: int, height: int, width: int, seed: int = 0) -> np.
     rng = np.random.default_rng(seed)
     small = rng.integers(0, 256, (frames, max(height // 32, 1), max(width // 32, 1), 3), dtype=np.uint8)
     return np.repeat(np.repeat(small, 32, axis=1), 32, axis=2)[:, :height, :width]
+
+
+def steer_to_refine(policy, refine_id: int, dim: int = 0, boost: float = 64.0) -> None:
+    """Make greedy decoding of the random policy write <REFINE> at every step, so every episode takes the refine path
+    (rollout, q_final, re-retrieval) and runs all its turns; a step's cost is unchanged (same shapes, same kernels).
+    Residual dimension `dim` carries a positive constant at text positions (every token's embedding holds 1 there,
+    <REFINE>'s holds `boost`, and no layer writes to it), the final norm scales it by `boost`, and the LM head
+    (tied to the embedding, or its own) reads it with weight 1 for every token but `boost` for <REFINE>: its logit
+    leads every other by orders of magnitude."""
+    t = policy.text
+    e = t.embed[...]
+    t.embed.set_value(e.at[:, dim].set(1).at[refine_id, dim].set(boost))
+    t.o_kernel.set_value(t.o_kernel[...].at[..., dim].set(0))
+    t.down_kernel.set_value(t.down_kernel[...].at[..., dim].set(0))
+    t.final_norm.set_value(t.final_norm[...].at[dim].set(boost))
+    if t.lm_head is not None:
+        t.lm_head.set_value(t.lm_head[...].at[dim, :].set(1).at[dim, refine_id].set(boost))
 
 
 def make_engine(config, models, corpus: np.ndarray, doc_ids: list[str], frames: np.ndarray) -> EpisodeEngine:
@@ -49,13 +69,15 @@ def make_engine(config, models, corpus: np.ndarray, doc_ids: list[str], frames: 
 
 def run(args, report: C.Report) -> None:
     models = C.random_models(args.preset)
+    if args.policy == "refine":
+        steer_to_refine(models.policy, models.tokenizer.convert_tokens_to_ids(REFINE_TOKEN))
     E = models.embedder.cfg.text.hidden_size
     corpus = C.unit_vectors(args.corpus, E, seed=1)
     doc_ids = [f"v{i:05d}" for i in range(args.corpus)]
     frames = synthetic_frames(*args.frames_hw)
     report.code(EpisodeEngine.run, Sampler.generate, refine_latents, refined_query)
     report.update(corpus_size=args.corpus, embed_dim=E, frames_hw=list(args.frames_hw), new_tokens=args.new_tokens,
-                  reps=args.reps, batches={})
+                  reps=args.reps, policy=args.policy, batches={})
     rng = np.random.default_rng(2)
     engines, prompts = {}, {}
     for B in args.batches:
@@ -141,6 +163,10 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=1024, help="config.eval.max_new_tokens")
     ap.add_argument("--corpus", type=int, default=10000, help="vectors in the corpus and index")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--policy", default="refine", choices=("refine", "random"),
+                    help="refine: the random policy steered to write <REFINE> every step (every episode refines and "
+                         "runs config.eval.max_turn turns, as a refining policy does); random: as initialised (it "
+                         "rarely refines, so most episodes end after turn 1)")
     return C.bench_main("episode", ap, argv, run)
 
 

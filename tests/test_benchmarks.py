@@ -106,6 +106,9 @@ def test_episode_bench_times_engine_run(tmp_path):
         assert b["decode_loop"] in ("host", "while") and b["run_s"] > 0 and b["per_query_s"] == b["run_s"] / int(B)
         # the engine's counters are logged beside the figure: every turn generated 4 tokens per row
         assert b["engine_stats_per_run"][0]["generated_tokens"] == sum(b["generated_tokens_per_turn"])
+        # the steered policy refines every turn: each episode runs the eval config's 2 turns, both refined
+        assert b["turns_mean"] == 2 and b["refined_turns"] == 2 * int(B)
+        assert b["stop_reasons"] == {"max_turn_reached_with_refine": int(B)}
 
 
 def test_grpo_bench_times_the_runner_step(tmp_path):
