@@ -25,18 +25,28 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
 
-from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
-from vsr1_jax.loading import Models
-from vsr1_jax.models import sqr as S
-from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
-from vsr1_jax.models.qwen3_vl.params import model_from_hf_state_dict
-from vsr1_jax.models.qwen3_vl.rope import token_types
+def _hf_part_only(argv: list[str]) -> bool:
+    return "--part=hf" in argv or any(a == "--part" and b == "hf" for a, b in zip(argv, argv[1:]))
+
+
+# A bench's HF-only part (`--part hf`) leaves the GPU to PyTorch: JAX must not take its usual 75% pool, and that
+# has to be in the environment before JAX creates its GPU client (below, at import).
+if _hf_part_only(sys.argv):
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402  after the allocator setting above
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
+from vsr1_jax.loading import Models  # noqa: E402
+from vsr1_jax.models import sqr as S  # noqa: E402
+from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset  # noqa: E402
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions  # noqa: E402
+from vsr1_jax.models.qwen3_vl.params import model_from_hf_state_dict  # noqa: E402
+from vsr1_jax.models.qwen3_vl.rope import token_types  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 _T0 = time.perf_counter()
