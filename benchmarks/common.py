@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import datetime
 import hashlib
@@ -22,6 +23,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -170,10 +172,10 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def parser(doc: str, *, preset: str = "qwen3_vl_2b", hf: str | None = None, frames_hw: tuple[str, str] | None = None,
-           runner: bool = False) -> argparse.ArgumentParser:
+           runner_steps: int | None = None) -> argparse.ArgumentParser:
     """The options every bench shares: --preset, --out; --hf (the HF baselines, default `hf`) where it has them;
-    --frames-hw (default, help) where it takes a video size; --config/--set/--part for the benches that build a
-    production runner from a config."""
+    --frames-hw (default, help) where it takes a video size; --config/--set/--part/--steps (default `runner_steps`)
+    for the benches that build a production runner from a config and time its steps."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default=preset, help="model preset ('tiny' for a CPU smoke run)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."), help="folder for bench_<name>.json")
@@ -182,7 +184,9 @@ def parser(doc: str, *, preset: str = "qwen3_vl_2b", hf: str | None = None, fram
                                                  "(static cache + torch.compile reduce-overhead on CUDA), or none")
     if frames_hw is not None:
         ap.add_argument("--frames-hw", type=int_list, default=int_list(frames_hw[0]), help=frames_hw[1])
-    if runner:
+    if runner_steps is not None:
+        ap.add_argument("--steps", type=int, default=runner_steps,
+                        help="timed steps (after one warm-up step that compiles)")
         ap.add_argument("--config", default="base", help="configs/<name>.py the runner's settings come from")
         ap.add_argument("--set", action="append", default=[], help="config override a.b.c=value (repeatable)")
         ap.add_argument("--part", default="all", choices=("all", "ours", "hf"),
@@ -498,6 +502,18 @@ def synthetic_dataset(root: str, *, dim: int, frames: int, height: int, width: i
     return build
 
 
+def runner_inputs(args, report: "Report", name: str, overrides):
+    """What a runner bench builds before its task: random models (`args.preset`), a synthetic prepared dataset in a
+    temp folder with videos of `args.frames_hw`, and the config `configs/<args.config>.py` + `overrides(args, root)`
+    (recorded in the report). Returns (models, config)."""
+    root = tempfile.mkdtemp(prefix=f"bench_{name}_")
+    models = random_models(args.preset)
+    f, h, w = args.frames_hw
+    synthetic_dataset(root, dim=models.embedder.cfg.text.hidden_size, frames=f, height=h, width=w)
+    report["config_overrides"] = overrides(args, root)
+    return models, load_config(args.config, report["config_overrides"])
+
+
 # ---- configs of the production runners ----------------------------------------------------------------------------
 def load_config(name: str = "base", overrides: list[str] = ()):
     """`configs/<name>.py`'s get_config() with `a.b.c=value` overrides applied, as
@@ -639,6 +655,17 @@ class HFGenerate:
                 out = self.hf.generate(**inp, **kw, **hf_generate_kwargs(self.impl, self.fullgraph))
         sync()
         return out
+
+
+@contextlib.contextmanager
+def hf_errors(res: dict, key: str, what: str):
+    """Record a failing HF baseline (out of memory: torch.cuda.OutOfMemoryError is a RuntimeError) as `res[key]`
+    and go on with the bench."""
+    try:
+        yield
+    except RuntimeError as e:
+        res[key] = f"{type(e).__name__}: {str(e)[:300]}"
+        log(f"{what}: {res[key]}")
 
 
 def hf_prefill_seconds(hf, inp: dict, n: int = 2) -> float:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import statistics
-import tempfile
 import time
 
 import jax
@@ -58,12 +57,7 @@ def run(args, report: C.Report) -> None:
         report.update(prompt_tokens=int(ids.shape[1]), grid=list(grid), new_tokens=args.new_tokens, samples=8)
         hf_baseline(report, cfg, ids, grid, px, 8, args.new_tokens, C.hf_impls(args.hf))
         return
-    root = tempfile.mkdtemp(prefix="bench_grpo_")
-    models = C.random_models(args.preset)
-    C.synthetic_dataset(root, dim=models.embedder.cfg.text.hidden_size, frames=args.frames_hw[0],
-                        height=args.frames_hw[1], width=args.frames_hw[2])
-    config = C.load_config(args.config, overrides(args, root))
-    report.update(config_overrides=overrides(args, root))
+    models, config = C.runner_inputs(args, report, "grpo", overrides)
     t = time.perf_counter()
     task = GRPOTask(config, models)
     report["task_build_s"] = time.perf_counter() - t
@@ -90,7 +84,7 @@ def run(args, report: C.Report) -> None:
     timed = [r for r in report["steps"] if not r["warmup"]]
     med = {k: statistics.median(r[k] for r in timed) for k in ("step_s", "rollout_s", "score_s", "update_s")}
     cfg = models.policy.cfg
-    turn = first_prompt(task, root, config)
+    turn = first_prompt(task, config)
     T, grid = int(len(turn.prompt_ids)), tuple(int(x) for x in turn.video.grid_thw)
     G, N = task.G, args.new_tokens
     p = pack_prompts([list(turn.prompt_ids)], cfg=cfg, pad_id=eng.ids.pad, video_pixels=turn.video.pixel_rows,
@@ -119,10 +113,10 @@ def run(args, report: C.Report) -> None:
     hf_baseline(report, cfg, ids, grid, px, G, N, impls)
 
 
-def first_prompt(task: GRPOTask, root: str, config):
+def first_prompt(task: GRPOTask, config):
     """The prompt (ids, video inputs) of the dataset's first GRPO row, built by the task's engine as a rollout
     builds it: the shape every step of the bench works on (rows differ only in a few query tokens)."""
-    recs, _ = grpo_records(PreparedPaths(root, "bench"), docid2row=task.corpus.docid2row,
+    recs, _ = grpo_records(PreparedPaths(config.data_root, config.dataset), docid2row=task.corpus.docid2row,
                            hard_negative_k=config.data.grpo.hard_negative_topk)
     r = recs[0]
     traj = Trajectory(query=dict(index=0, qid=r["qid"], query=r["query"], gt_doc_id=r["gt_video"], gt_start=0.0,
@@ -194,7 +188,7 @@ def hf_baseline(report, cfg, ids, grid, px, G: int, N: int, impls, micro: int = 
         topt.step()
         topt.zero_grad(set_to_none=True)
         C.sync()
-    try:
+    with C.hf_errors(report.data, "hf_update_error", "HF update"):
         if C.DEVICE == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t_upd = C.timeit(update, n=1, warmup=1)
@@ -205,15 +199,11 @@ def hf_baseline(report, cfg, ids, grid, px, G: int, N: int, impls, micro: int = 
             report["production_speedup_vs_best_hf"] = (best + t_upd) / report["median"]["step_s"]
         C.log(f"HF update {t_upd:.2f} s; HF step with its best rollout {best + t_upd:.1f} s"
               + (f" -> ours x{report['production_speedup_vs_best_hf']:.1f}" if "median" in report.data else ""))
-    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
-        report["hf_update_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        C.log(f"HF update: {report['hf_update_error']}")
 
 
 def main(argv=None):
-    ap = C.parser(__doc__, hf="eager,static", runner=True,
+    ap = C.parser(__doc__, hf="eager,static", runner_steps=2,
                   frames_hw=("52,448,512", "FRAMES,HEIGHT,WIDTH of the dataset's videos"))
-    ap.add_argument("--steps", type=int, default=2, help="timed steps (after one warm-up step that compiles)")
     ap.add_argument("--new-tokens", type=int, default=768, help="data.grpo.max_completion_length")
     return C.bench_main("grpo", ap, argv, run)
 

@@ -57,12 +57,7 @@ def run(args, report: C.Report) -> None:
         head = _random_head(cfg, args.preset)
         hf_sft_step(report.data, cfg, (f // 2, h // 16, w // 16), args.answer_tokens, _refine_copies(head))
         return
-    root = tempfile.mkdtemp(prefix="bench_sft_")
-    models = C.random_models(args.preset)
-    C.synthetic_dataset(root, dim=models.embedder.cfg.text.hidden_size, frames=args.frames_hw[0],
-                        height=args.frames_hw[1], width=args.frames_hw[2])
-    config = C.load_config(args.config, overrides(args, root))
-    report["config_overrides"] = overrides(args, root)
+    models, config = C.runner_inputs(args, report, "sft", overrides)
     head_for_hf = _refine_copies(models.head) if C.hf_impls(args.hf) else None
     t = time.perf_counter()
     task = SFTTask(config, models)
@@ -237,22 +232,18 @@ def hf_sft_step(res: dict, cfg, grid, answer: int, head) -> None:
         topt.zero_grad(set_to_none=True)
         C.sync()
     torch.cuda.reset_peak_memory_stats() if C.DEVICE == "cuda" else None
-    try:
+    with C.hf_errors(res, "hf_error", "HF SFT step"):
         th = C.timeit(hf_step, n=1, warmup=1)
         res.update(hf_step_s=th, hf_tokens_per_s=T / th, hf_tokens=T,
                    hf_peak_memory_bytes=torch.cuda.max_memory_allocated() if C.DEVICE == "cuda" else None)
         if t:
             res["production_speedup_vs_hf"] = th / t
         C.log(f"HF SFT step: {th:.3f}s" + (f" -> ours x{th / t:.1f}" if t else ""))
-    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
-        res["hf_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-        C.log(f"HF SFT step failed: {res['hf_error']}")
 
 
 def main(argv=None):
-    ap = C.parser(__doc__, hf="eager", runner=True,
+    ap = C.parser(__doc__, hf="eager", runner_steps=3,
                   frames_hw=("52,448,512", "FRAMES,HEIGHT,WIDTH of the dataset's videos"))
-    ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step that compiles)")
     ap.add_argument("--trace", default="", help="folder for a profiler trace of one step and its summary")
     ap.add_argument("--answer-tokens", type=int, default=203, help="label tokens of the HF-only part's sample")
     return C.bench_main("sft", ap, argv, run)
