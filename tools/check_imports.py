@@ -32,7 +32,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "buckets": (0, ()),
     "safetensors_io": (0, ("errors",)),
     "runinfo": (0, ()),       # the resolved config, code version and resume diffs a run folder records
-    "profiling": (0, ()),     # profiler-trace summaries for bench and tools
+    "profiling": (0, ()),     # profiler-trace summaries for benchmarks/ and tools
     "distributed": (0, ()),   # jax.distributed setup + cross-process helpers; main calls it first
     "models": (1, ("kernels", "buckets", "errors")),
     "data": (2, ("processing", "buckets", "errors")),
@@ -46,10 +46,9 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "prepare": (6, BELOW),
     "demo": (7, BELOW),
     "main": (8, BELOW),
-    "bench": (8, BELOW),
 }
 # Components that only the listed ones may import (on top of the rules above).
-ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {"train": ("main", "bench", "demo")}
+ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {"train": ("main", "demo")}
 
 _FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 

@@ -3,12 +3,17 @@ attention shapes (16 query heads, 8 kv heads, head_dim 128, bf16 cache of 28 lay
 cache lengths. Prints one JSON line per case.   python tools/decode_attn_check.py
 """
 import json
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vsr1_jax.bench import timeit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks/ beside the package
+
+from benchmarks.common import timeit
 from vsr1_jax.kernels.decode_attention import NEG, decode_attention
 from vsr1_jax.models.qwen3_vl.text import cached_attention
 

@@ -11,6 +11,7 @@ vs idle GPU time, time by kernel kind) into $OUT/decode_trace_summary_<loop>_B<B
 import json
 import os
 import sys
+from pathlib import Path
 import time
 
 import jax
@@ -18,7 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vsr1_jax.bench import timeit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks/ beside the package
+
+from benchmarks.common import timeit
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions

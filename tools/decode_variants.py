@@ -10,11 +10,13 @@ Variants (patched into `vsr1_jax.models.qwen3_vl.text` before each sampler is bu
           in) instead of the row plus a zero row (a pad kernel before every projection);
   plain   a single row enters each projection as it is (meant for XLA_FLAGS that keep vector x matrix a GEMM).
 Run the script again under other XLA_FLAGS (--tag names the run) to compare compiler settings. Each figure is the
-mean step of `--tokens` decode steps against the roofline of `vsr1_jax.bench` (weights + live cache at the read
+mean step of `--tokens` decode steps against the roofline of `benchmarks.common` (weights + live cache at the read
 bandwidth measured in the same process). Writes $OUT/decode_variants_<tag>.json.
 """
 import argparse
 import json
+import sys
+from pathlib import Path
 import math
 import os
 import time
@@ -24,7 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vsr1_jax import bench
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks/ beside the package
+
+from benchmarks import common as bench
 from vsr1_jax.generate.sampler import Sampler, SamplingParams, pack_prompts
 from vsr1_jax.kernels import decode_attention as kernel_mod
 from vsr1_jax.models.qwen3_vl import layers, text
@@ -72,7 +77,7 @@ def main():
     cfg = get_preset(args.preset)
     t0 = time.perf_counter()
     model = nnx.jit(lambda: Qwen3VL(cfg, param_dtype=jnp.bfloat16, rngs=nnx.Rngs(0)))()
-    bw = bench.read_bandwidth(8.0 if jax.devices()[0].platform == "gpu" else 0.0625)
+    bw = bench.read_bandwidth()
     print(f"[{time.perf_counter() - t0:6.1f}s] model built; HBM read {bw / 1e12:.2f} TB/s "
           f"(XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r})", flush=True)
     gpu = jax.devices()[0].platform == "gpu"

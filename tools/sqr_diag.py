@@ -10,13 +10,18 @@ import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vsr1_jax.bench import sqr_setup, timeit, timeit_fresh
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: benchmarks/ beside the package
+
+from benchmarks.common import timeit, timeit_fresh
+from benchmarks.sqr import sqr_setup
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import get_preset
 

@@ -201,6 +201,7 @@ class GRPOTask:
         trajs = self.engine.run(queries, qvecs, self.sp, group=self.G, first_docs=[r["retrieved_video"] for r in recs],
                                 params=distributed.local_tree(nnx.state(policy)), **self._keys(len(recs), lo))
         rollout_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
         samples = reward_samples(trajs, recs, self.G, self._vectors)
         scores = R.score_samples(samples, self.weights)
         adv, zero_std = grpo.group_advantages(scores["total"], self.G)
@@ -218,7 +219,9 @@ class GRPOTask:
                     answered=[a in ("matched", "not_matched") for a in answers],
                     turns=[len(tr.turns) for tr in trajs], rollout_s=rollout_s,
                     tokens=self.engine.stats["generated_tokens"] - gen0)
+        rewards_s = time.perf_counter() - t1
         parts = distributed.allgather_objects(mine)
+        t1 = time.perf_counter()
         batch = scoring_batch(trajs, adv, cfg=policy.cfg, pad_id=self.engine.ids.pad, micro_batches=self.A,
                               rows_per_micro=self.m_local,
                               prompt_buckets=tuple(self.config.data.grpo.prompt_buckets),
@@ -230,11 +233,16 @@ class GRPOTask:
                               device_rows=self.config.data.grpo.per_device_batch_size,
                               device_batches=self.A * self.m // self.config.data.grpo.per_device_batch_size)
         dev = self._device(batch)
+        batch_s = time.perf_counter() - t1
         if self._jit_score is None:
             self._jit_score = jax.jit(self._score)
+        t1 = time.perf_counter()
         dev["ref_logprobs"] = self._jit_score(self.ref_params, state.frozen, dev)
         if self.mu > 1:
             dev["old_logprobs"] = self._jit_score(state.params, state.frozen, dev)
+        # the update needs these log-probs next: waiting here only moves that wait, and times the scoring
+        jax.block_until_ready((dev["ref_logprobs"], dev.get("old_logprobs")))
+        score_s = time.perf_counter() - t1
         cat = lambda k: np.concatenate([np.asarray(p[k]) for p in parts])  # noqa: E731  the whole round's values
         total = {k: np.concatenate([p["scores"][k] for p in parts]) for k in scores}
         lens = cat("lens")
@@ -246,7 +254,7 @@ class GRPOTask:
                     refine_rate=float(np.mean(cat("refine"))),
                     accept_reject_accuracy=float(np.mean(total["answer"] > 0)),
                     answered_rate=float(np.mean(cat("answered"))), turns_mean=float(np.mean(cat("turns"))),
-                    rollout_s=rollout_s,
+                    rollout_s=rollout_s, rewards_s=rewards_s, batch_s=batch_s, score_s=score_s,
                     rollout_tokens_per_s=sum(p["tokens"] for p in parts) / max(rollout_s, 1e-9))
         return dev, host
 
@@ -270,6 +278,8 @@ class GRPOTask:
         t0 = time.perf_counter()
         state, metrics = self._jit_train(state, dev)
         metrics = {k: float(distributed.host_array(v)) for k, v in metrics.items()}
+        # per-phase seconds: the round's rollout_s, rewards_s (rewards + advantages), batch_s (the scoring batch on the
+        # device), score_s (reference / old log-probs), and this step's update_s
         metrics.update(host, update_s=time.perf_counter() - t0)
         return state, metrics
 

@@ -6,8 +6,8 @@ demuxer and decoder as the original's. PyAV ships abi3 manylinux wheels with FFm
 serves Python 3.11 here and 3.12 on the GPU machine) and numpy-2 support; decord's last release is from 2021 (no
 numpy-2 build), and OpenCV (the original's *embedding* decoder) is a ~60 MB wheel whose per-frame seek
 (CAP_PROP_POS_FRAMES) is slower than one sequential pass for 64 frames spread over a whole video. Here both paths
-decode each video in one threaded sequential pass that stops at the last frame needed; `python -m vsr1_jax.bench
---what=build` measures the rate. Deviation: the original's embedding path reads frames through OpenCV; this one reads
+decode each video in one threaded sequential pass that stops at the last frame needed; `python -m benchmarks.build`
+measures the rate. Deviation: the original's embedding path reads frames through OpenCV; this one reads
 the same frame indices (OpenCV's frame count and fps rules, `stream_info`) through PyAV.
 
 Everything a caller gets back is plain numpy; a file that cannot be read raises VideoDecodeError naming it.
