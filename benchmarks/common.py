@@ -14,6 +14,7 @@ import ast
 import contextlib
 import dataclasses
 import datetime
+import difflib
 import hashlib
 import importlib.util
 import json
@@ -43,6 +44,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
+from vsr1_jax.errors import UserError  # noqa: E402
 from vsr1_jax.loading import Models  # noqa: E402
 from vsr1_jax.models import sqr as S  # noqa: E402
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset  # noqa: E402
@@ -199,6 +201,11 @@ def bench_main(name: str, ap: argparse.ArgumentParser, argv, run) -> dict:
     """Parse `argv`, open the report `bench_<name>.json` (the shared options recorded), `run(args, report)`, and
     mark it complete."""
     args = ap.parse_args(argv)
+    # settings a user can mistype fail here, before any measurement (one `error:` line through run_cli)
+    if getattr(args, "hf", None) is not None:
+        hf_impls(args.hf)
+    if getattr(args, "config", None) is not None:
+        load_config(args.config, args.set)
     report = Report(name, argv, args.out)
     report.update(**{k: getattr(args, k) for k in ("preset", "config", "set", "part", "hf") if hasattr(args, k)})
     run(args, report)
@@ -209,7 +216,7 @@ def hf_impls(arg: str) -> tuple[str, ...]:
     impls = tuple(x for x in arg.split(",") if x and x != "none")
     bad = [x for x in impls if x not in HF_IMPLS]
     if bad:
-        raise SystemExit(f"error: --hf={arg!r}: unknown {bad}; expected a comma list of {HF_IMPLS} or none")
+        raise UserError(f"--hf={arg!r}: unknown {bad}; expected a comma list of {HF_IMPLS} or none")
     return impls
 
 
@@ -521,7 +528,7 @@ def load_config(name: str = "base", overrides: list[str] = ()):
     literals, else taken as strings)."""
     path = ROOT / "configs" / f"{name}.py"
     if not path.exists():
-        raise SystemExit(f"error: {path} not found: --config names a file of configs/ (e.g. base, charades)")
+        raise UserError(f"--config={name}: {path} not found; name a file of configs/ (e.g. base, charades)")
     sys.path.insert(0, str(ROOT))
     spec = importlib.util.spec_from_file_location(f"configs.{name}", path)
     mod = importlib.util.module_from_spec(spec)
@@ -530,17 +537,21 @@ def load_config(name: str = "base", overrides: list[str] = ()):
     for item in overrides:
         key, _, raw = item.partition("=")
         if not _:
-            raise SystemExit(f"error: override {item!r}: expected a.b.c=value")
+            raise UserError(f"--set {item!r}: expected a.b.c=value")
         try:
             value = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
             value = raw
         node = c
         parts = key.split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
+            if p not in node:
+                raise UserError(f"--set {item!r}: configs/{name}.py has no section {'.'.join(parts[:i + 1])!r}")
             node = node[p]
         if parts[-1] not in node:
-            raise SystemExit(f"error: override {item!r}: config has no field {key!r}")
+            close = difflib.get_close_matches(parts[-1], list(node.keys()), n=1)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            raise UserError(f"--set {item!r}: configs/{name}.py has no field {key!r}{hint}")
         node[parts[-1]] = value
     return c
 

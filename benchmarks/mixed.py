@@ -8,8 +8,10 @@ from __future__ import annotations
 
 
 import numpy as np
+import sys
 
 from benchmarks import common as C
+from vsr1_jax.errors import run_cli
 from vsr1_jax.generate.sampler import Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 
@@ -68,4 +70,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))   # the project's errors as one `error: ...` line (vsr1_jax/errors.py)

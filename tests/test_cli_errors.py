@@ -58,7 +58,7 @@ def results(tmp_path_factory):
         "dimension": _eval(_dataset(str(t / "c"), query_dim=6), ckpt),
         "checkpoint_file": _eval(_dataset(str(t / "d")), t / "weights.safetensors"),
         "convert": ["-m", "vsr1_jax.convert", "hf-to-orbax", str(t / "missing"), str(t / "dst")],
-        "bench": ["-m", "vsr1_jax.bench", "--what=forwrd", "--no-hf", f"--out={t}"],
+        "bench": ["-m", "benchmarks.sft", "--preset=tiny", "--set", "sft.learning_rat=1e-3", f"--out={t}"],
         "help": ["-m", "vsr1_jax.main", "--help"],
     }
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
@@ -89,7 +89,7 @@ def _one_error_line(result):
     ("dimension", ["query_embeddings.test.npy vs", "segment_embeds.npy", "6-d", "4-d"]),    # names both files
     ("checkpoint_file", ["--config.checkpoint=", "weights.safetensors is a file", "training checkpoint"]),
     ("convert", ["no such folder"]),                                                       # ConvertError
-    ("bench", ["--what=forwrd", "unknown", "known: forward"]),                             # bench's UserError
+    ("bench", ["sft.learning_rat=1e-3", "configs/base.py has no field", 'did you mean "learning_rate"']),
 ])
 def test_one_line_error(results, case, needles):
     line = _one_error_line(results[case])

@@ -1,7 +1,7 @@
 """The project's error style for the command lines: errors a user can fix (a missing or malformed file, a wrong
 setting) derive from `UserError`, and `run_cli` prints them as ONE line, `error: <message>`, with exit status 2.
 
-Exit statuses of every entry point (`python -m vsr1_jax.main`, `vsr1_jax.convert`, `vsr1_jax.bench`):
+Exit statuses of every entry point (`python -m vsr1_jax.main`, `vsr1_jax.convert`, `benchmarks.*`):
   0    done
   1    an unexpected failure (a bug or the machine: the traceback is printed)
   2    a user error: the message names the file or config field and the fix (`--verbose` adds the traceback)
