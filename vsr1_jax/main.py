@@ -12,6 +12,7 @@ from vsr1_jax.loading import SetupError
 from vsr1_jax.prepare import run_build
 from vsr1_jax.train.grpo_run import main_grpo
 from vsr1_jax.train.sft_run import main_sft
+from vsr1_jax.train.stage0 import ensure_engine, main_stage0
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/toy.py", "ml_collections config file")
 
@@ -20,6 +21,7 @@ MODES = {
     "sft": main_sft,        # Stage 1 -> checkpoints, metrics, the final model as an HF folder
     "grpo": main_grpo,      # Stage 2 from a Stage-1 model -> checkpoints, metrics, the final model
     "demo": demo.run_demo,  # the toy pipeline: eval, SFT, eval, GRPO, eval, and the side-by-side report
+    "stage0": main_stage0,  # the demo's search engine alone (Stage 0; every demo-model mode runs it first)
     "build": run_build,     # raw videos + annotations -> the prepared layout (the original's 11 steps)
 }
 
@@ -39,6 +41,8 @@ def main(argv):
     if config.mode == "build" and jax.process_count() > 1:
         raise SystemExit("error: --config.mode=build runs in one process; start it without launch/")
     try:
+        if config.mode not in ("build", "stage0"):
+            ensure_engine(config)  # the demo's search engine (a no-op unless demo.stage0.enabled)
         summary = run(config)
     except SetupError as e:
         raise SystemExit(f"error: {e}") from None
