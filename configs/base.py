@@ -92,6 +92,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.demo.stage0.warmup_steps = 20
     c.demo.stage0.weight_decay = 0.05   # on weights, not on biases and norms
     c.demo.stage0.temperature = 0.05
+    c.demo.stage0.same_background_batches = True  # one background per batch (see Stage0Task.batch_rows)
     c.demo.stage0.symmetric = True      # query->video and video->query InfoNCE (False: query->video only)
     c.demo.stage0.query_length = 64     # query prompts are padded to this many tokens (one compiled step)
     c.demo.stage0.eval_every = 50       # held-out R@1 every this many steps (and at the end)

@@ -24,6 +24,7 @@ def tiny_config(tmp_path):
     s.progress = False
     st = c.demo.stage0
     st.pool_videos, st.val_videos, st.batch_size, st.steps, st.eval_every = 8, 4, 4, 3, 0
+    st.same_background_batches = False  # 4 twins cannot fill a batch on each background
     return c
 
 
@@ -84,6 +85,22 @@ def test_stage0_loss_equals_engine_forward_and_numpy(tmp_path):
         state, m = task.step(state, task.next_batch())
         assert np.isfinite(float(m["loss"]))
     assert task._step._cache_size() == 1
+
+
+def test_same_background_batches(tmp_path):
+    """Batches of twins whose first videos share one background; deterministic in (seed, step)."""
+    c = tiny_config(tmp_path)
+    c.demo.stage0.pool_videos, c.demo.stage0.batch_size, c.demo.stage0.same_background_batches = 96, 8, True
+    task = S0.Stage0Task(c, loading.demo_embedder(c, untrained=True), test_keys=frozenset())
+    seen = set()
+    for step in range(6):
+        rows, texts = task.batch_rows(step)
+        assert len({task.pool[int(r)].video.background for r in rows[::2]}) == 1
+        assert np.all(rows[0::2] % 2 == 0) and np.all(rows[1::2] == rows[0::2] + 1)  # whole twins
+        seen.add(task.pool[int(rows[0])].video.background)
+        again, _ = task.batch_rows(step)
+        assert np.array_equal(rows, again)
+    assert len(seen) > 1
 
 
 def test_no_test_split_data_reaches_training(tmp_path):

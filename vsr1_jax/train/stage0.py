@@ -246,7 +246,19 @@ class Stage0Task:
     def batch_rows(self, step: int) -> tuple[np.ndarray, list[str]]:
         """Pool rows and query texts of batch `step` (a pure function of the seed and the step)."""
         rng = np.random.default_rng([int(self.c.seed), 2, int(step)])
-        twins = rng.choice(len(self.pool) // 2, size=self.B // 2, replace=False)
+        n_twins = len(self.pool) // 2
+        if self.c.same_background_batches:
+            # every first twin of a batch on one background: the background (the easiest attribute, learnt first)
+            # then tells no pair apart, so the gradient is about colour, shape, direction and lane from step 1
+            bgs = sorted({self.pool[2 * k].video.background for k in range(n_twins)})
+            bg = bgs[int(rng.integers(len(bgs)))]
+            cand = np.array([k for k in range(n_twins) if self.pool[2 * k].video.background == bg])
+            twins = rng.choice(cand, size=min(self.B // 2, len(cand)), replace=False)
+            if len(twins) < self.B // 2:
+                raise ValueError(f"config.demo.stage0.pool_videos={len(self.pool)} leaves {len(cand)} twins on "
+                                 f"background {bg!r}, fewer than batch_size/2 = {self.B // 2}; raise pool_videos")
+        else:
+            twins = rng.choice(n_twins, size=self.B // 2, replace=False)
         rows = np.stack([2 * twins, 2 * twins + 1], axis=1).reshape(-1)
         texts = [SY.pool_query(self.pool[int(r)], int(rng.integers(len(SY.QUERY_TEMPLATES)))) for r in rows]
         return rows, texts
