@@ -97,15 +97,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, opts: RunOptions
 
     def train_step(state: state_lib.TrainState, batch):
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state.frozen, batch)
-        gnorm = optax.global_norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-        grads = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        new = state.replace(step=state.step + ok.astype(jnp.int32), params=keep(params, state.params),
-                            opt_state=keep(opt_state, state.opt_state),
-                            skipped=state.skipped + (~ok).astype(jnp.int32))
+        new, gnorm, ok = state_lib.guarded_update(state, grads, loss, tx)
         return new, dict(loss=loss, grad_norm=gnorm, batch_r1=aux["batch_r1"], lr=lr_fn(state.step))
 
     return train_step
