@@ -75,6 +75,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.demo.policy_seed = 0
     c.demo.embedder_seed = 0
     c.demo.zero_init_refine = True
+    # the demo's evaluations also refine the rows that accepted their video (searched, the episode unchanged), so
+    # the report's SQR-only R@1 covers every wrong top-1 with <REFINE>; not in the original
+    c.demo.sqr_probe = False
     c.demo.embed_video = ml_collections.ConfigDict({"total_pixels": 10 * 768 * 32 * 32, "min_pixels": 4 * 32 * 32,
                                                     "max_frames": 64})
     # Stage 0 of the demo (vsr1_jax/train/stage0.py): train the tiny search engine contrastively on train-side

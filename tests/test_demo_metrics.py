@@ -43,3 +43,8 @@ def test_paired_sqr_only_verification_grounding():
     assert g["accepted turns"] == 2 and g["mIoU accepted"] == pytest.approx(0.25)
     assert g["mIoU accepted GT videos"] == pytest.approx(0.5)
     assert DM.rates(rows)["turn 2 ran"] == pytest.approx(3 / 5)
+    # the probe's refined query of a row that accepted its wrong video (config.demo.sqr_probe) counts for SQR-only
+    probed = _row(3, 3, "matched", False, refined=False)
+    probed["turns"][0]["sqr_probe_rank"] = 1
+    sq = DM.sqr_only(rows[:4] + [probed])
+    assert sq["R@1 SQR-only"] == pytest.approx(0.8) and sq["refined among them"] == 3

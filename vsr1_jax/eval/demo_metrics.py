@@ -39,9 +39,10 @@ def paired_retrieval(rows: Sequence[Row]) -> dict:
 
 def sqr_only(rows: Sequence[Row]) -> dict:
     """R@1 when the refined query is used exactly where the original top-1 is wrong (oracle verification): a row
-    counts as a hit if its original top-1 is right, or if it is wrong and its turn-1 refined query (computed when the
-    policy wrote <REFINE>) ranks the GT video first. `covered` = wrong-top-1 rows that have a refined query (the
-    others keep their original miss), with the paired test against the original query."""
+    counts as a hit if its original top-1 is right, or if it is wrong and its turn-1 refined query ranks the GT video
+    first: the refinement the episode applied (policy_rank), or, for a row that accepted its wrong video, the probe's
+    (sqr_probe_rank, config.demo.sqr_probe). `refined among them` = wrong-top-1 rows that have a refined query (the
+    others, without <REFINE>, keep their miss); the p-value is the paired test against the original query."""
     hits = b = c = covered = wrong = 0
     for r in rows:
         orig = _rank_ok(r.get("orig_rank"), 1)
@@ -50,12 +51,12 @@ def sqr_only(rows: Sequence[Row]) -> dict:
             hits += 1
             continue
         wrong += 1
-        if t1.get("refine_applied") or t1.get("refine_token_generated"):
-            if t1.get("refine_applied"):
-                covered += 1
-                if _rank_ok(t1.get("policy_rank"), 1):
-                    hits += 1
-                    c += 1
+        rank = t1.get("policy_rank") if t1.get("refine_applied") else t1.get("sqr_probe_rank")
+        if rank is not None:
+            covered += 1
+            if _rank_ok(rank, 1):
+                hits += 1
+                c += 1
     n = max(len(rows), 1)
     return {"R@1 SQR-only": hits / n, "wrong top-1 rows": wrong, "refined among them": covered,
             "p (McNemar exact)": mcnemar_exact(b, c)}
