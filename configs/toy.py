@@ -39,7 +39,7 @@ def get_config():
     c.demo.stage0.pool_videos = 1024
     c.demo.stage0.val_videos = 96
     c.demo.stage0.batch_size = 32
-    c.demo.stage0.steps = 300
+    c.demo.stage0.steps = 600
     c.demo.stage0.learning_rate = 3e-3
 
     # --- Stage 1 on a laptop CPU: the tiny policy needs a far larger learning rate than the 2B/4B models' 2e-5,
