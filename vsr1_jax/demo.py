@@ -76,7 +76,10 @@ def _table(columns: dict[str, dict]) -> str:
         cells = []
         for col in columns.values():
             v = col.get(k)
-            cells.append(f"{v:.3f}" if isinstance(v, float) else "–" if v is None else str(v))
+            if isinstance(v, float):
+                cells.append(f"{v:.1e}" if 0 < v < 1e-3 else f"{v:.3f}")  # small p-values stay readable
+            else:
+                cells.append("–" if v is None else str(v))
         body += f"| {k} | " + " | ".join(cells) + " |\n"
     return head + body
 
