@@ -1,5 +1,5 @@
 """Entry point: `python -m vsr1_jax.main --config=configs/<name>.py [--config.x.y=...]`; dispatches on config.mode
-(eval | sft | grpo | demo | build) to the run that owns it. No logic of its own."""
+(eval | sft | grpo | demo | stage0 | build) to the run that owns it. No logic of its own."""
 import logging
 
 import jax
