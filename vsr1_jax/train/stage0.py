@@ -35,7 +35,7 @@ import optax
 from flax import nnx
 
 from vsr1_jax import checkpoint as ckpt_lib
-from vsr1_jax import distributed, loading
+from vsr1_jax import loading
 from vsr1_jax.buckets import round_up
 from vsr1_jax.data import synthetic as SY
 from vsr1_jax.models import embedder as E
@@ -345,19 +345,23 @@ __all__ = ["Stage0Task", "VideoSet", "embed_text_rows", "embed_video_rows", "eng
 def ensure_engine(config) -> dict | None:
     """Stage 0 for a run of the demo's models: train the search engine (or resume it, or find it trained) before
     anything loads it (`loading.demo_embedder`). None when `config.demo.enabled` or `config.demo.stage0.enabled` is
-    off. Process 0 trains; the others wait for the engine."""
+    off. One process only: a multi-process run needs the engine trained beforehand."""
     if not (config.demo.enabled and config.demo.stage0.enabled):
         return None
     out = loading.stage0_dir(config)
     engine = os.path.join(out, "engine")
     summary = dict(output_dir=os.path.abspath(out), engine=os.path.abspath(engine))
-    if distributed.is_primary() and not os.path.isdir(engine):
+    if jax.process_count() > 1:  # the loop's collectives would wait for processes that are not training
+        if not os.path.isdir(engine):
+            raise loading.SetupError(f"{engine} not found: train the demo's search engine in one process first "
+                                     "(the same command with --config.mode=stage0, without launch/)")
+        return summary
+    if not os.path.isdir(engine):
         _, s = run_stage0(config, loading.demo_embedder(config, untrained=True))
         if s["stopped"]:
             raise SystemExit(f"stopped during Stage 0 at step {s['steps']}/{config.demo.stage0.steps}: run the same "
                              "command to resume")
         summary.update(steps=s["steps"], wall_s=s["wall_s"])
-    distributed.barrier("vsr1_stage0")
     return summary
 
 
