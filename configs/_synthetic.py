@@ -50,6 +50,10 @@ def get_synthetic_config() -> ml_collections.ConfigDict:
     # differ in one word, so retrieval confuses them. Every event's full attribute tuple stays unique in its split,
     # so each query is satisfied by exactly one video.
     c.difficulty.overlap_prob = 0.35
+    # True: the train split shows none of the test split's event tuples (planned after it), so no test query's
+    # description is a training description and the search engine must compose attributes (the demo, configs/toy.py).
+    # False: the splits are planned independently (the world of the tests and the eval golden files).
+    c.difficulty.disjoint_splits = False
 
     # --- embedding (what the search engine is called with) ------------------------------------------------------
     c.embed = ml_collections.ConfigDict()

@@ -79,6 +79,30 @@ def get_config() -> ml_collections.ConfigDict:
     c.demo.policy_seed = 0
     c.demo.embedder_seed = 0
     c.demo.zero_init_refine = True
+    # the demo's evaluations also refine the rows that accepted their video (searched, the episode unchanged), so
+    # the report's SQR-only R@1 covers every wrong top-1 with <REFINE>; not in the original
+    c.demo.sqr_probe = False
     c.demo.embed_video = ml_collections.ConfigDict({"total_pixels": 10 * 768 * 32 * 32, "min_pixels": 4 * 32 * 32,
                                                     "max_frames": 64})
+    # Stage 0 of the demo (vsr1_jax/train/stage0.py): train the tiny search engine contrastively on train-side
+    # synthetic videos before building the corpus with it. Not part of the original (whose Qwen3-VL-Embedding comes
+    # trained); off here, on in configs/toy.py. The values below are the demo's, chosen on the synthetic world.
+    c.demo.stage0 = ml_collections.ConfigDict()
+    c.demo.stage0.enabled = False
+    c.demo.stage0.dir = ""              # "" = <data_root>/<dataset>_stage0 (beside the corpus built with it)
+    c.demo.stage0.seed = 0              # pool plan, batch order and query wording
+    c.demo.stage0.pool_videos = 2048    # train-side videos in near-duplicate twins (no test event tuple)
+    c.demo.stage0.val_videos = 256      # held-out train-side videos: R@1 during training (never the test split)
+    c.demo.stage0.steps = 400
+    c.demo.stage0.batch_size = 64       # 32 twins: each query's twin is its hard negative, the rest in-batch ones
+    c.demo.stage0.learning_rate = 2e-3  # AdamW, linear decay after the warmup
+    c.demo.stage0.warmup_steps = 20
+    c.demo.stage0.weight_decay = 0.05   # on weights, not on biases and norms
+    c.demo.stage0.temperature = 0.05
+    c.demo.stage0.same_background_batches = True  # one background per batch (see Stage0Task.batch_rows)
+    c.demo.stage0.symmetric = True      # query->video and video->query InfoNCE (False: query->video only)
+    c.demo.stage0.query_length = 64     # query prompts are padded to this many tokens (one compiled step)
+    c.demo.stage0.eval_every = 50       # held-out R@1 every this many steps (and at the end)
+    c.demo.stage0.checkpoint = ml_collections.ConfigDict(
+        {"every_steps": 100, "every_fraction": 0.0, "keep": 2, "async_save": False})
     return c

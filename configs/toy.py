@@ -26,6 +26,22 @@ def get_config():
         phase.min_pixels = 32 * 32
     c.agent.batch_size = 16
 
+    # --- the world and its search engine (issue 23): Stage 0 trains the tiny engine on train-side videos whose event
+    # tuples are none of the test split's (disjoint splits, Stage-0 pool excluding them), so the engine must compose
+    # attributes and confuses near-duplicates; >= 200 test queries over 96 test videos.
+    c.synthetic.difficulty.disjoint_splits = True
+    c.synthetic.train.num_videos = 96
+    c.synthetic.test.num_videos = 96
+    c.synthetic.video.shape_size = 20   # 20 px shapes in 64 px frames: colour and shape reach several vision tokens
+    c.demo.embed_video.max_frames = 8   # the engine samples 8 frames (4 temporal groups): half the video tokens
+    c.demo.sqr_probe = True
+    c.demo.stage0.enabled = True
+    c.demo.stage0.pool_videos = 1024
+    c.demo.stage0.val_videos = 96
+    c.demo.stage0.batch_size = 32
+    c.demo.stage0.steps = 600
+    c.demo.stage0.learning_rate = 3e-3
+
     # --- Stage 1 on a laptop CPU: the tiny policy needs a far larger learning rate than the 2B/4B models' 2e-5,
     # several epochs, float32 weights and buckets sized for the toy's ~500-token prompts and 64x64 frames.
     c.sft.num_epochs = 6

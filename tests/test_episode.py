@@ -158,6 +158,7 @@ def test_demo_run_writes_outputs(tmp_path):
     c.output_dir = str(tmp_path / "out")
     c.synthetic.train.num_videos, c.synthetic.test.num_videos = 4, 4
     c.synthetic.progress = False
+    c.demo.stage0.enabled = False  # the random engine (Stage 0 has its own tests)
     c.eval.max_new_tokens = 8
     summary = run_eval(c)
     for k in ("result_json", "report_txt", "recall_at_k_png", "vcmr_by_turn_png"):

@@ -37,7 +37,7 @@ SFT_STEPS = 3
 
 COMMON = [
     "--config=configs/toy.py", "--config.synthetic.train.num_videos=8", "--config.synthetic.test.num_videos=4",
-    "--config.synthetic.progress=False",
+    "--config.synthetic.progress=False", "--config.demo.stage0.enabled=False",  # the random engine (Stage 0 aside)
     # SFT: 8 rows per step (1 per device), 2 latents (half the compile time of 8), a checkpoint every step
     f"--config.sft.max_steps={SFT_STEPS}", "--config.data.sft.per_device_batch_size=1",
     "--config.sft.refine_token_count=2", "--config.sft.checkpoint.every_fraction=0",

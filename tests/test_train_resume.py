@@ -29,6 +29,14 @@ def _cmd(mode, data_root, out):
               f"--config.data_root={data_root}", f"--config.output_dir={out}",
               "--config.synthetic.train.num_videos=8", "--config.synthetic.test.num_videos=4",
               "--config.synthetic.progress=False"]
+    if mode == "stage0":  # the demo's search engine: 8-video batches from a 16-video pool
+        return common + ["--config.demo.stage0.enabled=True", f"--config.demo.stage0.steps={STEPS}",
+                         "--config.demo.stage0.pool_videos=16",
+                         "--config.demo.stage0.val_videos=4", "--config.demo.stage0.batch_size=8",
+                         "--config.demo.stage0.eval_every=0", f"--config.demo.stage0.dir={out}/stage0",
+                         "--config.demo.stage0.same_background_batches=False",
+                         "--config.demo.stage0.checkpoint.every_steps=1", "--config.demo.stage0.checkpoint.keep=10"]
+    common.append("--config.demo.stage0.enabled=False")  # the random engine: these runs test the policy stages
     if mode == "sft":
         return common + [f"--config.sft.max_steps={STEPS}", "--config.data.sft.per_device_batch_size=2",
                          "--config.sft.refine_token_count=2",
@@ -42,7 +50,7 @@ def _cmd(mode, data_root, out):
                      "--config.grpo.checkpoint.every_steps=1", "--config.grpo.checkpoint.keep=10"]
 
 
-KEYS = {"sft": ("loss", "lm_loss", "infonce_loss", "grad_norm"),
+KEYS = {"stage0": ("loss", "grad_norm", "batch_r1"), "sft": ("loss", "lm_loss", "infonce_loss", "grad_norm"),
         "grpo": ("loss", "grad_norm", "kl", "reward", "reward_std", "completion_length")}
 
 
@@ -97,7 +105,7 @@ def _run(cmd, cache, timeout=600):
     return r
 
 
-@pytest.mark.parametrize("mode", ["sft", "grpo"])
+@pytest.mark.parametrize("mode", ["stage0", "sft", "grpo"])
 def test_sigkill_then_resume_gives_identical_losses(tmp_path, mode):
     data_root, a, b = str(tmp_path / "data"), str(tmp_path / "a"), str(tmp_path / "b")
     cache = str(tmp_path / "xla_cache")

@@ -48,6 +48,13 @@ def golden_config():
     c.synthetic.train.num_videos, c.synthetic.test.num_videos = 4, 8
     c.synthetic.progress = False
     c.eval.max_new_tokens = 32
+    # the world and random search engine the golden files were written with (configs/toy.py has since moved to a
+    # Stage-0-trained engine on a bigger, split-disjoint world)
+    c.demo.stage0.enabled = False
+    c.demo.sqr_probe = False
+    c.synthetic.difficulty.disjoint_splits = False
+    c.synthetic.video.shape_size = 12
+    c.demo.embed_video.max_frames = 64
     return c
 
 

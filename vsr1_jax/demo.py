@@ -1,22 +1,25 @@
 """The default demo (`python -m vsr1_jax.main --config=configs/toy.py`): the method end to end on the synthetic
 corpus with a tiny policy, on a laptop CPU.
 
-1. build the corpus and the tiny models (loading.load_models);
-2. evaluate the untrained policy;
+0. Stage 0 (train/stage0.py, run by main before any mode): the tiny search engine trained contrastively on
+   train-side synthetic videos; its curve (loss, held-out train-side R@1) is read back here;
+1. build the corpus with that engine and the tiny models (loading.load_models);
+2. evaluate the untrained policy (its original-query retrieval is the search engine alone);
 3. Stage-1 SFT, then evaluate;
 4. Stage-2 GRPO from the SFT policy (when `config.demo.grpo`), then evaluate;
-5. write `demo_report.md` with the metrics side by side and the SFT loss / GRPO reward curves (PNG).
+5. write `demo_report.md` with the metrics side by side (eval/demo_metrics.py: R@1/R@5 before and after the agent
+   with an exact McNemar test over the same queries, SQR-only R@1, VER against its majority baseline, mIoU on the
+   accepted videos, refine and turn-2 rates) and the Stage-0 / SFT / GRPO curves (PNG).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from collections import Counter
 
 from vsr1_jax import distributed, loading, runinfo, viewer
 from vsr1_jax.agent.evaluate import run_eval
+from vsr1_jax.eval import demo_metrics as DM
 from vsr1_jax.eval.report import plot_curves, read_detail_jsonl
 from vsr1_jax.train import loop
 from vsr1_jax.train.grpo_run import run_grpo
@@ -38,38 +41,52 @@ def _last_checkpoint(run_dir: str) -> str:
     return os.path.abspath(os.path.join(ckpts, str(steps[-1]))) if steps else os.path.abspath(run_dir)
 
 
-def _summary_of(out_dir: str, eval_summary: dict) -> dict:
-    """The numbers the demo compares: answers, how often turn 2 ran, and the original's result.json metrics."""
+def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False) -> dict:
+    """The numbers the demo compares (eval/demo_metrics.py) from one evaluation's detail rows. engine_only: the
+    search engine alone (the original query's retrieval; the policy's columns are left empty)."""
     if "result_json" not in eval_summary:  # a process other than 0 of a multi-host run: process 0 wrote the files
         return {}
     rows = read_detail_jsonl(eval_summary["detail_jsonl"])
-    with open(eval_summary["result_json"]) as f:
-        res = json.load(f)
-    n = max(len(rows), 1)
-    answers = Counter(r["turn1_answer"] for r in rows)
+    pr = DM.paired_retrieval(rows)
+    if engine_only:
+        return {"test queries": len(rows), "R@1 original query": pr["R@1 original"],
+                "R@5 original query": pr["R@5 original"]}
+    sq = DM.sqr_only(rows)
+    ver = DM.verification(rows)
+    g = DM.grounding(rows)
     return {
-        "queries": len(rows),
-        "answer unknown (turn 1)": answers.get("unknown", 0) / n,
-        "answer matched (turn 1)": answers.get("matched", 0) / n,
-        "answer not_matched (turn 1)": answers.get("not_matched", 0) / n,
-        "<REFINE> generated (turn 1)": sum(1 for r in rows if r["turns"][0]["refine_token_generated"]) / n,
-        "turn 2 ran": sum(1 for r in rows if len(r["turns"]) >= 2) / n,
-        "VER turn 1 (accept/reject accuracy, answered rows)": res["verification"]["turn1"]["overall_acc"],
-        "R@1 original query": res["original_retrieval"]["R@1"],
-        "R@1 final": res["final_retrieval"]["R@1"],
-        "mIoU@R1 final": res["final_temporal"]["mIoU@R1"],
+        "test queries": len(rows),
+        "R@1 original query": pr["R@1 original"],
+        "R@5 original query": pr["R@5 original"],
+        "R@1 final": pr["R@1 final"],
+        "R@5 final": pr["R@5 final"],
+        "R@1 final - original": pr["lift"],
+        "paired test: worse / better": f"{pr['worse (b)']} / {pr['better (c)']}",
+        "paired test: p (McNemar exact)": pr["p (McNemar exact)"],
+        "R@1 SQR-only (refined query where top-1 is wrong)": sq["R@1 SQR-only"],
+        "SQR-only: wrong top-1 rows refined": f"{sq['refined among them']} / {sq['wrong top-1 rows']}",
+        "SQR-only: p (McNemar exact)": sq["p (McNemar exact)"],
+        "VER turn 1 (accept/reject accuracy)": ver["VER turn 1"],
+        "VER majority-class baseline": ver["VER majority baseline"],
+        "mIoU on accepted videos (0 if wrong video)": g["mIoU accepted"],
+        "mIoU on accepted GT videos": g["mIoU accepted GT videos"],
+        "accepted turns": g["accepted turns"],
+        **DM.rates(rows),
     }
 
 
 def _table(columns: dict[str, dict]) -> str:
-    keys = list(next(iter(columns.values())))
+    keys = list(dict.fromkeys(k for col in columns.values() for k in col))
     head = "| metric | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
     body = ""
     for k in keys:
         cells = []
         for col in columns.values():
             v = col.get(k)
-            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+            if isinstance(v, float):
+                cells.append(f"{v:.1e}" if 0 < v < 1e-3 else f"{v:.3f}")  # small p-values stay readable
+            else:
+                cells.append("–" if v is None else str(v))
         body += f"| {k} | " + " | ".join(cells) + " |\n"
     return head + body
 
@@ -84,8 +101,14 @@ def run_demo(config) -> dict:
     stages, curves, times = {}, {}, {}
 
     t = time.time()
-    stages["untrained"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_untrained"),
-                                                  checkpoint="the demo's untrained tiny models"))
+    ev = run_eval(config, models, output_dir=os.path.join(out, "eval_untrained"),
+              checkpoint="the demo's untrained tiny models")
+    if config.demo.stage0.enabled:  # the engine alone: the original query's retrieval (any policy column has it)
+        stages["search engine only (Stage 0)"] = _summary_of(out, ev, engine_only=True)
+        rows = loop.read_metrics(loading.stage0_dir(config))
+        curves["stage0"] = {"InfoNCE loss": [(r["step"], r["loss"]) for r in rows]}
+        curves["stage0_r1"] = {"held-out train-side R@1": [(r["step"], r["val_r1"]) for r in rows if "val_r1" in r]}
+    stages["untrained policy"] = _summary_of(out, ev)
     times["eval untrained"] = time.time() - t
 
     t = time.time()
@@ -123,14 +146,26 @@ def run_demo(config) -> dict:
         return dict(output_dir=os.path.abspath(out), wall_s=time.time() - t0)
     # the last evaluation's episodes as a self-contained page (frames, reasoning, refinement, spans)
     episodes, _ = viewer.write_page(os.path.join(out, "eval_grpo" if config.demo.grpo else "eval_sft"))
-    pngs = [str(plot_curves(curves["sft"], os.path.join(out, "sft_loss.png"),
+    pngs = []
+    if "stage0" in curves:
+        test_r1 = stages["search engine only (Stage 0)"].get("R@1 original query")
+        pngs.append(str(plot_curves(curves["stage0"], os.path.join(out, "stage0.png"),
+                                    title="Stage 0 (search engine): symmetric InfoNCE per step", ylabel="loss")))
+        pngs.append(str(plot_curves(curves["stage0_r1"], os.path.join(out, "stage0_r1.png"),
+                                    title=f"Stage 0: held-out R@1 (test R@1 of the final engine {test_r1:.3f})",
+                                    ylabel="R@1")))
+    pngs += [str(plot_curves(curves["sft"], os.path.join(out, "sft_loss.png"),
                             title="Stage 1 (SFT) on the synthetic corpus", ylabel="loss"))]
     if "grpo" in curves:
         pngs.append(str(plot_curves(curves["grpo"], os.path.join(out, "grpo_reward.png"),
                                     title="Stage 2 (GRPO): total reward per step", ylabel="reward")))
     report = os.path.join(out, "demo_report.md")
     with open(report, "w") as f:
-        f.write("# vsr1_jax demo: the tiny policy before and after training\n\n")
+        f.write("# vsr1_jax demo: the search engine, then the tiny policy before and after training\n\n")
+        f.write(f"Synthetic world seed {config.synthetic.seed}; every figure on the same test queries. Paired test: "
+                "exact McNemar over the queries whose top-1 changed (worse: right before, wrong after). SQR-only: "
+                "the turn-1 refined query used exactly where the original top-1 is wrong (oracle verification), "
+                "for the rows where the policy wrote <REFINE>.\n\n")
         f.write(_table(stages) + "\n")
         if "grpo" in curves:
             f.write(f"GRPO mean total reward per step: first quarter {grpo_change[0]:.3f} -> last quarter "

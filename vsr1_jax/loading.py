@@ -169,11 +169,28 @@ def tiny_embedder(seed: int = 0, *, video_cfg=None, opts: RunOptions = RunOption
     return TextVideoEmbedder(model, build_tiny_tokenizer(), video_cfg=video_cfg, opts=opts, mesh=mesh)
 
 
-def demo_embedder(config, opts: RunOptions | None = None, mesh=None) -> TextVideoEmbedder:
-    """The demo's search engine (`tiny_embedder` with the demo's seed and video settings)."""
+def stage0_dir(config) -> str:
+    """Where Stage 0 (vsr1_jax/train/stage0.py) keeps its checkpoints, metrics and the trained engine (`engine/`):
+    `config.demo.stage0.dir`, else beside the corpus built with it."""
+    return config.demo.stage0.dir or os.path.join(config.data_root, f"{config.dataset}_stage0")
+
+
+def demo_embedder(config, opts: RunOptions | None = None, mesh=None, *, untrained: bool = False) -> TextVideoEmbedder:
+    """The demo's search engine: `tiny_embedder` with the demo's seed and video settings, holding the Stage-0
+    trained parameters when `config.demo.stage0.enabled` (untrained=True: the random engine Stage 0 starts from)."""
     opts = RunOptions.from_config(config.model) if opts is None else opts
-    return tiny_embedder(config.demo.embedder_seed, video_cfg=config.demo.embed_video.to_dict(), opts=opts,
-                         mesh=mesh)
+    emb = tiny_embedder(config.demo.embedder_seed, video_cfg=config.demo.embed_video.to_dict(), opts=opts,
+                        mesh=None if config.demo.stage0.enabled and not untrained else mesh)
+    if untrained or not config.demo.stage0.enabled:
+        return emb
+    engine = os.path.join(stage0_dir(config), "engine")
+    if not os.path.isdir(engine):
+        raise SetupError(f"{engine} not found: the demo's search engine is trained by Stage 0 first (any "
+                         "--config.mode with configs/toy.py runs it), or pass --config.demo.stage0.enabled=False")
+    model = nnx.merge(emb.graphdef, emb.state)
+    params = checkpoint.restore_params(engine, target=nnx.to_pure_dict(nnx.state(model)))
+    nnx.update(model, nnx.State(params))
+    return TextVideoEmbedder(model, emb.tokenizer, video_cfg=config.demo.embed_video.to_dict(), opts=opts, mesh=mesh)
 
 
 def demo_models(config, embedder: TextVideoEmbedder) -> Models:

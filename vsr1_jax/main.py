@@ -1,5 +1,5 @@
 """Entry point: `python -m vsr1_jax.main --config=configs/<name>.py [--config.x.y=...] [--verbose]`; dispatches on
-config.mode (eval | sft | grpo | demo | build) to the run that owns it. Its own logic is the command line only:
+config.mode (eval | sft | grpo | demo | stage0 | build) to the run that owns it. Its own logic is the command line only:
 `--help`, and the error style of vsr1_jax/errors.py (a config typo or a project error is one `error: ...` line, exit
 status 2; `--verbose` adds the traceback)."""
 import ast
@@ -17,16 +17,19 @@ from vsr1_jax.agent.evaluate import run_eval
 from vsr1_jax.prepare import run_build
 from vsr1_jax.train.grpo_run import main_grpo
 from vsr1_jax.train.sft_run import main_sft
+from vsr1_jax.train.stage0 import ensure_engine, main_stage0
 
 DEFAULT_CONFIG = "configs/toy.py"
 _CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file")
 
-MODES = {"eval": run_eval, "sft": main_sft, "grpo": main_grpo, "demo": demo.run_demo, "build": run_build}
+MODES = {"eval": run_eval, "sft": main_sft, "grpo": main_grpo, "demo": demo.run_demo, "stage0": main_stage0,
+         "build": run_build}
 MODE_HELP = {
     "eval": "the search agent over the test queries -> detail JSONL, result.json, report (--config.checkpoint)",
     "sft": "Stage 1 -> checkpoints, metrics, the final model as an HF folder",
     "grpo": "Stage 2 from a Stage-1 model (--config.grpo.init_checkpoint) -> checkpoints, metrics, the final model",
     "demo": "the toy pipeline: eval, SFT, eval, GRPO, eval, and the side-by-side report",
+    "stage0": "the demo's search engine alone (Stage 0; every demo-model mode runs it first)",
     "build": "raw videos + annotations -> the prepared layout (the original's 11 steps)",
 }
 # the settings most runs change, shown by --help with their values in the chosen config
@@ -133,6 +136,8 @@ def main(argv):
             raise errors.ConfigOverrideError(str(e)) from e
         if config.mode == "build" and jax.process_count() > 1:
             raise errors.ConfigOverrideError("--config.mode=build runs in one process; start it without launch/")
+        if config.mode not in ("build", "stage0"):
+            ensure_engine(config)  # the demo's search engine (a no-op unless demo.stage0.enabled)
         summary = run(config)
     except errors.UserError as e:
         sys.exit(errors.report(e, _VERBOSE))

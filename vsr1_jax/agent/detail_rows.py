@@ -27,6 +27,9 @@ def turn_info(t: Turn, query: dict, num_latents: int) -> dict:
                 refine_token_generated=t.has_refine, refine_applied=False, qfinal_mode="embedder_splice",
                 rollout_depth_config=num_latents, rollout_depth_actual=0, raw_output=t.text,
                 generated_tokens=int(len(t.sampled_ids)))
+    if t.refined and t.answer == "matched" and t.next_rank is not None:
+        # refined although accepted (EpisodeConfig.refine_matched: the demo's SQR-only probe); the episode ended here
+        info.update(sqr_probe_rank=t.next_rank, sqr_probe_top1_is_gt=t.next_doc_id == query["gt_doc_id"])
     if t.refined and t.answer != "matched":
         Z = t.latents
         norms = np.linalg.norm(Z, axis=-1)

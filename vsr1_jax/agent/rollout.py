@@ -97,8 +97,11 @@ class EpisodeConfig:
                       outer_vision_tokens=config.prompts.outer_vision_tokens,
                       timestamps_mode=config.video.timestamps_mode, length_bucket=config.agent.length_bucket)
         if mode == "eval":
+            # the demo's SQR-only figure: the refined query of accepted rows too (computed and searched, the episode
+            # unchanged; detail rows carry it as sqr_probe_rank)
+            probe = bool(config.demo.enabled and config.demo.get("sqr_probe", False))
             return cls(max_turn=config.eval.max_turn, max_new_tokens=config.eval.max_new_tokens,
-                       batch_size=config.agent.batch_size, prompt_style="eval", **common)
+                       batch_size=config.agent.batch_size, prompt_style="eval", refine_matched=probe, **common)
         if mode == "grpo":
             g = config.grpo
             return cls(max_turn=g.max_turns, max_new_tokens=config.data.grpo.max_completion_length,

@@ -123,9 +123,10 @@ def _spans(rng: np.random.Generator, num_frames: int, n_events: int, cfg) -> lis
     return spans
 
 
-def plan_split(cfg, split: str) -> list[SyntheticVideo]:
+def plan_split(cfg, split: str, exclude: frozenset = frozenset()) -> list[SyntheticVideo]:
     """The videos of one split, deterministic in (cfg.seed, split). Raises if the attribute space is too small for
-    unique event tuples."""
+    unique event tuples. exclude: event tuples (`event_key`) this split may not show (the other split's, when
+    `cfg.difficulty.disjoint_splits`)."""
     split_cfg = cfg[split]
     rng = np.random.default_rng([int(cfg.seed), ("train", "test").index(split)])
     attrs = cfg.attributes
@@ -144,7 +145,7 @@ def plan_split(cfg, split: str) -> list[SyntheticVideo]:
     if lo % 2 or hi % 2 or lo < int(cfg.video.min_span_sec) + 1 or hi < lo:
         raise ValueError(f"frame counts must be even with min_frames <= max_frames and room for a span of "
                          f"{cfg.video.min_span_sec} s; got {lo}..{hi}")
-    used: set[tuple] = set()
+    used: set[tuple] = set(exclude)
     made: list[tuple[Event, str]] = []  # (event, background) of this split, for near-duplicates
     combos = [dict(zip(ATTRS, c)) for c in itertools.product(*(options[a] for a in ATTRS))]
     videos = []
@@ -183,6 +184,97 @@ def plan_split(cfg, split: str) -> list[SyntheticVideo]:
         videos.append(SyntheticVideo(video_id=f"syn_{split}_{i:04d}", num_frames=num_frames, background=background,
                                      events=tuple(events), distractor=distractor))
     return videos
+
+
+def event_key(ev: Event, background: str) -> tuple:
+    """The attribute tuple a query names: (shape, colour, direction, lane, background)."""
+    return _key(ev, background)
+
+
+def plan_splits(cfg) -> dict[str, list[SyntheticVideo]]:
+    """Both splits' plans. With `cfg.difficulty.disjoint_splits` the test split is planned first and the train
+    split shows none of its event tuples, so no test query's description is ever a training description."""
+    if not cfg.difficulty.get("disjoint_splits", False):
+        return {split: plan_split(cfg, split) for split in SPLITS}
+    test = plan_split(cfg, "test")
+    return {"train": plan_split(cfg, "train", exclude=frozenset(split_keys(cfg, "test", test))), "test": test}
+
+
+def split_keys(cfg, split: str, plan: list[SyntheticVideo] | None = None) -> set[tuple]:
+    """The event tuples shown in a split's videos."""
+    plan = plan_split(cfg, split) if plan is None else plan
+    return {_key(ev, v.background) for v in plan for ev in v.events}
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolItem:
+    """A Stage-0 training video and the event its queries describe."""
+    video: SyntheticVideo
+    event: Event
+
+    @property
+    def key(self) -> tuple:
+        return _key(self.event, self.video.background)
+
+
+def plan_pool(cfg, num_videos: int, *, seed: Sequence[int], exclude: frozenset = frozenset()) -> list[PoolItem]:
+    """Stage-0 training videos (vsr1_jax/train/stage0.py), in twins: items 2k and 2k+1 show events that differ in
+    exactly one attribute (background included) where the space allows, with their own timing, lane motion and
+    distractor. Attribute tuples repeat across twins (unlike a split, the pool is not a retrieval corpus); none is in
+    `exclude` (the test split's tuples), in the queried event or in a second event. Deterministic in (cfg.seed,
+    seed)."""
+    rng = np.random.default_rng([int(cfg.seed), 7, *[int(x) for x in seed]])
+    attrs = cfg.attributes
+    options = {"shape": tuple(attrs.shapes), "color": tuple(attrs.colors.keys()),
+               "direction": tuple(attrs.directions), "lane": tuple(attrs.lanes)}
+    backgrounds = tuple(attrs.backgrounds.keys())
+    combos = [(dict(zip(ATTRS, c)), bg) for c in itertools.product(*(options[a] for a in ATTRS)) for bg in backgrounds]
+    allowed = [(c, bg) for c, bg in combos if _key(c, bg) not in exclude]
+    if not allowed:
+        raise ValueError("plan_pool: every attribute combination is excluded")
+    lo, hi = int(cfg.video.min_frames), int(cfg.video.max_frames)
+
+    def video(i: int, combo: dict, background: str) -> PoolItem:
+        num_frames = 2 * int(rng.integers(lo // 2, hi // 2 + 1))
+        two = num_frames >= 2 * (int(cfg.video.min_span_sec) + 2) and rng.random() < cfg.video.two_event_prob
+        spans = _spans(rng, num_frames, 2 if two else 1, cfg)
+        which = int(rng.integers(len(spans)))  # the queried event takes one span, a second event the other
+        events = [None] * len(spans)
+        events[which] = Event(start=spans[which][0], end=spans[which][1], **combo)
+        for j in range(len(spans)):
+            if j != which:
+                other = [c for c, bg in allowed if bg == background and c["color"] != combo["color"]]
+                if not other:
+                    events.pop(j)
+                    continue
+                events[j] = Event(start=spans[j][0], end=spans[j][1], **other[int(rng.integers(len(other)))])
+        events = [e for e in events if e is not None]
+        distractor = None
+        if rng.random() < cfg.video.distractor_prob:
+            free = [c for c in options["color"] if c not in {e.color for e in events}]
+            if free:
+                size = float(cfg.video.shape_size)
+                distractor = Distractor(shape=_pick(rng, options["shape"]), color=_pick(rng, free),
+                                        cx=float(rng.uniform(size, cfg.video.width - size)),
+                                        cy=float(rng.uniform(size, cfg.video.height - size)))
+        v = SyntheticVideo(video_id=f"syn_pool_{i:05d}", num_frames=num_frames, background=background,
+                           events=tuple(events), distractor=distractor)
+        return PoolItem(video=v, event=events[[e.color for e in events].index(combo["color"])])
+
+    out: list[PoolItem] = []
+    for k in range(int(num_videos) // 2):
+        c0, bg0 = allowed[int(rng.integers(len(allowed)))]
+        near = [(c, bg) for c, bg in allowed
+                if sum(c[a] != c0[a] for a in ATTRS) + (bg != bg0) == 1]
+        c1, bg1 = near[int(rng.integers(len(near)))] if near else allowed[int(rng.integers(len(allowed)))]
+        out.append(video(2 * k, c0, bg0))
+        out.append(video(2 * k + 1, c1, bg1))
+    return out
+
+
+def pool_query(item: PoolItem, template: int) -> str:
+    """Query text `QUERY_TEMPLATES[template]` of a pool item's event."""
+    return QUERY_TEMPLATES[int(template)].format(background=item.video.background, **_words(item.event))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -540,7 +632,7 @@ def build_synthetic_dataset(root, dataset: str = "synthetic", cfg=None, *, embed
             raise FileExistsError(f"{paths.dataset_dir} exists and is not empty; pass overwrite=True to replace it")
         shutil.rmtree(paths.dataset_dir)
     log = _progress(cfg)
-    plans = {split: plan_split(cfg, split) for split in SPLITS}
+    plans = plan_splits(cfg)
     counts: dict[str, Any] = {}
     first_desc_id = 0
     per_split = {}
@@ -595,6 +687,7 @@ def build_synthetic_dataset(root, dataset: str = "synthetic", cfg=None, *, embed
     return SyntheticBuild(paths=paths, plans=plans, counts=counts, report=report)
 
 
-__all__ = ["Distractor", "Embedder", "Event", "FIXED_EXTRACT_UTC", "QUERY_TEMPLATES", "SyntheticBuild",
-           "SyntheticVideo", "build_synthetic_dataset", "event_center", "matched_reasoning", "not_matched_reasoning",
-           "plan_split", "render_video"]
+__all__ = ["Distractor", "Embedder", "Event", "FIXED_EXTRACT_UTC", "PoolItem", "QUERY_TEMPLATES", "SyntheticBuild",
+           "SyntheticVideo", "build_synthetic_dataset", "event_center", "event_key", "matched_reasoning",
+           "not_matched_reasoning", "plan_pool", "plan_split", "plan_splits", "pool_query", "render_video",
+           "split_keys"]

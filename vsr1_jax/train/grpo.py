@@ -32,7 +32,7 @@ import optax
 
 from vsr1_jax.models.qwen3_vl.model import RunOptions
 from vsr1_jax.train.logprobs import token_logprobs
-from vsr1_jax.train.state import Graphdefs, TrainState
+from vsr1_jax.train.state import Graphdefs, TrainState, guarded_update
 
 LOSS_TYPES = ("grpo", "bnpo", "token_mean")
 
@@ -168,15 +168,7 @@ def make_train_step(graphdefs: Graphdefs, tx: optax.GradientTransformation, opts
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         grads, (losses, aux) = jax.lax.scan(micro, zeros, batch)
         loss = losses.sum()
-        gnorm = optax.global_norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-        grads = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        new = state.replace(step=state.step + ok.astype(jnp.int32), params=keep(params, state.params),
-                            opt_state=keep(opt_state, state.opt_state),
-                            skipped=state.skipped + (~ok).astype(jnp.int32))
+        new, gnorm, ok = guarded_update(state, grads, loss, tx)
         tokens = jnp.maximum(aux["tokens"].sum(), 1.0)
         metrics = dict(loss=loss, grad_norm=gnorm, update_skipped=~ok, kl=aux["kl_sum"].sum() / tokens,
                        clip_fraction=aux["clipped_sum"].sum() / tokens,

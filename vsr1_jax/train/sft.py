@@ -35,7 +35,7 @@ from vsr1_jax.processing import prompts as P
 from vsr1_jax.processing.special_tokens import REFINE_TOKEN, special_ids
 from vsr1_jax.processing.video import preprocess_video
 from vsr1_jax.train.logprobs import token_logprobs
-from vsr1_jax.train.state import Graphdefs, TrainState
+from vsr1_jax.train.state import Graphdefs, TrainState, guarded_update
 
 
 # ---- host: one example -------------------------------------------------------------------------------------------
@@ -190,15 +190,7 @@ def make_train_step(graphdefs: Graphdefs, embedder_graphdef, tx: optax.GradientT
         A = losses.shape[0]
         grads = jax.tree.map(lambda x: x / A, grads)
         loss = losses.mean()
-        gnorm = optax.global_norm(grads)
-        ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
-        grads = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        new = state.replace(step=state.step + ok.astype(jnp.int32), params=keep(params, state.params),
-                            opt_state=keep(opt_state, state.opt_state),
-                            skipped=state.skipped + (~ok).astype(jnp.int32))
+        new, gnorm, ok = guarded_update(state, grads, loss, tx)
         metrics = dict(loss=loss, lm_loss=aux["lm_loss"].mean(), infonce_loss=aux["infonce_loss"].mean(),
                        infonce_rows=aux["infonce_rows"].sum(), label_tokens=aux["label_tokens"].sum(),
                        grad_norm=gnorm, update_skipped=~ok, q_final=aux["q_final"],

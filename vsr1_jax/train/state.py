@@ -75,6 +75,20 @@ def create(policy: Qwen3VL, head: S.SQRHead, trainable: Callable[[Path], bool], 
     return TrainState(params=params, frozen=frozen, opt_state=opt_state, **scalars), graphdefs
 
 
+def guarded_update(state: TrainState, grads, loss, tx: optax.GradientTransformation):
+    """One optimizer update inside a jitted step, skipped (params and optimizer state unchanged, `skipped` counted)
+    when the loss or the gradient norm is not finite. Returns (new state, gradient norm, ok)."""
+    gnorm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(gnorm)
+    grads = jax.tree.map(lambda x: jnp.where(ok, x, jnp.zeros_like(x)), grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    new = state.replace(step=state.step + ok.astype(jnp.int32), params=keep(params, state.params),
+                        opt_state=keep(opt_state, state.opt_state), skipped=state.skipped + (~ok).astype(jnp.int32))
+    return new, gnorm, ok
+
+
 def shardings_of(tree):
     """The shardings of a placed pytree (the train step's in/out shardings for the state)."""
     return jax.tree.map(lambda x: x.sharding, tree)

@@ -1,0 +1,99 @@
+"""The demo report's figures from evaluation detail rows (agent/detail_rows.py): retrieval before and after the
+agent with a paired significance test, the SQR-only (oracle-gated) R@1, verification against its majority-class
+baseline, grounding on the videos the policy accepts, refine and turn-2 rates. Pure functions over rows."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+Row = dict
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for b and c discordant pairs (binomial(b + c, 1/2), doubled, capped at 1)."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2.0 * tail)
+
+
+def _rank_ok(rank, k: int) -> bool:
+    return isinstance(rank, int) and not isinstance(rank, bool) and 0 < rank <= k
+
+
+def paired_retrieval(rows: Sequence[Row]) -> dict:
+    """Original-query top-1 vs the agent's final top-1 on the same queries: R@1 both ways, the discordant counts
+    (b: right before, wrong after; c: wrong before, right after) and the exact McNemar p-value."""
+    before = [_rank_ok(r.get("orig_rank"), 1) for r in rows]
+    after = [_rank_ok(r.get("final_rank"), 1) for r in rows]
+    b = sum(x and not y for x, y in zip(before, after))
+    c = sum(y and not x for x, y in zip(before, after))
+    n = max(len(rows), 1)
+    return {"N": len(rows), "R@1 original": sum(before) / n, "R@1 final": sum(after) / n,
+            "R@5 original": sum(_rank_ok(r.get("orig_rank"), 5) for r in rows) / n,
+            "R@5 final": sum(_rank_ok(r.get("final_rank"), 5) for r in rows) / n,
+            "lift": (sum(after) - sum(before)) / n, "worse (b)": b, "better (c)": c, "p (McNemar exact)": mcnemar_exact(b, c)}
+
+
+def sqr_only(rows: Sequence[Row]) -> dict:
+    """R@1 when the refined query is used exactly where the original top-1 is wrong (oracle verification): a row
+    counts as a hit if its original top-1 is right, or if it is wrong and its turn-1 refined query ranks the GT video
+    first: the refinement the episode applied (policy_rank), or, for a row that accepted its wrong video, the probe's
+    (sqr_probe_rank, config.demo.sqr_probe). `refined among them` = wrong-top-1 rows that have a refined query (the
+    others, without <REFINE>, keep their miss); the p-value is the paired test against the original query."""
+    hits = b = c = covered = wrong = 0
+    for r in rows:
+        orig = _rank_ok(r.get("orig_rank"), 1)
+        t1 = (r.get("turns") or [{}])[0]
+        if orig:
+            hits += 1
+            continue
+        wrong += 1
+        rank = t1.get("policy_rank") if t1.get("refine_applied") else t1.get("sqr_probe_rank")
+        if rank is not None:
+            covered += 1
+            if _rank_ok(rank, 1):
+                hits += 1
+                c += 1
+    n = max(len(rows), 1)
+    return {"R@1 SQR-only": hits / n, "wrong top-1 rows": wrong, "refined among them": covered,
+            "p (McNemar exact)": mcnemar_exact(b, c)}
+
+
+def verification(rows: Sequence[Row]) -> dict:
+    """Turn-1 accept/reject accuracy over the rows answered matched/not_matched, and the majority-class baseline on
+    those rows (always answer the more frequent truth)."""
+    pairs = [(r.get("turn1_answer"), bool(r.get("turn1_top1_is_gt"))) for r in rows
+             if r.get("turn1_answer") in ("matched", "not_matched")]
+    n = len(pairs)
+    if not n:
+        return {"VER turn 1": 0.0, "VER majority baseline": 0.0, "answered": 0}
+    correct = sum((a == "matched") == g for a, g in pairs)
+    pos = sum(g for _, g in pairs)
+    return {"VER turn 1": correct / n, "VER majority baseline": max(pos, n - pos) / n, "answered": n}
+
+
+def grounding(rows: Sequence[Row]) -> dict:
+    """mIoU over the turns the policy accepted (answered matched): `iou_r1` (0 when the accepted video is not the
+    GT one or the span did not parse), and over the accepted GT videos only (`iou_raw`)."""
+    acc, acc_gt = [], []
+    for r in rows:
+        for t in r.get("turns") or []:
+            if t.get("answer") == "matched":
+                acc.append(float(t.get("iou_r1") or 0.0))
+                if t.get("top1_is_gt"):
+                    acc_gt.append(float(t.get("iou_raw") or 0.0))
+    return {"accepted turns": len(acc), "mIoU accepted": sum(acc) / len(acc) if acc else 0.0,
+            "mIoU accepted GT videos": sum(acc_gt) / len(acc_gt) if acc_gt else 0.0}
+
+
+def rates(rows: Sequence[Row]) -> dict:
+    n = max(len(rows), 1)
+    return {"<REFINE> written (turn 1)": sum(bool((r.get("turns") or [{}])[0].get("refine_token_generated"))
+                                              for r in rows) / n,
+            "turn 2 ran": sum(len(r.get("turns") or []) >= 2 for r in rows) / n}
+
+
+__all__ = ["grounding", "mcnemar_exact", "paired_retrieval", "rates", "sqr_only", "verification"]
