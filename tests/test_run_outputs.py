@@ -79,6 +79,7 @@ def test_eval_names_missing_videos_and_records_itself(tmp_path, capsys):
     c.data_root, c.output_dir = str(tmp_path / "data"), str(tmp_path / "out")
     c.synthetic.train.num_videos, c.synthetic.test.num_videos = 4, 4
     c.synthetic.progress = False
+    c.demo.stage0.enabled = False   # the random engine: this test is about the evaluation's bookkeeping
     c.eval.max_new_tokens = 8
     loading.ensure_demo_data(c, loading.demo_embedder(c))
     paths = PreparedPaths(c.data_root, c.dataset)
