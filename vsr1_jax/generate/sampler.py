@@ -148,7 +148,9 @@ class Sampler:
         """loop: None = `opts.decode_loop` (config.model.decode_loop: every production generation takes its loop from
         there); "host" dispatches one jitted, donated step per token from Python (asynchronously; rows' stop state
         is read every `check_every` steps); "while" runs the decode as one jitted `lax.while_loop`. Same results;
-        "host" is the faster on GPUs (README "Measured figures").
+        "host" is the faster on GPUs: XLA's while loop copies its loop-carried buffers (the KV cache among them) in
+        every iteration and syncs the predicate to the host before each one (H100 trace, README "Measured
+        figures"), where the host loop queues donated steps ahead of the GPU.
 
         Pack prompts with `padding=sampler.padding`: "right" under the fused cudnn prefill (attn_impl="cudnn"),
         which takes per-row lengths but not left padding, else "left" (HF's layout)."""
