@@ -646,6 +646,11 @@ class HFGenerate:
         whole length: the static cache is sized by it); eager only initialises its kernels (a few tokens)."""
         self(inp, new_tokens if self.impl == "static" else min(new_tokens, 4), do_sample)
 
+    def seconds(self, inp: dict, new_tokens: int) -> float:
+        """Greedy `generate` of `new_tokens` after the warm-up call: wall seconds of one timed call."""
+        self.warmup(inp, new_tokens)
+        return timeit(lambda: self(inp, new_tokens), n=1, warmup=0)
+
     def __call__(self, inp: dict, new_tokens: int, do_sample: bool = False):
         import torch  # lazy: only the HF side of a comparison needs torch
         kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=do_sample)
@@ -670,7 +675,8 @@ class HFGenerate:
 
 @contextlib.contextmanager
 def hf_errors(res: dict, key: str, what: str):
-    """Record a failing HF baseline (out of memory, a compile error) as `res[key]` and go on with the bench."""
+    """Record a failing part (an HF baseline or a kernel: out of memory, a compile error) as `res[key]` and the log,
+    and go on with the bench."""
     try:
         yield
     except Exception as e:  # noqa: BLE001 - out of memory, a compile error: the bench goes on

@@ -98,19 +98,15 @@ def run(args, report: C.Report) -> None:
         for impl in impls:
             g = C.HFGenerate(hf, impl)
             row = {"batch": B, **g.describe(), "production": False}
-            try:
+            with C.hf_errors(row, "error", f"HF {impl} B={B}"):
                 if tp is None:
                     raise RuntimeError("the prefill did not fit")
-                g.warmup(inp, N)
-                tg = C.timeit(lambda: g(inp, N), n=1, warmup=0)
+                tg = g.seconds(inp, N)
                 row.update(g.describe(), generate_s=tg, prefill_s=tp,
                            **C.decode_row(max(tg - tp, 1e-9) / N, cfg, B, T + N / 2, ceil))
                 row["tokens_per_s"] = B * N / max(tg - tp, 1e-9)
                 C.log(f"HF {impl} B={B}: generate {tg:.2f} s (prefill {tp:.2f} s), step {row['step_ms']:.2f} ms = "
                       f"{row['fraction_of_roofline']:.0%} of the roofline")
-            except Exception as e:  # noqa: BLE001 - a failing baseline (out of memory, a compile error) is recorded
-                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-                C.log(f"HF {impl} B={B}: {row['error']}")
             report["rows"].append(row)
             report.save()
         hf.to("cpu")

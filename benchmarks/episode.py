@@ -140,18 +140,14 @@ def run(args, report: C.Report) -> None:
         for impl in impls:
             g = C.HFGenerate(hf, impl)
             row = {**g.describe(), "rows": B, "new_tokens": args.new_tokens}
-            try:
-                g.warmup(inp, args.new_tokens)
-                t = C.timeit(lambda: g(inp, args.new_tokens), n=1, warmup=0)
+            with C.hf_errors(row, "error", f"HF {impl} B={B}"):
+                t = g.seconds(inp, args.new_tokens)
                 row.update(g.describe(), generate_s=t,
                            ours_generate_s=statistics.median(p["generate_s"] for p in r["engine_stats_per_run"])
                            / max(r["turns_mean"], 1.0))
                 row["ours_turn_speedup"] = t / row["ours_generate_s"]
                 C.log(f"HF {impl} B={B}: one turn's generate {t:.2f} s vs ours {row['ours_generate_s']:.2f} s "
                       f"(x{row['ours_turn_speedup']:.1f})")
-            except Exception as e:  # noqa: BLE001 - a failing baseline (out of memory, a compile error) is recorded
-                row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-                C.log(f"HF {impl} B={B}: {row['error']}")
             r["hf_turn"].append(row)
             report.save()
 

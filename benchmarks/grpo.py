@@ -141,7 +141,7 @@ def hf_baseline(report, cfg, ids, grid, px, G: int, N: int, impls, micro: int = 
     for impl in impls:
         g = C.HFGenerate(hf, impl)
         row = {**g.describe(), "rows": G, "new_tokens": N}
-        try:
+        with C.hf_errors(row, "error", f"HF {impl} GRPO rollout"):
             hf.eval()
             g.warmup(inp, N, do_sample=True)
             t = time.perf_counter()
@@ -149,9 +149,6 @@ def hf_baseline(report, cfg, ids, grid, px, G: int, N: int, impls, micro: int = 
             row.update(g.describe(), rollout_s=time.perf_counter() - t)
             row["rollout_tokens_per_s"] = G * N / row["rollout_s"]
             C.log(f"HF {impl} GRPO rollout: {row['rollout_s']:.1f} s ({row['rollout_tokens_per_s']:,.0f} tok/s)")
-        except Exception as e:  # noqa: BLE001 - a failing baseline (out of memory, a compile error) is recorded
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            C.log(f"HF {impl} GRPO rollout: {row['error']}")
         rows_out.append(row)
         report["hf_rollout"] = rows_out
         report.save()

@@ -37,13 +37,10 @@ def run(args, report: C.Report) -> None:
         f = jax.jit(lambda m, i, p, x: m(i, p, opts=opts, video_pixels=x, video_grids=(grid,), logits="last").logits)
         a = (ours, jnp.asarray(ids), jnp.asarray(pos), jnp.asarray(px, jnp.bfloat16))
         row = {"impl": "ours", "attn_impl": impl, "production": impl == prod.attn_impl}
-        try:
+        with C.hf_errors(row, "error", f"ours ({impl})"):   # report and go on with the other kernel
             t = C.timeit(lambda: f(*a).block_until_ready())
             row.update(seconds=t, tokens_per_s=T / t, **C.mfu_fields(report["flops"], t, ceil))
             C.log(f"ours ({impl}): {t * 1e3:.1f} ms, {T / t:,.0f} tok/s, {C.mfu_text(row)}")
-        except Exception as e:  # noqa: BLE001 - report and go on with the other kernel
-            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            C.log(f"ours ({impl}): {row['error']}")
         report["rows"].append(row)
         report.save()
     if hf is not None:
