@@ -1,6 +1,7 @@
 """The fused decode layer (vsr1_jax.kernels.fused_decode) through the Pallas interpreter against its XLA reference
 (models/qwen3_vl/fused_ref.py), the reference against the model's real decode step, and the kernels' lowering to
 Triton IR at the 2B shapes (jax.export for CUDA on the CPU: Pallas -> Triton IR, not Triton's own compiler)."""
+import functools
 import re
 
 import jax
@@ -21,6 +22,9 @@ CFG = TextConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidde
 SMALL = F.Blocks(qkv_k=32, attn_block_k=16, o_n=16, mlp_n=32, mlp_k=32, down_n=16, down_k=32)
 L, S = 2, 37          # S: a ragged last block of 16 slots
 POS = {1: [36], 3: [36, 5, 20]}   # per-row write slots (the last slot, an early one, the middle)
+# jitted whole: op-by-op dispatch of the reference and the interpreted kernels costs several times the compile
+REF = jax.jit(R.decoder_layer_decode_ref, static_argnames=("cfg", "parts"))
+FUSED = jax.jit(F.fused_decoder_layer_decode, static_argnames=("cfg", "blocks", "interpret"))
 
 
 def _case(B, dtype, seed=0, with_bias=False):
@@ -66,8 +70,7 @@ def test_kernels_each_against_reference_parts():
     """Each kernel on the reference's inputs of its stage (fp32, batch 3, per-row slots, a valid-mask bias)."""
     dtype, layer = jnp.float32, 1
     params, x, ck, cv, pos, cos, sin, bias = _case(3, dtype, with_bias=True)
-    out, rk, rv, parts = R.decoder_layer_decode_ref(params, x, ck, cv, pos, cos, sin, CFG, layer=layer, bias=bias,
-                                                    parts=True)
+    out, rk, rv, parts = REF(params, x, ck, cv, pos, cos, sin, cfg=CFG, layer=layer, bias=bias, parts=True)
     p, wl = F.stacked(params, layer)
     kw = dict(blocks=SMALL, interpret=True)
     for blocks in (SMALL, SMALL._replace(qkv_splits=2)):       # (a) alone, and (a1) partials + (a2) finish
@@ -92,11 +95,11 @@ def test_kernels_each_against_reference_parts():
 def test_fused_layer_equals_reference(B, dtype, blocks, with_bias):
     params, x, ck, cv, pos, cos, sin, bias = _case(B, dtype, with_bias=with_bias)
     layer = 1
-    ref, rk, rv = R.decoder_layer_decode_ref(params, x, ck, cv, pos, cos, sin, CFG, layer=layer, bias=bias)
+    ref, rk, rv = REF(params, x, ck, cv, pos, cos, sin, cfg=CFG, layer=layer, bias=bias)
     # one layer's (unstacked) weights for the same layer: both layouts are accepted
     one = R.layer_params(params, layer) if B == 1 else params
-    out, nk, nv = F.fused_decoder_layer_decode(one, x[:, None], ck, cv, pos, cos, sin, CFG, layer=layer, bias=bias,
-                                               blocks=blocks, interpret=True)
+    out, nk, nv = FUSED(one, x[:, None], ck, cv, pos, cos, sin, cfg=CFG, layer=layer, bias=bias, blocks=blocks,
+                        interpret=True)
     assert out.shape == (B, 1, CFG.hidden_size) and out.dtype == dtype
     _close(out[:, 0], ref, dtype, "layer output")
     _check_cache(nk, ck, rk, pos, layer, dtype)
@@ -113,23 +116,23 @@ def test_reference_and_kernels_match_the_model_decode_step():
     mask = np.ones((B, T), np.int32)
     mask[1, :2] = 0
     x = jnp.asarray(rng.standard_normal((B, T, cfg.hidden_size)), jnp.float32)
-    _, _, cache = model(x, jnp.asarray(text_positions(mask)), jnp.asarray(mask),
+    step = nnx.jit(lambda m, *a, **k: m(*a, **k))
+    _, _, cache = step(model, x, jnp.asarray(text_positions(mask)), jnp.asarray(mask),
                         cache=KVCache.zeros(cfg, B, size, jnp.float32))
     x1 = jnp.asarray(rng.standard_normal((B, 1, cfg.hidden_size)), jnp.float32)
     next_pos = jnp.asarray(mask.sum(1), jnp.int32)               # text rows: the count of prompt tokens
     live = jnp.asarray([True, False])
-    h, _, new = model(x1, jnp.broadcast_to(next_pos[None, :, None], (3, B, 1)), live[:, None], cache=cache)
+    h, _, new = step(model, x1, jnp.broadcast_to(next_pos[None, :, None], (3, B, 1)), live[:, None], cache=cache)
 
     params = {k: getattr(model, k)[...] for k in F.LAYER_KEYS}
     slot = jnp.full((B,), T, jnp.int32)                          # every row writes at cache.index
     valid = jax.lax.dynamic_update_slice(cache.valid, live[:, None], (0, T))
     bias = jnp.where(valid, 0.0, F.NEG).astype(jnp.float32)
     cos, sin = R.decode_cos_sin(next_pos, cfg)
-    for name, layer_fn in (("reference", R.decoder_layer_decode_ref),
-                           ("kernels", lambda *a, **k: F.fused_decoder_layer_decode(*a, **k, interpret=True))):
+    for name, layer_fn in (("reference", REF), ("kernels", functools.partial(FUSED, interpret=True))):
         y, ck, cv = x1[:, 0], cache.k, cache.v
         for li in range(cfg.num_hidden_layers):
-            y, ck, cv = layer_fn(params, y, ck, cv, slot, cos, sin, cfg, layer=li, bias=bias)
+            y, ck, cv = layer_fn(params, y, ck, cv, slot, cos, sin, cfg=cfg, layer=li, bias=bias)
         np.testing.assert_allclose(np.asarray(y), np.asarray(h[:, 0]), atol=2e-5, rtol=2e-5, err_msg=name)
         np.testing.assert_allclose(np.asarray(ck), np.asarray(new.k), atol=2e-5, rtol=2e-5, err_msg=name)
         np.testing.assert_allclose(np.asarray(cv), np.asarray(new.v), atol=2e-5, rtol=2e-5, err_msg=name)
