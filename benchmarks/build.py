@@ -7,7 +7,6 @@ bf16, the production options), plus the query-embedding rate (`TextVideoEmbedder
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -19,7 +18,6 @@ from flax import nnx
 from benchmarks import common as C
 from vsr1_jax.data.build import frames as FR
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
-from vsr1_jax.errors import run_cli
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL
 from vsr1_jax.retrieval.encoder import TextVideoEmbedder
@@ -148,4 +146,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))   # the project's errors as one `error: ...` line (vsr1_jax/errors.py)
+    C.cli(main)

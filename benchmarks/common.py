@@ -44,7 +44,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
-from vsr1_jax.errors import UserError  # noqa: E402
+from vsr1_jax.errors import UserError, run_cli  # noqa: E402
 from vsr1_jax.loading import Models  # noqa: E402
 from vsr1_jax.models import sqr as S  # noqa: E402
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset  # noqa: E402
@@ -210,6 +210,15 @@ def bench_main(name: str, ap: argparse.ArgumentParser, argv, run) -> dict:
     report.update(**{k: getattr(args, k) for k in ("preset", "config", "set", "part", "hf") if hasattr(args, k)})
     run(args, report)
     return report.finish()
+
+
+def cli(main) -> None:
+    """`python -m benchmarks.<name>`: run `main(argv)` (which returns the report, for tests) and exit 0, or with the
+    project's errors as one `error: ...` line and status 2 (vsr1_jax/errors.run_cli)."""
+    def run(argv):
+        main(argv)
+        return 0
+    sys.exit(run_cli(run))
 
 
 def hf_impls(arg: str) -> tuple[str, ...]:

@@ -14,13 +14,11 @@ alone.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import jax
 import numpy as np
 
 from benchmarks import common as C
-from vsr1_jax.errors import run_cli
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 
@@ -131,4 +129,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))   # the project's errors as one `error: ...` line (vsr1_jax/errors.py)
+    C.cli(main)

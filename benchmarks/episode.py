@@ -23,14 +23,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import statistics
-import sys
 import time
 
 import numpy as np
 
 from benchmarks import common as C
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine, refine_latents, refined_query
-from vsr1_jax.errors import run_cli
 from vsr1_jax.generate.sampler import Sampler
 from vsr1_jax.models.qwen3_vl.model import RunOptions
 from vsr1_jax.processing.special_tokens import REFINE_TOKEN
@@ -169,4 +167,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))   # the project's errors as one `error: ...` line (vsr1_jax/errors.py)
+    C.cli(main)

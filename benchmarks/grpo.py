@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import statistics
-import sys
 import time
 
 import jax
@@ -28,7 +27,6 @@ from benchmarks import common as C
 from vsr1_jax.agent.rollout import EpisodeEngine, Trajectory, Turn
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.queries import grpo_records
-from vsr1_jax.errors import run_cli
 from vsr1_jax.generate.sampler import Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.train import grpo as grpo_lib
@@ -208,4 +206,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))   # the project's errors as one `error: ...` line (vsr1_jax/errors.py)
+    C.cli(main)

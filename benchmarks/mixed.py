@@ -8,10 +8,8 @@ from __future__ import annotations
 
 
 import numpy as np
-import sys
 
 from benchmarks import common as C
-from vsr1_jax.errors import run_cli
 from vsr1_jax.generate.sampler import Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 
@@ -70,4 +68,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))   # the project's errors as one `error: ...` line (vsr1_jax/errors.py)
+    C.cli(main)

@@ -10,11 +10,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-import sys
 from flax import nnx
 
 from benchmarks import common as C
-from vsr1_jax.errors import run_cli
 from vsr1_jax.generate.sampler import Sampler, pack_prompts
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import get_preset
@@ -88,4 +86,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))   # the project's errors as one `error: ...` line (vsr1_jax/errors.py)
+    C.cli(main)

@@ -86,8 +86,13 @@ def test_prefill_bench(tmp_path):
 def test_mixed_bench_runs_and_the_layouts_agree(tmp_path):
     """benchmarks.mixed (the GPU figure: cudnn right-padded vs dense left-padded) on the tiny preset: off GPUs both
     sides are XLA attention, so the right- and left-padded first-token logits must agree."""
-    from benchmarks import mixed
-    mixed.main(["--preset=tiny", "--lengths=40,90", f"--out={tmp_path}"])
+    import subprocess
+    import sys
+    # as users run it (python -m): the exit status is 0 once the report is written
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.mixed", "--preset=tiny", "--lengths=40,90",
+                           f"--out={tmp_path}"], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     r = _report(tmp_path, "mixed")
     assert r["batch"] == 16 and r["lengths"][0] == 40 and r["lengths"][-1] == 90 and r["padded_length"] == 128
     assert (r["fused"]["padding"], r["dense"]["padding"]) == ("right", "left")
