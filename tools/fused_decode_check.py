@@ -50,7 +50,17 @@ def err(a, b):
     return {"max_abs": d, "max_rel": d / max(float(np.abs(b).max()), 1e-30)}
 
 
+T0 = time.perf_counter()
+
+
+def log(msg: str) -> None:
+    """Progress on stderr with the seconds since start: the first GPU run (2026-12-07, H100) printed nothing in
+    240 s, so where the time goes (Triton/XLA compiles of the four 28-layer stacks, timing) must show as it runs."""
+    print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
 def run_batch(cfg, B, prompt, iters, sweep, bw):
+    log(f"batch {B}: building the random bf16 decoder and a {prompt + 128}-slot cache")
     L, K, hd, D, I, Hq = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
                           cfg.intermediate_size, cfg.num_attention_heads)
     S = prompt + 128
@@ -107,7 +117,8 @@ def run_batch(cfg, B, prompt, iters, sweep, bw):
     for name, fn in (("fused", fused), ("model_xla", model_step("xla")), ("model_pallas", model_step("pallas")),
                      ("xla_reference", stack(R.decoder_layer_decode_ref))):
         k0, v0 = fresh()
-        nk, nv, h = fn(k0, v0, x, next_pos)
+        log(f"batch {B}: {name}: compile + first call")
+        nk, nv, h = jax.block_until_ready(fn(k0, v0, x, next_pos))
         outs[name] = (nk[:, :, :, prompt], nv[:, :, :, prompt], h)   # the written slot of every layer/row/head
         del nk, nv
     ref = outs["model_xla"]
@@ -131,6 +142,7 @@ def run_batch(cfg, B, prompt, iters, sweep, bw):
     for name, fn in (("fused", fused), ("model_xla", model_step("xla")), ("model_pallas", model_step("pallas")),
                      ("xla_reference", stack(R.decoder_layer_decode_ref))):
         k0, v0 = fresh()
+        log(f"batch {B}: {name}: timing {iters} calls")
         g = lambda kv, fn=fn: fn(kv[0], kv[1], x, next_pos)  # noqa: E731
         ts = []
         kv = (k0, v0)
@@ -148,6 +160,7 @@ def run_batch(cfg, B, prompt, iters, sweep, bw):
     if bw:
         res["stack_fraction_of_read_bw"] = {n: total / t / bw for n, t in times.items()}
 
+    log(f"batch {B}: stack ms {res['stack_ms']}; per-kernel timings next")
     res["kernels"] = per_kernel(cfg, params, kc, vc, x[:, 0], next_pos, B, S, prompt, iters, F.Blocks(), bw)
     if sweep:
         res["sweep"] = run_sweep(cfg, params, kc, vc, x[:, 0], next_pos, B, S, prompt, iters, bw)
