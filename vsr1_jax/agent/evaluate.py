@@ -17,9 +17,11 @@ from tqdm import tqdm
 from vsr1_jax import distributed, loading, runinfo
 from vsr1_jax.agent.detail_rows import detail_rows
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine
+from vsr1_jax.ckpt.read import CONVERT_HINT, Models
 from vsr1_jax.data.files import load_npy_video, read_video_npy_meta
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.queries import eval_queries, load_retrieval
+from vsr1_jax.errors import SetupError
 from vsr1_jax.eval import report
 from vsr1_jax.models.qwen3_vl.model import RunOptions
 from vsr1_jax.retrieval.index import RetrievalInputError
@@ -81,7 +83,7 @@ def _gather_rows(rows: list[dict], trajs, positions: list[int], stats: dict):
     return [r for _, r in merged], total
 
 
-def run_eval(config, models: loading.Models | None = None, *, output_dir: str | None = None,
+def run_eval(config, models: Models | None = None, *, output_dir: str | None = None,
              checkpoint: str | None = None) -> dict:
     """Evaluate `models` (default: loaded from the config: the demo's, or `config.checkpoint`) on
     `config.split` of the dataset; write the outputs under `output_dir` (default `config.output_dir`).
@@ -95,7 +97,7 @@ def run_eval(config, models: loading.Models | None = None, *, output_dir: str | 
     if models is None:
         if not config.demo.enabled:
             if not config.checkpoint:
-                raise loading.SetupError(f"--config.checkpoint is empty; {loading.CONVERT_HINT}")
+                raise SetupError(f"--config.checkpoint is empty; {CONVERT_HINT}")
             loading.check_dataset(config)
             corpus, queries = load_retrieval(paths, split)   # data errors before the (slow) model load
             retriever = _retriever(config, paths, split, corpus)
