@@ -1,7 +1,8 @@
-"""The models of a config: `load_models` gives a run its policy, SQR head, query embedder and tokenizers: the
-demo's tiny models (demo_models.py, building its corpus on first use) with `config.demo.enabled`, else a checkpoint
-read by the runtime reader (ckpt/read.py). `check_embedder_dim` and `check_dataset` are the other setup checks a
-run makes before it starts.
+"""The models of a config: `load_models` is the one function every mode calls (eval, sft, grpo, demo) for its
+policy, SQR head, query embedder and tokenizers. With `config.demo.enabled` they are the demo's tiny models
+(demo_models.py, building its corpus on first use), else a checkpoint read by the runtime reader (ckpt/read.py) after
+the cheap checks (the path is set, the prepared dataset exists). `check_embedder_dim` and `check_dataset` are the
+other setup checks a run makes before it starts.
 
 (`RunOptions.from_config` sits beside RunOptions in models/qwen3_vl/model.py and `EpisodeConfig.from_config` beside
 EpisodeConfig in agent/rollout.py: each config-to-dataclass conversion lives with its dataclass.)
@@ -9,6 +10,8 @@ EpisodeConfig in agent/rollout.py: each config-to-dataclass conversion lives wit
 from __future__ import annotations
 
 import os
+from typing import Callable
+
 import jax.numpy as jnp
 
 from vsr1_jax.ckpt.read import (CONVERT_HINT, Models, apply_training_checkpoint, check_checkpoint_path,
@@ -18,10 +21,18 @@ from vsr1_jax.demo_models import demo_embedder, demo_models, ensure_demo_data
 from vsr1_jax.errors import SetupError
 
 
-def load_models(config, path: str | None = None, field: str = "checkpoint") -> Models:
-    """The models a run uses, in `config.model.dtype`: with `config.demo.enabled`, the demo's (building its corpus if
-    needed), with the weights of a training checkpoint of a demo run when `path` (default `config.checkpoint`)
-    names one; else the checkpoint at `path`. `field`: the config field `path` came from (named in errors)."""
+def load_models(config, path: str | None = None, field: str = "checkpoint", *, empty_message: str | None = None,
+                before_load: Callable[[], None] | None = None) -> Models:
+    """The models a run uses, in `config.model.dtype`:
+
+    - with `config.demo.enabled`, the demo's (building its corpus if needed), with the weights of a training
+      checkpoint of a demo run when `path` names one (any other checkpoint is refused before the corpus is built);
+    - else the checkpoint at `path`, once what is cheap to check is checked: `path` is set (else a SetupError with
+      `empty_message`, default "--config.<field> is empty" and how to convert one) and the prepared dataset folder
+      exists; `before_load` then runs, before the (slow) model load: the evaluation reads its corpus there, so data
+      errors come first.
+
+    path: default `config.checkpoint`; field: the config field `path` came from (named in errors)."""
     path = config.checkpoint if path is None else path
     dtype = jnp.dtype(config.model.dtype)
     if config.demo.enabled:
@@ -38,7 +49,10 @@ def load_models(config, path: str | None = None, field: str = "checkpoint") -> M
         models = demo_models(config, emb)
         return apply_training_checkpoint(models, path, dtype) if path else models
     if not path:
-        raise SetupError(f"--config.{field} is empty; {CONVERT_HINT}")
+        raise SetupError(empty_message or f"--config.{field} is empty; {CONVERT_HINT}")
+    check_dataset(config)
+    if before_load is not None:
+        before_load()
     return load_checkpoint(path, dtype=dtype, field=field)
 
 

@@ -17,11 +17,10 @@ from tqdm import tqdm
 from vsr1_jax import distributed, loading, runinfo
 from vsr1_jax.agent.detail_rows import detail_rows
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine
-from vsr1_jax.ckpt.read import CONVERT_HINT, Models
+from vsr1_jax.ckpt.read import Models
 from vsr1_jax.data.files import load_npy_video, read_video_npy_meta
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.queries import eval_queries, load_retrieval
-from vsr1_jax.errors import SetupError
 from vsr1_jax.eval import report
 from vsr1_jax.models.qwen3_vl.model import RunOptions
 from vsr1_jax.retrieval.index import RetrievalInputError
@@ -95,13 +94,12 @@ def run_eval(config, models: Models | None = None, *, output_dir: str | None = N
     split = config.split
     corpus = queries = None
     if models is None:
-        if not config.demo.enabled:
-            if not config.checkpoint:
-                raise SetupError(f"--config.checkpoint is empty; {CONVERT_HINT}")
-            loading.check_dataset(config)
-            corpus, queries = load_retrieval(paths, split)   # data errors before the (slow) model load
+        def read_data():   # a checkpoint's run: data errors before the (slow) model load
+            nonlocal corpus, queries, retriever
+            corpus, queries = load_retrieval(paths, split)
             retriever = _retriever(config, paths, split, corpus)
-        models = loading.load_models(config)
+
+        models = loading.load_models(config, before_load=read_data)
         checkpoint = config.checkpoint or "the demo's untrained tiny models (config.demo)"
     if corpus is None:
         corpus, queries = load_retrieval(paths, split)

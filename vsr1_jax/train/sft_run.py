@@ -22,7 +22,6 @@ from vsr1_jax.data.files import read_hard_negatives, read_video_meta
 from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import load_corpus, load_queries, sft_records
-from vsr1_jax.errors import SetupError
 from vsr1_jax.models.qwen3_vl.model import RunOptions
 from vsr1_jax.processing.special_tokens import special_ids
 from vsr1_jax.train import loop, optim, sft
@@ -262,12 +261,8 @@ class SFTTask:
 def main_sft(config) -> dict:
     """`--config.mode=sft`: load the starting models (the demo's, or `config.checkpoint`), train, and write the
     final model as a released-layout HF folder under `<output_dir>/sft/hf` (`config.sft.export_hf`)."""
-    if not config.demo.enabled:
-        if not config.checkpoint:
-            raise SetupError(f"--config.checkpoint is empty: Stage 1 starts from a Qwen3-VL policy with an SQR head "
-                             f"and a query embedder; {CONVERT_HINT}")
-        loading.check_dataset(config)
-    models = loading.load_models(config)
+    models = loading.load_models(config, empty_message="--config.checkpoint is empty: Stage 1 starts from a Qwen3-VL "
+                                 f"policy with an SQR head and a query embedder; {CONVERT_HINT}")
     out_dir = os.path.join(config.output_dir, "sft")
     task, state = run_sft(config, models, out_dir=out_dir)   # errors.Stopped on SIGINT / SIGTERM
     summary = dict(output_dir=os.path.abspath(out_dir), metrics_jsonl=os.path.abspath(os.path.join(out_dir,
