@@ -22,6 +22,7 @@ from vsr1_jax.ckpt.safetensors_io import INDEX_FILE, ST_DTYPES, SafetensorsError
 from vsr1_jax.models.qwen3_vl import params as P
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig
 
+
 # ---- HF -> orbax ------------------------------------------------------------------------------------------------
 
 def _write_orbax(s: Source, out: str, dtype: str | None, quiet: bool) -> None:
@@ -66,6 +67,7 @@ def hf_to_orbax(src: str, dst: str, *, dtype: str | None = None, overwrite: bool
 
 
 # ---- orbax -> HF ------------------------------------------------------------------------------------------------
+
 def _hf_entries(meta: dict, cfg: Qwen3VLConfig) -> dict[str, P.Entry]:
     entries = {e.hf: e for e in P.expand(layout_rules(cfg, meta["key_prefix"]))}
     if meta.get("sqr"):
