@@ -44,8 +44,8 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer  # noqa: E402
+from vsr1_jax.ckpt.read import Models  # noqa: E402
 from vsr1_jax.errors import UserError, run_cli  # noqa: E402
-from vsr1_jax.loading import Models  # noqa: E402
 from vsr1_jax.models import sqr as S  # noqa: E402
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset  # noqa: E402
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions  # noqa: E402
@@ -458,7 +458,7 @@ def build_random(cfg: Qwen3VLConfig, dtype, seed: int) -> Qwen3VL:
 
 def random_models(preset: str, dtype="bfloat16", seed: int = 0) -> Models:
     """Random policy (preset), SQR head and query embedder (the embedding model of the same size) on the tiny
-    tokenizer, built on the device in `dtype`: what `vsr1_jax.loading.load_checkpoint` returns for a checkpoint."""
+    tokenizer, built on the device in `dtype`: what `vsr1_jax.ckpt.read.load_checkpoint` returns for a checkpoint."""
     tok = build_tiny_tokenizer()
     pcfg = tiny_token_config(get_preset(preset))
     ecfg = tiny_token_config(get_preset(embedder_preset(preset)))

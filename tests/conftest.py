@@ -18,13 +18,14 @@ def tiny_pair(tmp_path_factory):
     from flax import nnx
     from tests.hf_fixtures import save_tiny, tiny_hf_model
     from vsr1_jax import convert
+    from vsr1_jax.ckpt.read import load_converted
     from vsr1_jax.models.qwen3_vl.model import Qwen3VL
     from vsr1_jax.models.qwen3_vl.params import load_flat
     hf = tiny_hf_model(seed=0)
     root = tmp_path_factory.mktemp("tiny")
     save_tiny(str(root / "hf"), hf)
     assert convert.main(["hf-to-orbax", str(root / "hf"), str(root / "orbax"), "-q"]) == 0
-    ck = convert.load_converted(str(root / "orbax"))
+    ck = load_converted(str(root / "orbax"))
     model = Qwen3VL(ck.cfg, rngs=None)
     load_flat(model, {tuple(str(p) for p in path): v for path, v in nnx.to_flat_state(nnx.State(ck.params))})
     return hf, model, ck.cfg

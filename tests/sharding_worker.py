@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vsr1_jax import checkpoint, sharding
+from vsr1_jax import sharding
+from vsr1_jax.ckpt import orbax_io
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions, abstract_model
@@ -88,10 +89,10 @@ def main():
         load_flat(model, params)
         sharding.shard_module(model, mesh_a)
         tree = {"model": nnx.to_pure_dict(nnx.state(model, nnx.Param))}
-        checkpoint.save_params(os.path.join(d, "ckpt"), tree)
+        orbax_io.save_params(os.path.join(d, "ckpt"), tree)
         mesh_b = sharding.make_mesh({"data": 2, "fsdp": 1, "tensor": 4})
         target = {"model": sharding.abstract_params(abstract_model(cfg), mesh_b)}
-        restored = checkpoint.restore_params(os.path.join(d, "ckpt"), target=target)
+        restored = orbax_io.restore_params(os.path.join(d, "ckpt"), target=target)
         q = restored["model"]["text"]["q_kernel"]
         assert q.sharding.spec == target["model"]["text"]["q_kernel"].sharding.spec, q.sharding
         assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape[-1] == q.shape[-1] // 4
@@ -104,7 +105,7 @@ def main():
 def check_sharded_embedder():
     """The build's search engine on a mesh (prepare.make_embedder with several devices): batches split over the
     data-parallel axes give the single-device vectors."""
-    from vsr1_jax.loading import tiny_embedder
+    from vsr1_jax.demo_models import tiny_embedder
     vcfg = {"total_pixels": 10 * 768 * 32 * 32, "min_pixels": 4 * 32 * 32, "max_frames": 64}
     rng = np.random.RandomState(0)
     texts = ["a red circle", "", "two blue squares move left then right", "x", "the green triangle fades"]

@@ -1,6 +1,6 @@
-"""HF <-> orbax checkpoint conversion (vsr1_jax.convert) and the orbax helpers (vsr1_jax.checkpoint): bit-exact round
-trips of tiny Qwen3-VL and released-VideoSearch-R1-style folders, logits parity after conversion, named errors, and
-no half-written output on failure."""
+"""HF <-> orbax checkpoint conversion (vsr1_jax.ckpt, `python -m vsr1_jax.convert`) and the orbax helpers
+(vsr1_jax.ckpt.orbax_io): bit-exact round trips of tiny Qwen3-VL and released-VideoSearch-R1-style folders, logits
+parity after conversion, named errors, and no half-written output on failure."""
 import json
 import os
 import shutil
@@ -16,9 +16,9 @@ import safetensors.torch
 import torch
 
 from tests.hf_fixtures import RELEASED_D, make_released_fixture, save_tiny, tiny_hf_model
-from vsr1_jax import checkpoint as ckpt
-from vsr1_jax import convert, safetensors_io
-from vsr1_jax.convert import ConvertError, main
+from vsr1_jax.ckpt import hf_export, hf_read, layout, orbax_io, read, safetensors_io, write
+from vsr1_jax.ckpt.cli import main
+from vsr1_jax.ckpt.layout import ConvertError
 from vsr1_jax.models.qwen3_vl import params as P
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig
 
@@ -116,8 +116,8 @@ def test_round_trip_bit_identical(case, hf_folders, tmp_path):
     assert main(["orbax-to-hf", dst, back, "-q", "--max-shard-size", CASES[case][2]]) == 0
 
     assert_bit_identical(read_folder(src), read_folder(back))
-    sharded = os.path.exists(os.path.join(src, convert.INDEX_FILE))
-    assert os.path.exists(os.path.join(back, convert.INDEX_FILE)) == sharded
+    sharded = os.path.exists(os.path.join(src, safetensors_io.INDEX_FILE))
+    assert os.path.exists(os.path.join(back, safetensors_io.INDEX_FILE)) == sharded
     if sharded:  # several shards with an index, as transformers wrote them
         assert len([n for n in os.listdir(back) if n.endswith(".safetensors")]) > 1
     assert_files_equal(src, back, ["config.json", "generation_config.json"])
@@ -127,7 +127,7 @@ def test_round_trip_bit_identical(case, hf_folders, tmp_path):
     assert not info_b["missing_keys"] and not info_b["unexpected_keys"]
     assert_bit_identical(ref.state_dict(), got.state_dict())
 
-    meta = json.load(open(os.path.join(dst, convert.META_FILE)))
+    meta = json.load(open(os.path.join(dst, layout.META_FILE)))
     assert meta["kind"] == "qwen3_vl" and meta["sqr"] is None and meta["query_embedder"] is None
     tied = CASES[case][0].get("tie", False)
     assert meta["tie_word_embeddings"] == tied
@@ -140,8 +140,8 @@ def test_round_trip_bit_identical(case, hf_folders, tmp_path):
 def test_converted_params_reproduce_hf_logits(case, hf_folders, tmp_path):
     src, hf = hf_folders[case]
     dst = str(tmp_path / "orbax")
-    convert.hf_to_orbax(src, dst, quiet=True)
-    conv = convert.load_converted(dst)
+    write.hf_to_orbax(src, dst, quiet=True)
+    conv = read.load_converted(dst)
     ids = np.random.RandomState(0).randint(0, 900, size=(1, 40))
     with torch.no_grad():
         ref = hf(input_ids=torch.tensor(ids)).logits.numpy()
@@ -156,16 +156,16 @@ def test_rope_scaling_form_loads_same_config(tmp_path):
     assert "rope_scaling" in json.load(open(tmp_path / "scaling" / "config.json"))["text_config"]
     assert a == b
     dst = str(tmp_path / "orbax")
-    convert.hf_to_orbax(str(tmp_path / "scaling"), dst, quiet=True)
-    assert convert.load_converted(dst).cfg == a
+    write.hf_to_orbax(str(tmp_path / "scaling"), dst, quiet=True)
+    assert read.load_converted(dst).cfg == a
 
 
 def test_load_hf_folder_matches_orbax_and_dtype_cast(base_fp32, tmp_path):
-    mem = convert.load_hf_folder(base_fp32)
+    mem = hf_read.load_hf_folder(base_fp32)
     dst = str(tmp_path / "orbax")
-    convert.hf_to_orbax(base_fp32, dst, quiet=True)
-    disk = convert.load_converted(dst)
-    flat_a, flat_b = convert._flatten(mem.params), convert._flatten(disk.params)
+    write.hf_to_orbax(base_fp32, dst, quiet=True)
+    disk = read.load_converted(dst)
+    flat_a, flat_b = layout.flatten(mem.params), layout.flatten(disk.params)
     assert set(flat_a) == set(flat_b)
     for k in flat_a:
         assert flat_a[k].dtype == flat_b[k].dtype and np.array_equal(flat_a[k], flat_b[k]), k
@@ -180,8 +180,8 @@ def test_load_hf_folder_matches_orbax_and_dtype_cast(base_fp32, tmp_path):
     # --dtype bfloat16: params are bf16; the way back restores the recorded F32 dtype with bf16-rounded values.
     dst16, back = str(tmp_path / "orbax16"), str(tmp_path / "back16")
     assert main(["hf-to-orbax", base_fp32, dst16, "--dtype", "bfloat16", "-q"]) == 0
-    conv16 = convert.load_converted(dst16)
-    assert {v.dtype for v in convert._flatten(conv16.params).values()} == {np.dtype(ml_dtypes.bfloat16)}
+    conv16 = read.load_converted(dst16)
+    assert {v.dtype for v in layout.flatten(conv16.params).values()} == {np.dtype(ml_dtypes.bfloat16)}
     assert conv16.meta["param_dtypes"] == {"model": "bfloat16"}
     assert main(["orbax-to-hf", dst16, back, "-q"]) == 0
     got = read_folder(back)
@@ -192,22 +192,22 @@ def test_load_hf_folder_matches_orbax_and_dtype_cast(base_fp32, tmp_path):
 
 def test_qwen3vlmodel_layout_and_redundant_tied_lm_head(hf_folders, tmp_path, caplog):
     src = hf_folders["fp32_tied_rope_scaling"][0]
-    ref = convert.load_hf_folder(src)
+    ref = hf_read.load_hf_folder(src)
     bare = str(tmp_path / "bare")
     shutil.copytree(src, bare)
     # Qwen3VLModel layout (visual.*, language_model.*), plus a tied lm_head.weight equal to the embedding.
     rewrite(bare, lambda sd: {**{k.removeprefix("model."): v for k, v in sd.items()},
                               "lm_head.weight": sd["model.language_model.embed_tokens.weight"].clone()})
     dst, back = str(tmp_path / "orbax"), str(tmp_path / "back")
-    with caplog.at_level("WARNING", logger="vsr1_jax.convert"):
-        convert.hf_to_orbax(bare, dst, quiet=True)
+    with caplog.at_level("WARNING", logger="vsr1_jax.ckpt.hf_read"):
+        write.hf_to_orbax(bare, dst, quiet=True)
     assert "lm_head.weight" in caplog.text and "dropped" in caplog.text
-    conv = convert.load_converted(dst)
+    conv = read.load_converted(dst)
     assert conv.meta["key_prefix"] == "" and conv.meta["dropped_tied_lm_head"]
     assert "lm_head" not in conv.params["text"]
-    for k, v in convert._flatten(ref.params).items():
-        assert np.array_equal(v, convert._flatten(conv.params)[k]), k
-    convert.orbax_to_hf(dst, back, quiet=True)
+    for k, v in layout.flatten(ref.params).items():
+        assert np.array_equal(v, layout.flatten(conv.params)[k]), k
+    write.orbax_to_hf(dst, back, quiet=True)
     assert_bit_identical(read_folder(bare), read_folder(back))  # layout and lm_head key written back
 
     # A tied checkpoint whose lm_head differs from the embedding is inconsistent: refuse, name it.
@@ -215,7 +215,7 @@ def test_qwen3vlmodel_layout_and_redundant_tied_lm_head(hf_folders, tmp_path, ca
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ConvertError, match="lm_head.weight differs"):
-        convert.hf_to_orbax(bare, str(out / "x"), quiet=True)
+        write.hf_to_orbax(bare, str(out / "x"), quiet=True)
     assert_nothing_left(out)
 
 
@@ -227,8 +227,8 @@ def test_released_checkpoint_round_trip(released, tmp_path):
     src, info = released
     dst, back = str(tmp_path / "orbax"), str(tmp_path / "back")
     assert main(["hf-to-orbax", src, dst, "-q"]) == 0
-    conv = convert.load_converted(dst)
-    assert conv.meta["kind"] == "videosearch_r1" and conv.meta["query_embedder"] == convert.EMBEDDER_DIR
+    conv = read.load_converted(dst)
+    assert conv.meta["kind"] == "videosearch_r1" and conv.meta["query_embedder"] == layout.EMBEDDER_DIR
     assert conv.cfg.text.vocab_size == info["vocab_size"] == len(info["tokenizer"])
     assert (conv.sqr_cfg.policy_hidden, conv.sqr_cfg.retrieval_dim, conv.sqr_cfg.embedder_hidden) == (64, RELEASED_D,
                                                                                                        64)
@@ -259,8 +259,8 @@ def test_released_checkpoint_round_trip(released, tmp_path):
     assert not li["missing_keys"] and sorted(li["unexpected_keys"]) == sorted(info["refine"])
     assert_bit_identical(info["policy"].state_dict(), hf.state_dict())
 
-    mem = convert.load_hf_folder(src)  # same thing without orbax
-    for k, v in convert._flatten(mem.sqr_params).items():
+    mem = hf_read.load_hf_folder(src)  # same thing without orbax
+    for k, v in layout.flatten(mem.sqr_params).items():
         assert np.array_equal(v, conv.sqr_params[k[0]]), k
 
 
@@ -316,7 +316,7 @@ def test_bad_inputs_named_errors_and_nothing_left(case, base_fp32, tmp_path, cap
     out.mkdir()
     dst = str(out / "ckpt")
     with pytest.raises(ConvertError) as ei:
-        convert.hf_to_orbax(src, dst, quiet=True)
+        write.hf_to_orbax(src, dst, quiet=True)
     for n in needles:
         assert n in str(ei.value), (n, str(ei.value))
     assert_nothing_left(out)
@@ -335,7 +335,7 @@ def test_sharded_folder_with_missing_shard(hf_folders, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(ConvertError, match=f"shard {shard} is listed but missing"):
-        convert.hf_to_orbax(src, str(out / "x"), quiet=True)
+        write.hf_to_orbax(src, str(out / "x"), quiet=True)
     assert_nothing_left(out)
 
 
@@ -346,19 +346,19 @@ def test_dst_exists_and_failures_mid_write_leave_nothing(base_fp32, tmp_path, mo
     dst.mkdir()
     (dst / "keep.txt").write_text("old")
     with pytest.raises(ConvertError, match="already exists.*--overwrite"):
-        convert.hf_to_orbax(base_fp32, str(dst), quiet=True)
+        write.hf_to_orbax(base_fp32, str(dst), quiet=True)
     assert main(["hf-to-orbax", base_fp32, str(dst), "-q"]) == 2
     assert "--overwrite" in capsys.readouterr().err
 
     # A failure after the staging folder was filled (here: while writing params) keeps the old DST and removes
     # the staging folder.
-    real_save = ckpt.save_params
+    real_save = orbax_io.save_params
 
     def failing_save(directory, tree, **kw):
         real_save(directory, tree, **kw)
         raise OSError(28, "No space left on device (simulated)")
 
-    monkeypatch.setattr(ckpt, "save_params", failing_save)
+    monkeypatch.setattr(orbax_io, "save_params", failing_save)
     assert main(["hf-to-orbax", base_fp32, str(dst), "--overwrite", "-q"]) == 1
     assert sorted(os.listdir(out)) == ["ckpt"] and (dst / "keep.txt").read_text() == "old"
     monkeypatch.undo()
@@ -375,21 +375,21 @@ def test_dst_exists_and_failures_mid_write_leave_nothing(base_fp32, tmp_path, mo
             raise ConvertError("simulated write failure")
         return real_write(path, items, get, on_tensor)
 
-    real_write = convert.write_safetensors
-    monkeypatch.setattr(convert, "write_safetensors", failing_write)
+    real_write = write.write_safetensors
+    monkeypatch.setattr(write, "write_safetensors", failing_write)
     back_parent = tmp_path / "back"
     back_parent.mkdir()
     with pytest.raises(ConvertError, match="simulated"):
-        convert.orbax_to_hf(str(dst), str(back_parent / "hf" / "model"), max_shard_size="100KB", quiet=True)
+        write.orbax_to_hf(str(dst), str(back_parent / "hf" / "model"), max_shard_size="100KB", quiet=True)
     assert len(calls) == 2
     assert_nothing_left(back_parent)  # the created parent folder hf/ is gone too
 
     with pytest.raises(ConvertError, match="not a converted vsr1 checkpoint"):
-        convert.orbax_to_hf(base_fp32, str(back_parent / "x"), quiet=True)
+        write.orbax_to_hf(base_fp32, str(back_parent / "x"), quiet=True)
     with pytest.raises(ConvertError, match="must not be SRC"):
-        convert.hf_to_orbax(base_fp32, os.path.join(base_fp32, "sub"), quiet=True)
+        write.hf_to_orbax(base_fp32, os.path.join(base_fp32, "sub"), quiet=True)
     with pytest.raises(ConvertError, match="contain SRC"):  # --overwrite would otherwise delete the source
-        convert.hf_to_orbax(base_fp32, os.path.dirname(base_fp32), overwrite=True, quiet=True)
+        write.hf_to_orbax(base_fp32, os.path.dirname(base_fp32), overwrite=True, quiet=True)
     assert os.path.exists(os.path.join(base_fp32, "config.json"))
     assert_nothing_left(back_parent)
 
@@ -430,33 +430,33 @@ def test_checkpoint_save_restore_params(tmp_path):
                       "b": (np.arange(4) / 3).astype(ml_dtypes.bfloat16)},
             "sqr": {"k": jnp.ones((2, 2), jnp.float16)}}
     d = str(tmp_path / "p")
-    ckpt.save_params(d, tree)
+    orbax_io.save_params(d, tree)
     with pytest.raises(FileExistsError):
-        ckpt.save_params(d, tree)
-    r = ckpt.restore_params(d)
+        orbax_io.save_params(d, tree)
+    r = orbax_io.restore_params(d)
     assert type(r["model"]["w"]) is np.ndarray and r["model"]["b"].dtype == ml_dtypes.bfloat16
     assert np.array_equal(r["model"]["b"], tree["model"]["b"]) and np.array_equal(r["sqr"]["k"], tree["sqr"]["k"])
-    meta = ckpt.params_metadata(d)
+    meta = orbax_io.params_metadata(d)
     assert meta["model"]["w"] == jax.ShapeDtypeStruct((3, 4), np.float32)
     sh = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    r = ckpt.restore_params(d, shardings=sh)
+    r = orbax_io.restore_params(d, shardings=sh)
     assert isinstance(r["model"]["w"], jax.Array) and r["model"]["w"].sharding == sh
     target = {"model": {"w": jax.ShapeDtypeStruct((3, 4), jnp.bfloat16)}}
-    r = ckpt.restore_params(d, target=target, partial=True)
+    r = orbax_io.restore_params(d, target=target, partial=True)
     assert list(r) == ["model"] and list(r["model"]) == ["w"] and r["model"]["w"].dtype == jnp.bfloat16
-    ckpt.save_params(d, {"x": np.zeros(2)}, overwrite=True)
-    assert list(ckpt.restore_params(d)) == ["x"]
+    orbax_io.save_params(d, {"x": np.zeros(2)}, overwrite=True)
+    assert list(orbax_io.restore_params(d)) == ["x"]
 
 
 def test_checkpoint_manager_keeps_n_and_restores(tmp_path):
     d = str(tmp_path / "run")
     state = {"w": jnp.arange(4.0), "step": jnp.array(0)}
-    with ckpt.CheckpointManager(d, max_to_keep=2) as m:
+    with orbax_io.CheckpointManager(d, max_to_keep=2) as m:
         for step in (1, 2, 3):
             assert m.save(step, {"w": state["w"] * step, "step": jnp.array(step)}, extra={"seen": step * 10})
         m.wait()
         assert m.all_steps() == [2, 3] and m.latest_step() == 3
-    with ckpt.CheckpointManager(d, max_to_keep=2) as m:  # a fresh manager, as after a restart
+    with orbax_io.CheckpointManager(d, max_to_keep=2) as m:  # a fresh manager, as after a restart
         assert m.latest_step() == 3 and m.restore_extra() == {"seen": 30}
         r = m.restore()
         assert np.array_equal(r["w"], np.arange(4.0) * 3)
@@ -470,7 +470,7 @@ def test_checkpoint_manager_keeps_n_and_restores(tmp_path):
 
 def test_export_of_in_memory_models_loads_in_transformers(tiny_pair, tmp_path):
     """A trained policy (here: the tiny model with a random SQR head) + embedder + tokenizer written with
-    `convert.export_hf`: transformers loads the policy with the same logits, the refine_* tensors and the tokenizer
+    `hf_export.export_hf`: transformers loads the policy with the same logits, the refine_* tensors and the tokenizer
     are there, query_embedder/ loads too, and hf-to-orbax reads the folder back into the same params."""
     from flax import nnx
     from transformers import AutoTokenizer, Qwen3VLForConditionalGeneration
@@ -483,7 +483,7 @@ def test_export_of_in_memory_models_loads_in_transformers(tiny_pair, tmp_path):
     sqr = nnx.to_pure_dict(nnx.state(head))
     tok = build_tiny_tokenizer()
     dst = str(tmp_path / "export")
-    convert.export_hf(dst, cfg, params, sqr_params=sqr, sqr_cfg=head.cfg, tokenizer=tok,
+    hf_export.export_hf(dst, cfg, params, sqr_params=sqr, sqr_cfg=head.cfg, tokenizer=tok,
                       embedder=(cfg, params, tok))
     back = Qwen3VLForConditionalGeneration.from_pretrained(dst).eval()
     ids = torch.tensor([[5, 9, 33, 100, 7]])
@@ -493,6 +493,6 @@ def test_export_of_in_memory_models_loads_in_transformers(tiny_pair, tmp_path):
     st = safetensors.torch.load_file(os.path.join(dst, "model.safetensors"))
     np.testing.assert_array_equal(st["refine_projector.0.weight"].numpy(), np.asarray(head.proj_fc1_kernel[...]).T)
     Qwen3VLForConditionalGeneration.from_pretrained(os.path.join(dst, "query_embedder"))
-    ck = convert.load_hf_folder(dst)
+    ck = hf_read.load_hf_folder(dst)
     np.testing.assert_array_equal(ck.params["text"]["q_kernel"], np.asarray(model.text.q_kernel[...]))
     assert isinstance(ck.sqr_cfg, S.SQRConfig) and ck.embedder is not None

@@ -177,7 +177,7 @@ def test_demo_run_writes_outputs(tmp_path):
 def test_missing_checkpoint_is_named(tmp_path):
     from configs.didemo import get_config
     from vsr1_jax.agent.evaluate import run_eval
-    from vsr1_jax.loading import SetupError
+    from vsr1_jax.errors import SetupError
     c = get_config()
     c.output_dir = str(tmp_path / "o")
     with pytest.raises(SetupError, match="hf-to-orbax"):
@@ -192,7 +192,7 @@ def test_released_checkpoint_loads_into_agent_models(tmp_path):
     carry the released tensors, and the tokenizer's <REFINE> is the last id."""
     from tests.hf_fixtures import make_released_fixture
     from vsr1_jax import convert
-    from vsr1_jax.loading import load_checkpoint
+    from vsr1_jax.ckpt.read import load_checkpoint
     fx = make_released_fixture(str(tmp_path / "rel"))
     assert convert.main(["hf-to-orbax", str(tmp_path / "rel"), str(tmp_path / "conv"), "-q"]) == 0
     policy, head, embedder, tok, etok = load_checkpoint(str(tmp_path / "conv"))

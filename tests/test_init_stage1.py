@@ -13,7 +13,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from tests.hf_fixtures import save_tiny, tiny_hf_model
-from vsr1_jax import convert, loading
+from vsr1_jax import convert
+from vsr1_jax.ckpt import read, surgery
+from vsr1_jax.ckpt.layout import ConvertError
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 
 
@@ -74,7 +76,7 @@ def test_stage1_start_equals_transformers_resize_and_has_the_launcher_init(tmp_p
         assert torch.equal(emb_got[k], v), k
 
     # and the project loads it as a training start
-    models = loading.load_checkpoint(dst)
+    models = read.load_checkpoint(dst)
     assert models.head.cfg.retrieval_dim == models.head.cfg.embedder_hidden == 64
     assert models.policy.cfg.text.vocab_size == n_tok + 1 == len(models.tokenizer)
 
@@ -83,8 +85,8 @@ def test_init_stage1_refuses_a_released_checkpoint(tmp_path):
     from tests.hf_fixtures import make_released_fixture
     released = str(tmp_path / "released")
     make_released_fixture(released)
-    with pytest.raises(convert.ConvertError, match="already a VideoSearch-R1 checkpoint"):
-        convert.init_stage1(released, os.path.join(released, "query_embedder"), str(tmp_path / "x"), quiet=True)
+    with pytest.raises(ConvertError, match="already a VideoSearch-R1 checkpoint"):
+        surgery.init_stage1(released, os.path.join(released, "query_embedder"), str(tmp_path / "x"), quiet=True)
     assert not os.path.exists(tmp_path / "x")
 
 
@@ -94,12 +96,12 @@ def test_resize_vocab_grows_with_the_mean_row():
     cfg = get_preset("tiny").with_vocab_size(10)
     cfg = cfg.replace(image_token_id=1, video_token_id=2, vision_start_token_id=3, vision_end_token_id=4)
     params = {"text": {"embed": rs.randn(10, 4).astype(np.float32), "lm_head": rs.randn(4, 10).astype(np.float32)}}
-    out, new = convert.resize_vocab(params, cfg, 12)
+    out, new = surgery.resize_vocab(params, cfg, 12)
     assert new.text.vocab_size == 12
     np.testing.assert_array_equal(out["text"]["embed"][:10], params["text"]["embed"])
     np.testing.assert_allclose(out["text"]["embed"][10:], np.repeat(params["text"]["embed"].mean(0, keepdims=True),
                                                                     2, 0), rtol=1e-6)
     np.testing.assert_allclose(out["text"]["lm_head"][:, 11], params["text"]["lm_head"].mean(1), rtol=1e-6)
-    with pytest.raises(convert.ConvertError, match="drops the ids"):
-        convert.resize_vocab(params, cfg, 3)
+    with pytest.raises(ConvertError, match="drops the ids"):
+        surgery.resize_vocab(params, cfg, 3)
     json.dumps(new.to_hf_dict())   # still a writable config

@@ -12,8 +12,10 @@ import pytest
 from flax import nnx
 
 from configs.toy import get_config
-from vsr1_jax import loading, runinfo
-from vsr1_jax.checkpoint import CheckpointManager
+from vsr1_jax import demo_models, loading, runinfo
+from vsr1_jax.ckpt import read
+from vsr1_jax.ckpt.orbax_io import CheckpointManager
+from vsr1_jax.errors import SetupError
 from vsr1_jax.train import optim
 from vsr1_jax.train import state as state_lib
 
@@ -27,18 +29,18 @@ def test_training_checkpoint_loads_with_its_weights(tmp_path):
     """A train state (trainable and frozen leaves of the policy and the SQR head) saved as train/loop.py saves it,
     then applied to fresh demo models: every weight is the saved one, trainable or frozen."""
     c = get_config()
-    emb = loading.tiny_embedder(c.demo.embedder_seed)
-    models = loading.demo_models(c, emb)
+    emb = demo_models.tiny_embedder(c.demo.embedder_seed)
+    models = demo_models.demo_models(c, emb)
     state, graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, optax.sgd(0.1), 0)
     state = state.replace(params=jax.tree.map(lambda x: x + 0.5, state.params))   # "trained": differs from init
     run = tmp_path / "sft"
     with CheckpointManager(str(run / "checkpoints"), async_save=False) as mngr:
         mngr.save(3, state, extra={"data": {}}, force=True)
     path = str(run / "checkpoints" / "3")
-    assert loading.is_training_checkpoint(path) and not loading.is_training_checkpoint(str(run))
-    fresh = loading.demo_models(c, emb)
+    assert read.is_training_checkpoint(path) and not read.is_training_checkpoint(str(run))
+    fresh = demo_models.demo_models(c, emb)
     before = _flat(fresh.policy)
-    loaded = loading.apply_training_checkpoint(fresh, path)
+    loaded = read.apply_training_checkpoint(fresh, path)
     trained_policy, trained_head = graphdefs.modules(state.params, state.frozen)
     got, want = _flat(loaded.policy), _flat(trained_policy)
     assert got.keys() == want.keys()
@@ -52,20 +54,20 @@ def test_training_checkpoint_loads_with_its_weights(tmp_path):
 
 def test_checkpoint_paths_get_clear_messages(tmp_path):
     (tmp_path / "model.safetensors").write_text("x")
-    with pytest.raises(loading.SetupError, match=r"--config.checkpoint=.*model.safetensors is a file"):
-        loading.check_checkpoint_path(str(tmp_path / "model.safetensors"))
+    with pytest.raises(SetupError, match=r"--config.checkpoint=.*model.safetensors is a file"):
+        read.check_checkpoint_path(str(tmp_path / "model.safetensors"))
     run = tmp_path / "grpo"
     (run / "checkpoints" / "10" / "state").mkdir(parents=True)
     (run / "checkpoints" / "24" / "state").mkdir(parents=True)
     for given in (run, run / "checkpoints"):   # a run folder, or its checkpoints/ folder: name the step to pass
-        with pytest.raises(loading.SetupError, match=r"pass a step folder, e.g. --config.checkpoint=.*checkpoints/24"):
-            loading.check_checkpoint_path(str(given))
-    loading.check_checkpoint_path(str(run / "checkpoints" / "24"))
-    with pytest.raises(loading.SetupError, match=r"--config.grpo.init_checkpoint: checkpoint folder .* not found"):
-        loading.check_checkpoint_path(str(tmp_path / "nope"), "grpo.init_checkpoint")
+        with pytest.raises(SetupError, match=r"pass a step folder, e.g. --config.checkpoint=.*checkpoints/24"):
+            read.check_checkpoint_path(str(given))
+    read.check_checkpoint_path(str(run / "checkpoints" / "24"))
+    with pytest.raises(SetupError, match=r"--config.grpo.init_checkpoint: checkpoint folder .* not found"):
+        read.check_checkpoint_path(str(tmp_path / "nope"), "grpo.init_checkpoint")
     c = get_config()   # the demo config with a converted / HF folder: refused with the fix, before any corpus build
     c.checkpoint, c.data_root = str(tmp_path), str(tmp_path / "never_built")
-    with pytest.raises(loading.SetupError, match="demo.enabled=False"):
+    with pytest.raises(SetupError, match="demo.enabled=False"):
         loading.load_models(c)
     assert not os.path.exists(c.data_root)
 
@@ -81,7 +83,7 @@ def test_eval_names_missing_videos_and_records_itself(tmp_path, capsys):
     c.synthetic.progress = False
     c.demo.stage0.enabled = False   # the random engine: this test is about the evaluation's bookkeeping
     c.eval.max_new_tokens = 8
-    loading.ensure_demo_data(c, loading.demo_embedder(c))
+    demo_models.ensure_demo_data(c, demo_models.demo_embedder(c))
     paths = PreparedPaths(c.data_root, c.dataset)
     corpus, queries = load_retrieval(paths, "test")
     qset = eval_queries(paths, "test", queries=queries, docid2row=corpus.docid2row)

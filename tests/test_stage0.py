@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs.toy import get_config
-from vsr1_jax import loading
+from vsr1_jax import demo_models
 from vsr1_jax.data import synthetic as SY
 from vsr1_jax.data.files import read_grpo_rows, read_query_meta, read_sft_items
 from vsr1_jax.train import stage0 as S0
@@ -67,7 +67,7 @@ def test_stage0_loss_equals_engine_forward_and_numpy(tmp_path):
     the engine's public path (TextVideoEmbedder.embed_texts / embed_videos on the rendered frames); one compiled
     step serves every step."""
     c = tiny_config(tmp_path)
-    emb = loading.demo_embedder(c, untrained=True)
+    emb = demo_models.demo_embedder(c, untrained=True)
     task = S0.Stage0Task(c, emb, test_keys=frozenset())
     rows, texts = task.batch_rows(0)
     batch = task.make_batch(0)
@@ -91,7 +91,7 @@ def test_same_background_batches(tmp_path):
     """Batches of twins whose first videos share one background; deterministic in (seed, step)."""
     c = tiny_config(tmp_path)
     c.demo.stage0.pool_videos, c.demo.stage0.batch_size, c.demo.stage0.same_background_batches = 96, 8, True
-    task = S0.Stage0Task(c, loading.demo_embedder(c, untrained=True), test_keys=frozenset())
+    task = S0.Stage0Task(c, demo_models.demo_embedder(c, untrained=True), test_keys=frozenset())
     seen = set()
     for step in range(6):
         rows, texts = task.batch_rows(step)
@@ -132,7 +132,7 @@ def test_no_test_split_data_reaches_training(tmp_path):
     test_ids = {v.video_id for v in test}
 
     # Stage 0's pool, planned exactly as Stage0Task plans it (excluding the test split's tuples)
-    task = S0.Stage0Task(c, loading.demo_embedder(c, untrained=True),
+    task = S0.Stage0Task(c, demo_models.demo_embedder(c, untrained=True),
                          test_keys=frozenset(SY.split_keys(cfg, "test")))
     for item in task.pool + task.val:
         assert not {SY.event_key(e, item.video.background) for e in item.video.events} & test_keys

@@ -267,7 +267,7 @@ def test_text_video_embedder_on_tiny_random_model():
     import jax.numpy as jnp
     from flax import nnx
 
-    from vsr1_jax.loading import tiny_embedder
+    from vsr1_jax.demo_models import tiny_embedder
     from vsr1_jax.models.embedder import embed
     from vsr1_jax.models.qwen3_vl.rope import text_positions
 

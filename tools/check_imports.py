@@ -26,11 +26,9 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "kernels": (0, ()),
     "processing": (0, ()),
     "sharding": (0, ()),
-    "checkpoint": (0, ()),
     "eval": (0, ()),
     "compiles": (0, ()),
     "buckets": (0, ()),
-    "safetensors_io": (0, ("errors",)),
     "runinfo": (0, ()),       # the resolved config, code version and resume diffs a run folder records
     "profiling": (0, ()),     # profiler-trace summaries for benchmarks/ and tools
     "distributed": (0, ()),   # jax.distributed setup + cross-process helpers; main calls it first
@@ -38,9 +36,14 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "data": (2, ("processing", "buckets", "errors")),
     "retrieval": (2, ("models", "processing", "sharding", "buckets", "errors")),
     "generate": (2, ("models", "sharding", "kernels", "buckets")),
-    "convert": (3, ("models", "checkpoint", "processing", "safetensors_io", "errors")),
+    # checkpoint I/O (safetensors, orbax, the converter's readers and writers, HF export, init-stage1, the CLI) and
+    # the runtime reader (a checkpoint path -> Models)
+    "ckpt": (2, ("models", "processing", "distributed", "errors")),
+    "convert": (3, ("ckpt",)),  # `python -m vsr1_jax.convert`: the entry point of ckpt/cli.py
     "viewer": (3, ("data", "eval")),  # episode page: reads eval outputs and prepared videos, no model code
-    "loading": (4, BELOW),
+    # the demo's tiny models and synthetic corpus
+    "demo_models": (3, ("ckpt", "models", "data", "retrieval", "distributed", "errors")),
+    "loading": (4, BELOW),    # the models of a config: the demo's or a checkpoint's
     "agent": (5, BELOW),
     "train": (6, BELOW),
     "prepare": (6, BELOW),

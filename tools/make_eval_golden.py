@@ -26,7 +26,7 @@ from flax import nnx  # noqa: E402
 
 from configs.toy import get_config  # noqa: E402
 from tools import eval_compare  # noqa: E402
-from vsr1_jax import loading  # noqa: E402
+from vsr1_jax import demo_models  # noqa: E402
 from vsr1_jax.agent.evaluate import run_eval  # noqa: E402
 from vsr1_jax.processing.special_tokens import special_ids  # noqa: E402
 
@@ -84,13 +84,13 @@ def run_golden(out_dir: str, perturb_seed: int | None = None) -> dict:
     os.chdir(work)  # relative paths: result.json's source_jsonl is "out/detail_synthetic_test.jsonl"
     try:
         c = golden_config()
-        emb = loading.demo_embedder(c)
+        emb = demo_models.demo_embedder(c)
         if perturb_seed is not None:   # before the corpus and the stored query vectors are embedded with it
             model = nnx.merge(emb.graphdef, emb.state)
             perturb(model, perturb_seed)
             emb.graphdef, emb.state = nnx.split(model)
-        loading.ensure_demo_data(c, emb)
-        models = loading.demo_models(c, emb)
+        demo_models.ensure_demo_data(c, emb)
+        models = demo_models.demo_models(c, emb)
         if perturb_seed is not None:
             perturb(models.policy, perturb_seed + 100)
             perturb(models.head, perturb_seed + 200)

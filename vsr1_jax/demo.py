@@ -3,7 +3,7 @@ corpus with a tiny policy, on a laptop CPU.
 
 0. Stage 0 (train/stage0.py, run by main before any mode): the tiny search engine trained contrastively on
    train-side synthetic videos; its curve (loss, held-out train-side R@1) is read back here;
-1. build the corpus with that engine and the tiny models (loading.load_models);
+1. build the corpus with that engine and the tiny models (loading.load_models, demo_models.py);
 2. evaluate the untrained policy (its original-query retrieval is the search engine alone);
 3. Stage-1 SFT, then evaluate;
 4. Stage-2 GRPO from the SFT policy (when `config.demo.grpo`), then evaluate;
@@ -19,6 +19,8 @@ import time
 
 from vsr1_jax import distributed, loading, runinfo, viewer
 from vsr1_jax.agent.evaluate import run_eval
+from vsr1_jax.ckpt.read import Models
+from vsr1_jax.demo_models import stage0_dir
 from vsr1_jax.eval import demo_metrics as DM
 from vsr1_jax.eval.report import plot_curves, read_detail_jsonl
 from vsr1_jax.train import loop
@@ -28,7 +30,7 @@ from vsr1_jax.train.sft_run import run_sft
 log = logging.getLogger(__name__)
 
 
-def trained_models(models: loading.Models, task, state) -> loading.Models:
+def trained_models(models: Models, task, state) -> Models:
     """`models` with the policy and SQR head of a train state."""
     policy, head = task.graphdefs.modules(state.params, state.frozen)
     return models._replace(policy=policy, head=head)
@@ -105,7 +107,7 @@ def run_demo(config) -> dict:
               checkpoint="the demo's untrained tiny models")
     if config.demo.stage0.enabled:  # the engine alone: the original query's retrieval (any policy column has it)
         stages["search engine only (Stage 0)"] = _summary_of(out, ev, engine_only=True)
-        rows = loop.read_metrics(loading.stage0_dir(config))
+        rows = loop.read_metrics(stage0_dir(config))
         curves["stage0"] = {"InfoNCE loss": [(r["step"], r["loss"]) for r in rows]}
         curves["stage0_r1"] = {"held-out train-side R@1": [(r["step"], r["val_r1"]) for r in rows if "val_r1" in r]}
     stages["untrained policy"] = _summary_of(out, ev)

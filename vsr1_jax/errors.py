@@ -29,6 +29,10 @@ class ConfigOverrideError(UserError):
     """A `--config.x.y=...` override names no config field or gives it a value of the wrong type."""
 
 
+class SetupError(UserError, RuntimeError):
+    """A missing folder or checkpoint; the message names it and the command that produces it."""
+
+
 class Stopped(Exception):
     """A run stopped early by SIGINT / SIGTERM after saving what it had; the message says where it stopped and how
     to resume. Exit status 128 + the signal (130 / 143)."""
@@ -81,5 +85,5 @@ def run_cli(main_fn: Callable[[list[str]], int | None], argv: Sequence[str] | No
         return EXIT_SIGINT
 
 
-__all__ = ["ConfigOverrideError", "EXIT_SIGINT", "EXIT_SIGTERM", "EXIT_USER_ERROR", "Stopped", "UserError",
-           "one_line", "report", "run_cli", "split_verbose"]
+__all__ = ["ConfigOverrideError", "EXIT_SIGINT", "EXIT_SIGTERM", "EXIT_USER_ERROR", "SetupError", "Stopped",
+           "UserError", "one_line", "report", "run_cli", "split_verbose"]

@@ -24,13 +24,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vsr1_jax import convert, loading, sharding
+from vsr1_jax import demo_models, sharding
 from vsr1_jax.buckets import round_up
+from vsr1_jax.ckpt.hf_read import load_hf_folder
+from vsr1_jax.ckpt.layout import META_FILE, ConvertError
+from vsr1_jax.ckpt.read import load_converted, module_from_params
 from vsr1_jax.data.build import pipeline as PL
 from vsr1_jax.data.build import store as ST
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.data.validate import validate_dataset
+from vsr1_jax.errors import SetupError
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
@@ -50,20 +54,20 @@ def _load_plain(path: str, dtype: str, what: str, field: str):
     """(config, params, tokenizer folder) of a plain Qwen3-VL(-Embedding) checkpoint: a converted folder or an HF
     folder (converted in memory)."""
     if not path or not os.path.isdir(path):
-        raise loading.SetupError(f"{what} checkpoint folder {path or '<empty>'!r} not found: set "
-                                 f"--config.data.build.{field}=<HF or converted Qwen3-VL folder> (or "
-                                 f"--config.data.build.{field.split('_')[0]}=tiny for the demo's tiny model)")
+        raise SetupError(f"{what} checkpoint folder {path or '<empty>'!r} not found: set "
+                         f"--config.data.build.{field}=<HF or converted Qwen3-VL folder> (or "
+                         f"--config.data.build.{field.split('_')[0]}=tiny for the demo's tiny model)")
     try:
-        if os.path.exists(os.path.join(path, convert.META_FILE)):
-            ck = convert.load_converted(path)
+        if os.path.exists(os.path.join(path, META_FILE)):
+            ck = load_converted(path)
         else:
-            ck = convert.load_hf_folder(path)
-    except convert.ConvertError as exc:
-        raise loading.SetupError(f"{what} checkpoint {path}: {exc} (mixture-of-experts Qwen3-VL models such as "
-                                 "the original's 30B-A3B teacher are not ported; use a dense Qwen3-VL)") from None
+            ck = load_hf_folder(path)
+    except ConvertError as exc:
+        raise SetupError(f"{what} checkpoint {path}: {exc} (mixture-of-experts Qwen3-VL models such as "
+                         "the original's 30B-A3B teacher are not ported; use a dense Qwen3-VL)") from None
     if ck.tokenizer_dir is None:
-        raise loading.SetupError(f"{what} checkpoint {path} has no tokenizer files")
-    return loading.module_from_params(ck.cfg, ck.params, jnp.dtype(dtype) if dtype else None), ck.tokenizer_dir
+        raise SetupError(f"{what} checkpoint {path} has no tokenizer files")
+    return module_from_params(ck.cfg, ck.params, jnp.dtype(dtype) if dtype else None), ck.tokenizer_dir
 
 
 def make_embedder(config) -> TextVideoEmbedder:
@@ -73,7 +77,7 @@ def make_embedder(config) -> TextVideoEmbedder:
     # several devices: every embedding batch is split over config.mesh's data-parallel axes
     mesh = sharding.make_mesh(config.mesh.to_dict()) if jax.device_count() > 1 else None
     if b.embedder == "tiny":
-        return loading.demo_embedder(config, mesh=mesh)
+        return demo_models.demo_embedder(config, mesh=mesh)
     # model.attn_impl "auto" (the default) = the fused cudnn kernel on NVIDIA GPUs in bf16: the embedder right-pads
     # its batches (per-row lengths); dense attention over a batch of 8 video prompts of ~7k tokens needs ~70 GB
     opts = RunOptions.from_config(config.model)
@@ -164,7 +168,7 @@ def run_build(config, *, embedder=None, teacher=None) -> dict[str, Any]:
     dataset is validated (`summary["validation"]`). `embedder` / `teacher` replace the configured models (tests
     reuse compiled ones)."""
     if not config.data_root:
-        raise loading.SetupError("--config.data_root is empty: the build writes <data_root>/<dataset>/")
+        raise SetupError("--config.data_root is empty: the build writes <data_root>/<dataset>/")
     b = config.data.build
     if not b.dataset_name:
         b.dataset_name = config.dataset
@@ -176,7 +180,7 @@ def run_build(config, *, embedder=None, teacher=None) -> dict[str, Any]:
     try:
         summary = PL.run_steps(ctx, b.steps, overwrite=bool(b.overwrite))
     except PL.BuildError as exc:
-        raise loading.SetupError(str(exc)) from None
+        raise SetupError(str(exc)) from None
     summary["output_dir"] = str(paths.dataset_dir.resolve())  # what main.py prints
     if all(ST.step_complete(paths, s) for s in PL.STEPS):
         report = validate_dataset(paths)

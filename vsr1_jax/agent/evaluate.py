@@ -17,6 +17,7 @@ from tqdm import tqdm
 from vsr1_jax import distributed, loading, runinfo
 from vsr1_jax.agent.detail_rows import detail_rows
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine
+from vsr1_jax.ckpt.read import Models
 from vsr1_jax.data.files import load_npy_video, read_video_npy_meta
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.queries import eval_queries, load_retrieval
@@ -81,7 +82,7 @@ def _gather_rows(rows: list[dict], trajs, positions: list[int], stats: dict):
     return [r for _, r in merged], total
 
 
-def run_eval(config, models: loading.Models | None = None, *, output_dir: str | None = None,
+def run_eval(config, models: Models | None = None, *, output_dir: str | None = None,
              checkpoint: str | None = None) -> dict:
     """Evaluate `models` (default: loaded from the config: the demo's, or `config.checkpoint`) on
     `config.split` of the dataset; write the outputs under `output_dir` (default `config.output_dir`).
@@ -93,13 +94,12 @@ def run_eval(config, models: loading.Models | None = None, *, output_dir: str | 
     split = config.split
     corpus = queries = None
     if models is None:
-        if not config.demo.enabled:
-            if not config.checkpoint:
-                raise loading.SetupError(f"--config.checkpoint is empty; {loading.CONVERT_HINT}")
-            loading.check_dataset(config)
-            corpus, queries = load_retrieval(paths, split)   # data errors before the (slow) model load
+        def read_data():   # a checkpoint's run: data errors before the (slow) model load
+            nonlocal corpus, queries, retriever
+            corpus, queries = load_retrieval(paths, split)
             retriever = _retriever(config, paths, split, corpus)
-        models = loading.load_models(config)
+
+        models = loading.load_models(config, before_load=read_data)
         checkpoint = config.checkpoint or "the demo's untrained tiny models (config.demo)"
     if corpus is None:
         corpus, queries = load_retrieval(paths, split)

@@ -617,7 +617,7 @@ def build_synthetic_dataset(root, dataset: str = "synthetic", cfg=None, *, embed
       root: parent folder of the dataset folder.
       dataset: dataset folder name.
       cfg: `configs._synthetic.get_synthetic_config()` (the default) or a modified copy.
-      embedder: the search engine, e.g. `vsr1_jax.loading.tiny_embedder()` (a tiny *random* Qwen3-VL:
+      embedder: the search engine, e.g. `vsr1_jax.demo_models.tiny_embedder()` (a tiny *random* Qwen3-VL:
         retrieval is then near chance, which exercises every file and the matched/not-matched balancing but not
         retrieval quality) or a real Qwen3-VL-Embedding behind `TextVideoEmbedder`.
       overwrite: replace an existing non-empty dataset folder (otherwise FileExistsError).

@@ -26,10 +26,11 @@ from flax import nnx
 from vsr1_jax import distributed, loading, sharding
 from vsr1_jax.agent.evaluate import video_source_for
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine, Trajectory
+from vsr1_jax.ckpt.hf_export import export_train_state
+from vsr1_jax.ckpt.read import CHECKPOINT_KINDS, Models
 from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import grpo_records, load_corpus, load_queries
-from vsr1_jax.loading import Models
 from vsr1_jax.models.qwen3_vl.model import RunOptions
 from vsr1_jax.processing.parsing import parse_answer_reward
 from vsr1_jax.retrieval.topk import make_retriever
@@ -322,12 +323,8 @@ def main_grpo(config) -> dict:
     `config.checkpoint`; the demo's SFT output in the demo), train, export the final model."""
     field = "grpo.init_checkpoint" if config.grpo.init_checkpoint else "checkpoint"
     path = config.grpo.init_checkpoint or config.checkpoint
-    if not config.demo.enabled:
-        if not path:
-            raise loading.SetupError("GRPO starts from a Stage-1 model: pass --config.grpo.init_checkpoint=<"
-                                     f"{loading.CHECKPOINT_KINDS}> (or --config.checkpoint)")
-        loading.check_dataset(config)
-    models = loading.load_models(config, path, field)
+    models = loading.load_models(config, path, field, empty_message="GRPO starts from a Stage-1 model: pass "
+                                 f"--config.grpo.init_checkpoint=<{CHECKPOINT_KINDS}> (or --config.checkpoint)")
     out_dir = os.path.join(config.output_dir, "grpo")
     task, state = run_grpo(config, models, out_dir=out_dir)   # errors.Stopped on SIGINT / SIGTERM
     summary = dict(output_dir=os.path.abspath(out_dir), metrics_jsonl=os.path.abspath(os.path.join(out_dir,
@@ -335,9 +332,9 @@ def main_grpo(config) -> dict:
                    checkpoints=os.path.abspath(os.path.join(out_dir, "checkpoints")), steps=int(state.step),
                    total_steps=task.total_steps)
     if config.grpo.export_hf:
-        summary["hf_folder"] = os.path.abspath(state_lib.export_hf(os.path.join(out_dir, "hf"), state,
-                                                                   task.graphdefs, models.embedder,
-                                                                   models.tokenizer, models.embed_tokenizer))
+        summary["hf_folder"] = os.path.abspath(export_train_state(os.path.join(out_dir, "hf"), state,
+                                                                  task.graphdefs, models.embedder,
+                                                                  models.tokenizer, models.embed_tokenizer))
     return summary
 
 

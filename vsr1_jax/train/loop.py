@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vsr1_jax import distributed, runinfo
-from vsr1_jax.checkpoint import CheckpointManager
+from vsr1_jax.ckpt.orbax_io import CheckpointManager
 from vsr1_jax.compiles import CompileCounter
 from vsr1_jax.data.pipelines import PipelineStateError
 from vsr1_jax.errors import Stopped

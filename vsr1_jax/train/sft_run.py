@@ -16,11 +16,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from vsr1_jax import distributed, loading, sharding
+from vsr1_jax.ckpt.hf_export import export_train_state
+from vsr1_jax.ckpt.read import CONVERT_HINT, Models
 from vsr1_jax.data.files import read_hard_negatives, read_video_meta
 from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import load_corpus, load_queries, sft_records
-from vsr1_jax.loading import Models
 from vsr1_jax.models.qwen3_vl.model import RunOptions
 from vsr1_jax.processing.special_tokens import special_ids
 from vsr1_jax.train import loop, optim, sft
@@ -260,12 +261,8 @@ class SFTTask:
 def main_sft(config) -> dict:
     """`--config.mode=sft`: load the starting models (the demo's, or `config.checkpoint`), train, and write the
     final model as a released-layout HF folder under `<output_dir>/sft/hf` (`config.sft.export_hf`)."""
-    if not config.demo.enabled:
-        if not config.checkpoint:
-            raise loading.SetupError(f"--config.checkpoint is empty: Stage 1 starts from a Qwen3-VL policy with an "
-                                     f"SQR head and a query embedder; {loading.CONVERT_HINT}")
-        loading.check_dataset(config)
-    models = loading.load_models(config)
+    models = loading.load_models(config, empty_message="--config.checkpoint is empty: Stage 1 starts from a Qwen3-VL "
+                                 f"policy with an SQR head and a query embedder; {CONVERT_HINT}")
     out_dir = os.path.join(config.output_dir, "sft")
     task, state = run_sft(config, models, out_dir=out_dir)   # errors.Stopped on SIGINT / SIGTERM
     summary = dict(output_dir=os.path.abspath(out_dir), metrics_jsonl=os.path.abspath(os.path.join(out_dir,
@@ -273,9 +270,9 @@ def main_sft(config) -> dict:
                    checkpoints=os.path.abspath(os.path.join(out_dir, "checkpoints")), steps=int(state.step),
                    total_steps=task.total_steps)
     if config.sft.export_hf:
-        summary["hf_folder"] = os.path.abspath(state_lib.export_hf(os.path.join(out_dir, "hf"), state,
-                                                                   task.graphdefs, models.embedder,
-                                                                   models.tokenizer, models.embed_tokenizer))
+        summary["hf_folder"] = os.path.abspath(export_train_state(os.path.join(out_dir, "hf"), state,
+                                                                  task.graphdefs, models.embedder,
+                                                                  models.tokenizer, models.embed_tokenizer))
     return summary
 
 

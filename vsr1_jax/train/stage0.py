@@ -34,10 +34,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vsr1_jax import checkpoint as ckpt_lib
-from vsr1_jax import loading
+from vsr1_jax import demo_models
 from vsr1_jax.buckets import round_up
+from vsr1_jax.ckpt import orbax_io
 from vsr1_jax.data import synthetic as SY
+from vsr1_jax.errors import SetupError
 from vsr1_jax.models import embedder as E
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, text_positions
@@ -319,8 +320,8 @@ def _pad_rows(rows: np.ndarray, n: int) -> np.ndarray:
 def run_stage0(config, embedder: TextVideoEmbedder) -> tuple[TextVideoEmbedder, dict]:
     """Train (or resume, or just restore) Stage 0 under `stage0_dir(config)`; returns the trained engine as a
     `TextVideoEmbedder` and a summary. The engine's parameters are also written to `<dir>/engine` (what
-    `loading.demo_embedder` loads)."""
-    out = loading.stage0_dir(config)
+    `demo_models.demo_embedder` loads)."""
+    out = demo_models.stage0_dir(config)
     test_keys = frozenset(SY.split_keys(config.synthetic, "test"))
     task = Stage0Task(config, embedder, test_keys=test_keys)
     t0 = time.perf_counter()
@@ -331,7 +332,7 @@ def run_stage0(config, embedder: TextVideoEmbedder) -> tuple[TextVideoEmbedder, 
     model = nnx.merge(task.graphdef, state.params, state.frozen)
     engine = os.path.join(out, "engine")
     if not os.path.isdir(engine):
-        ckpt_lib.save_params(engine, nnx.to_pure_dict(nnx.state(model)))
+        orbax_io.save_params(engine, nnx.to_pure_dict(nnx.state(model)))
     trained = TextVideoEmbedder(model, embedder.tokenizer, instruction=embedder.instruction,
                                 max_length=embedder.max_length, video_cfg=embedder.video_cfg, opts=embedder.opts)
     return trained, dict(stopped=False, steps=steps, wall_s=time.perf_counter() - t0, dir=out,
@@ -344,20 +345,20 @@ __all__ = ["Stage0Task", "VideoSet", "embed_text_rows", "embed_video_rows", "eng
 
 def ensure_engine(config) -> dict | None:
     """Stage 0 for a run of the demo's models: train the search engine (or resume it, or find it trained) before
-    anything loads it (`loading.demo_embedder`). None when `config.demo.enabled` or `config.demo.stage0.enabled` is
+    anything loads it (`demo_models.demo_embedder`). None when `config.demo.enabled` or `config.demo.stage0.enabled` is
     off. One process only: a multi-process run needs the engine trained beforehand."""
     if not (config.demo.enabled and config.demo.stage0.enabled):
         return None
-    out = loading.stage0_dir(config)
+    out = demo_models.stage0_dir(config)
     engine = os.path.join(out, "engine")
     summary = dict(output_dir=os.path.abspath(out), engine=os.path.abspath(engine))
     if jax.process_count() > 1:  # the loop's collectives would wait for processes that are not training
         if not os.path.isdir(engine):
-            raise loading.SetupError(f"{engine} not found: train the demo's search engine in one process first "
-                                     "(the same command with --config.mode=stage0, without launch/)")
+            raise SetupError(f"{engine} not found: train the demo's search engine in one process first "
+                             "(the same command with --config.mode=stage0, without launch/)")
         return summary
     if not os.path.isdir(engine):
-        _, s = run_stage0(config, loading.demo_embedder(config, untrained=True))
+        _, s = run_stage0(config, demo_models.demo_embedder(config, untrained=True))
         if s["stopped"]:
             raise SystemExit(f"stopped during Stage 0 at step {s['steps']}/{config.demo.stage0.steps}: run the same "
                              "command to resume")
@@ -368,6 +369,6 @@ def ensure_engine(config) -> dict | None:
 def main_stage0(config) -> dict:
     """`--config.mode=stage0`: train the demo's search engine only (configs/toy.py)."""
     if not (config.demo.enabled and config.demo.stage0.enabled):
-        raise loading.SetupError("--config.mode=stage0 trains the demo's search engine: it needs "
-                                 "--config.demo.enabled=True and --config.demo.stage0.enabled=True (configs/toy.py)")
+        raise SetupError("--config.mode=stage0 trains the demo's search engine: it needs "
+                         "--config.demo.enabled=True and --config.demo.stage0.enabled=True (configs/toy.py)")
     return ensure_engine(config)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from vsr1_jax import convert, distributed, sharding
+from vsr1_jax import sharding
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL
 
@@ -96,16 +96,3 @@ def shardings_of(tree):
 
 def count_params(tree) -> int:
     return int(sum(x.size for x in jax.tree.leaves(tree)))
-
-
-def export_hf(dst: str, state: TrainState, graphdefs: Graphdefs, embedder, tokenizer, embed_tokenizer) -> str:
-    """The trained policy + SQR head (+ the frozen query embedder and both tokenizers) as a released-layout HF
-    folder that transformers loads (convert.export_hf). Process 0 writes it; every process must call this (the
-    parameters are gathered from all hosts first)."""
-    policy, head = graphdefs.modules(state.params, state.frozen)
-    pure = lambda m: distributed.host_tree(nnx.to_pure_dict(nnx.state(m)))  # noqa: E731  whole arrays, every host
-    p, h, e = pure(policy), pure(head), pure(embedder)
-    if distributed.is_primary():
-        convert.export_hf(dst, policy.cfg, p, sqr_params=h, sqr_cfg=head.cfg, tokenizer=tokenizer,
-                          embedder=(embedder.cfg, e, embed_tokenizer), overwrite=True)
-    return dst

@@ -1,6 +1,6 @@
 """Safetensors read and written by hand: a file's header parsed and checked against its size, tensors memory-mapped
 on demand (a read-only array backed by the page cache, pages dropped after use), sharded folders with their index,
-and a streaming writer. The checkpoint conversion (convert.py) uses it both ways."""
+and a streaming writer. The checkpoint conversion (ckpt/hf_read.py, ckpt/write.py) uses it both ways."""
 from __future__ import annotations
 
 import contextlib
