@@ -14,7 +14,8 @@ import numpy as np
 from vsr1_jax import checkpoint, sharding
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions, abstract_model
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL, abstract_model
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.params import load_flat
 from flax import nnx
 

@@ -11,7 +11,7 @@ from flax import nnx
 from tests.test_episode import setup  # noqa: F401  (the module-scoped corpus + tiny models fixture)
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine
 from vsr1_jax.generate.sampler import Sampler
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.vision import VisionBuckets
 from vsr1_jax.processing.special_tokens import special_ids
 from vsr1_jax.train import grpo, optim

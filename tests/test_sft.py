@@ -15,7 +15,7 @@ from tests.hf_fixtures import VIDEO_ID, random_pixels
 from tests.test_qwen3_vl import build_row
 from tests.test_sqr import random_head
 from vsr1_jax.compiles import CompileCounter
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.train import optim, sft
 from vsr1_jax.train import state as state_lib

@@ -11,7 +11,7 @@ from tests.hf_fixtures import VIDEO_ID, IMAGE_ID, random_pixels
 from tests.test_qwen3_vl import build_row
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models import sqr as S
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 
 REFINE = 950

@@ -14,7 +14,8 @@ from vsr1_jax import sharding
 from vsr1_jax.agent.rollout import Trajectory, Turn
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.processing.video import VideoInputs
 from vsr1_jax.train import grpo, optim, sft

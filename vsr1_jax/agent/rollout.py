@@ -30,7 +30,8 @@ from flax import nnx
 from vsr1_jax.buckets import round_up
 from vsr1_jax.generate.sampler import Generation, SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models import sqr as S
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.vision import VisionBuckets
 from vsr1_jax.processing import chat, parsing
 from vsr1_jax.processing import prompts as P

@@ -22,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from vsr1_jax import sharding
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.models.qwen3_vl.text import KVCache
 from vsr1_jax.models.qwen3_vl.vision import VisionBatch, VisionBuckets, pack_vision, split_rows
@@ -152,8 +153,7 @@ class Sampler:
         every iteration and syncs the predicate to the host before each one (H100 trace, README "Measured
         figures"), where the host loop queues donated steps ahead of the GPU.
 
-        Pack prompts with `padding=sampler.padding`: "right" under the fused cudnn prefill (attn_impl="cudnn"),
-        which takes per-row lengths but not left padding, else "left" (HF's layout)."""
+        Pack prompts with `padding=sampler.padding` (`RunOptions.padding`: the padding rule of the attention kernel)."""
         loop = opts.decode_loop if loop is None else loop
         if loop not in ("while", "host"):
             raise ValueError(f"loop={loop!r}: expected 'while' or 'host'")
@@ -161,7 +161,7 @@ class Sampler:
             raise ValueError("decode_attn_impl='pallas' runs unsharded: under a mesh of several devices XLA would "
                              "gather the whole KV cache onto each one; use decode_attn_impl='xla' with a mesh")
         self.loop, self.check_every = loop, int(check_every)
-        self.padding = "right" if opts.attn_impl == "cudnn" else "left"
+        self.padding = opts.padding
         self.cfg = model.cfg
         self.opts = opts
         self.mesh = mesh  # when set, batches are split over the mesh's data and fsdp axes
@@ -249,9 +249,7 @@ class Sampler:
         With `prompts.vision` (a padded VisionBatch) the vision tower runs on it and the static pixels/grids are
         not used, so the compiled prefill depends on the bucket shapes only."""
         T = prompts.ids.shape[1]
-        if self.opts.attn_impl == "cudnn" and np.any(np.diff(np.asarray(prompts.mask), axis=1) > 0):
-            raise ValueError("attn_impl='cudnn' prefill takes right-padded (or unpadded) prompts: pack them with "
-                             "pack_prompts(..., padding=sampler.padding)")
+        self.opts.check_rows(prompts.mask)
         if T > cache_size:
             raise ValueError(f"prompt length {T} exceeds the KV cache size {cache_size}; raise max_cache_length "
                              "(or lower max_new_tokens / the video pixel budget)")
@@ -303,9 +301,7 @@ class Sampler:
         """Continue from input embeddings x [B, T, D] at explicit positions [3, B, T] (e.g. SQR latents)."""
         if mask is None:
             mask = jnp.ones(x.shape[:2], bool)
-        if self.opts.attn_impl == "cudnn" and x.shape[1] > 1 and int(cache.index) > 0:
-            raise ValueError("attn_impl='cudnn' runs multi-position calls from cache slot 0 only (prefill); extend "
-                             "a cache by several positions with attn_impl='xla'")
+        self.opts.check_rows(mask, start=int(cache.index))
         if x.shape[1] + int(cache.index) > cache.k.shape[3]:
             raise ValueError(f"{x.shape[1]} more positions do not fit in the KV cache "
                              f"({int(cache.index)} of {cache.k.shape[3]} slots used)")

@@ -30,7 +30,7 @@ from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import grpo_records, load_corpus, load_queries
 from vsr1_jax.loading import Models
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing.parsing import parse_answer_reward
 from vsr1_jax.retrieval.topk import make_retriever
 from vsr1_jax.train import grpo, loop, optim

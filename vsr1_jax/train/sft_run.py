@@ -21,7 +21,7 @@ from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import load_corpus, load_queries, sft_records
 from vsr1_jax.loading import Models
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing.special_tokens import special_ids
 from vsr1_jax.train import loop, optim, sft
 from vsr1_jax.train import state as state_lib

@@ -39,7 +39,8 @@ from vsr1_jax import loading
 from vsr1_jax.buckets import round_up
 from vsr1_jax.data import synthetic as SY
 from vsr1_jax.models import embedder as E
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, text_positions
 from vsr1_jax.models.qwen3_vl.vision import VisionBuckets, pack_vision
 from vsr1_jax.retrieval.encoder import TextVideoEmbedder

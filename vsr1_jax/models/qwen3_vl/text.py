@@ -161,7 +161,7 @@ class TextModel(nnx.Module):
                 v_all = jax.lax.dynamic_index_in_dim(vc, li, 0, keepdims=False)
             if attn_impl == "cudnn" and T > 1:
                 # Fused causal kernel with per-row lengths: skips the masked half instead of applying a dense mask.
-                # Valid only for right-padded (or unpadded) rows written from slot 0 (see RunOptions.attn_impl), so
+                # Valid only for right-padded (or unpadded) rows written from slot 0 (the padding rule, run_options.py), so
                 # the new keys are all the keys there are.
                 o = jax.nn.dot_product_attention(q, k, v, is_causal=True, query_seq_lengths=q_len,
                                                  key_value_seq_lengths=q_len, implementation="cudnn")
