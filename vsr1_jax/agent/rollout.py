@@ -380,7 +380,7 @@ class EpisodeEngine:
         refined query's top-1 and GT rank."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        Z, _ = refine_latents((self.sampler.graphdef, self.head_graphdef), self.sampler._p(self._params),
+        Z, _ = refine_latents((self.sampler.graphdef, self.head_graphdef), self.sampler.weights(self._params),
                               self.head_params, gen.cache, gen.capture_hidden, gen.capture_slot, gen.capture_pos,
                               opts=self.opts, num_latents=cfg.num_latents)
         Z = Z[np.asarray(need)]

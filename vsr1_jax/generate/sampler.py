@@ -266,16 +266,16 @@ class Sampler:
             if self.mesh is not None:
                 vision = vision._replace(
                     token_index=jax.device_put(vision.token_index, sharding.batch_sharding(self.mesh, 2)))
-            return self._prefill(self._p(params), ids, pos, mask, None, None, vision, image_grids=(),
+            return self._prefill(self.weights(params), ids, pos, mask, None, None, vision, image_grids=(),
                                  video_grids=(), cache_size=cache_size)
-        return self._prefill(self._p(params), ids, pos, mask, f(prompts.image_pixels), f(prompts.video_pixels), None,
+        return self._prefill(self.weights(params), ids, pos, mask, f(prompts.image_pixels), f(prompts.video_pixels), None,
                              image_grids=prompts.image_grids, video_grids=prompts.video_grids, cache_size=cache_size)
 
     def decode(self, cache, logits, next_pos, sp: SamplingParams, key=None, capture_id: int = -1, *,
                params=None) -> Generation:
         self._check(sp, cache, logits.shape[0])
         key = jax.random.key(0) if key is None else key
-        params = self._p(params)
+        params = self.weights(params)
         if self.loop == "while":
             return self._decode(params, cache, logits, jnp.asarray(next_pos), key, sp=sp, capture_id=capture_id)
         s = self._init(cache, logits, jnp.asarray(next_pos), key, sp=sp)
@@ -305,9 +305,10 @@ class Sampler:
         if x.shape[1] + int(cache.index) > cache.k.shape[3]:
             raise ValueError(f"{x.shape[1]} more positions do not fit in the KV cache "
                              f"({int(cache.index)} of {cache.k.shape[3]} slots used)")
-        return self._extend(self._p(params), cache, x, positions, mask)
+        return self._extend(self.weights(params), cache, x, positions, mask)
 
-    def _p(self, params):
+    def weights(self, params=None):
+        """The weights a call runs with: `params` when given, else the current ones (`set_params`)."""
         return self.params if params is None else params
 
     def _check(self, sp: SamplingParams, cache: KVCache, batch: int):
