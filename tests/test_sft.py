@@ -162,7 +162,7 @@ def test_frozen_params_bit_identical_and_one_compile(setup):
     model, head = copy_of(model), copy_of(head)
     opt = optim.adamw_groups({"backbone": optim.linear_decay(1e-3, 10), "refine": optim.linear_decay(1e-3, 10)},
                              optim.sft_label)
-    state, graphdefs = state_lib.create(model, head, optim.sft_trainable, opt.tx, 0)
+    state, graphdefs = state_lib.create(model, head, optim.sft_trainable, opt.tx)
     frozen0 = jax.tree.map(np.asarray, state.frozen)
     params0 = jax.tree.map(np.asarray, state.params)
     emb_gd, emb_params = nnx.split(copy_of(model))

@@ -122,7 +122,7 @@ class GRPOTask:
         cast_params(models.policy, jnp.dtype(g.param_dtype))
         opt = optim.grpo_optimizer(g)
         self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.grpo_trainable, opt.tx,
-                                                      g.seed, mesh)
+                                                      mesh)
         self.ref_params = jax.tree.map(jnp.copy, self.state.params)   # the frozen Stage-1 reference
         self.models = models
         retriever = make_retriever(c.eval.retrieval.engine, corpus.matrix, corpus.docid2row) if g.max_turns > 1 \

@@ -135,7 +135,7 @@ class SFTTask:
         cast_params(models.policy, jnp.dtype(c.sft.param_dtype))
         opt = optim.sft_optimizer(c.sft, self.total_steps)
         self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, opt.tx,
-                                                      c.sft.seed, mesh)
+                                                      mesh)
         emb = models.embedder
         if mesh is not None:
             sharding.shard_module(emb, mesh)

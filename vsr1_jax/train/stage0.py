@@ -215,8 +215,7 @@ class Stage0Task:
                                       decay_mask=optim.grpo_decays, clip=1.0)
         opt_state = jax.jit(self.opt.tx.init)(self.params)
         self.state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=self.params, frozen=self.frozen,
-                                          opt_state=opt_state, rng=jax.random.key_data(jax.random.key(0)),
-                                          skipped=jnp.zeros((), jnp.int32))
+                                          opt_state=opt_state, skipped=jnp.zeros((), jnp.int32))
         self._step = jax.jit(make_train_step(self.graphdef, self.opt.tx, embedder.opts, float(c.temperature),
                                              bool(c.symmetric), sched), donate_argnums=(0,))
         self._latest = None
