@@ -7,7 +7,8 @@ hard-negative lists, ...). The loop owns everything else:
 - resume: the newest complete checkpoint under `<output_dir>/checkpoints` is restored (state into its shardings,
   host state through the task), so a run killed at any point and started again with the same command continues
   where the last checkpoint left it and then produces the same numbers as an uninterrupted run. orbax commits a
-  step by renaming its folder at the end; a half-written step is never listed, so never restored.
+  step by renaming its folder at the end; a half-written step is never listed, so never restored. A checkpoint of an
+  older state layout (with the since-removed `TrainState.rng`) restores with that leaf dropped (`restore_state`).
 - checkpoints: async (orbax), every `every_steps` / `every_fraction` of the total, the newest `keep` kept, and
   always at the end and on SIGTERM (the signal finishes the current step, saves, and exits).
 - metrics: one JSON line per logged step in `<output_dir>/metrics.jsonl` and TensorBoard scalars in

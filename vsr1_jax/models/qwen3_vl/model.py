@@ -4,7 +4,7 @@ The forward takes token ids, host-computed M-RoPE positions ([3, B, T], see `rop
 padded `vision.VisionBatch` (shapes from buckets: one compilation per bucket) or the images' and videos' patch rows
 with their (static) grids; it returns logits, the last decoder layer's output
 before the final norm (what the original's `hidden_states[-1]` is, the SQR `<REFINE>` readout) and the final
-normed hidden states.
+normed hidden states. How it computes (dtype, attention kernels, remat) is a `run_options.RunOptions`.
 """
 from __future__ import annotations
 
