@@ -48,7 +48,8 @@ from vsr1_jax.ckpt.read import Models  # noqa: E402
 from vsr1_jax.errors import UserError, run_cli  # noqa: E402
 from vsr1_jax.models import sqr as S  # noqa: E402
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig, get_preset  # noqa: E402
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions  # noqa: E402
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL  # noqa: E402
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions  # noqa: E402
 from vsr1_jax.models.qwen3_vl.params import model_from_hf_state_dict  # noqa: E402
 from vsr1_jax.models.qwen3_vl.rope import token_types  # noqa: E402
 

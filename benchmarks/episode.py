@@ -30,7 +30,7 @@ import numpy as np
 from benchmarks import common as C
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine, refine_latents, refined_query
 from vsr1_jax.generate.sampler import Sampler
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing.special_tokens import REFINE_TOKEN
 from vsr1_jax.retrieval.topk import make_retriever
 

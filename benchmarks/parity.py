@@ -12,7 +12,8 @@ import numpy as np
 
 from benchmarks import common as C
 from vsr1_jax.models.qwen3_vl.config import get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 
 

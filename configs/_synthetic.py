@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs._data import get_data_config
+from vsr1_jax.config_files import sibling
+
+get_data_config = sibling(__file__, "_data").get_data_config
 
 
 def get_synthetic_config() -> ml_collections.ConfigDict:

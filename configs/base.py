@@ -3,18 +3,16 @@
 Dataset configs (`didemo.py`, `charades.py`, `activitynet.py`) and the demo (`toy.py`) start from this one.
 Override anything on the command line: `--config.eval.max_turn=3`.
 """
-import os
-import sys
-
 import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vsr1_jax.config_files import sibling
 
-from configs._data import get_data_config  # noqa: E402
-from configs._eval import get_eval_config  # noqa: E402
-from configs._synthetic import get_synthetic_config  # noqa: E402
-from configs._train import get_grpo_config, get_sft_config  # noqa: E402
-from configs._video import get_video_config  # noqa: E402
+get_data_config = sibling(__file__, "_data").get_data_config
+get_eval_config = sibling(__file__, "_eval").get_eval_config
+get_synthetic_config = sibling(__file__, "_synthetic").get_synthetic_config
+get_grpo_config = sibling(__file__, "_train").get_grpo_config
+get_sft_config = sibling(__file__, "_train").get_sft_config
+get_video_config = sibling(__file__, "_video").get_video_config
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -4,12 +4,9 @@ engine and its tiny random policy as the teacher, so the eval demo (`configs/toy
     python -m vsr1_jax.main --config=configs/build_toy.py --config.data.build.raw_videos=<videos> \\
         --config.data.build.annotations=<folder with train.jsonl and test.jsonl>
 """
-import os
-import sys
+from vsr1_jax.config_files import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configs.base import get_config as base_config  # noqa: E402
+base_config = sibling(__file__, "base").get_config
 
 
 def get_config():

@@ -2,13 +2,10 @@
 
     python -m vsr1_jax.main --config=configs/didemo.py --config.data_root=/data --config.checkpoint=/ckpt/didemo-stage2
 """
-import os
-import sys
+from vsr1_jax.config_files import sibling
+from vsr1_jax.train.rewards import dataset_reward_overrides
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from configs.base import get_config as base_config  # noqa: E402
-from vsr1_jax.train.rewards import dataset_reward_overrides  # noqa: E402
+base_config = sibling(__file__, "base").get_config
 
 
 def get_config():

@@ -3,11 +3,10 @@
     python -m vsr1_jax.main --config=configs/toy.py
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from vsr1_jax.config_files import sibling
 
-from configs.base import get_config as base_config  # noqa: E402
+base_config = sibling(__file__, "base").get_config
 
 
 def get_config():

@@ -15,7 +15,8 @@ from vsr1_jax import sharding
 from vsr1_jax.ckpt import orbax_io
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions, abstract_model
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL, abstract_model
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.params import load_flat
 from flax import nnx
 

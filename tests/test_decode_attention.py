@@ -10,7 +10,7 @@ from tests.test_sampler import EOS, PAD, _hf_generate, _prompts
 from vsr1_jax.generate.sampler import SamplingParams, Sampler
 from vsr1_jax.kernels.decode_attention import NEG, decode_attention
 from vsr1_jax.models import sqr as S
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.text import cached_attention
 
 

@@ -11,7 +11,8 @@ from vsr1_jax import loading, prepare
 from vsr1_jax.agent.evaluate import run_eval
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.train.grpo_run import run_grpo
 
 

@@ -118,3 +118,16 @@ def test_unknown_component_and_missing_module(tmp_path):
     pkg = _package(tmp_path, {"newthing.py": "", "agent/x.py": "from vsr1_jax.loading import load\n"})
     assert _kinds(check_imports.check(pkg)) == [("vsr1_jax/agent/x.py", 1, "missing-module"),
                                                 ("vsr1_jax/newthing.py", 1, "unknown-component")]
+
+
+def test_package_never_imports_the_repo_configs(tmp_path):
+    """configs/ is not shipped with the package (setup.py): no import of it, at module top or in a function."""
+    pkg = _package(tmp_path, {"data/synthetic.py": """\
+        import configs
+        from configs._synthetic import get_synthetic_config
+        def f():
+            from configs import toy  # lazy: still not shipped
+        """})
+    got = check_imports.check(pkg)
+    assert _kinds(got) == [("vsr1_jax/data/synthetic.py", i, "repo-import") for i in (1, 2, 4)], got
+    assert "configs/ is not part of the installed vsr1_jax" in got[0].message

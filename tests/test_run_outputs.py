@@ -31,7 +31,7 @@ def test_training_checkpoint_loads_with_its_weights(tmp_path):
     c = get_config()
     emb = demo_models.tiny_embedder(c.demo.embedder_seed)
     models = demo_models.demo_models(c, emb)
-    state, graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, optax.sgd(0.1), 0)
+    state, graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, optax.sgd(0.1))
     state = state.replace(params=jax.tree.map(lambda x: x + 0.5, state.params))   # "trained": differs from init
     run = tmp_path / "sft"
     with CheckpointManager(str(run / "checkpoints"), async_save=False) as mngr:

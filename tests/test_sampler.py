@@ -8,7 +8,7 @@ import torch
 from tests.hf_fixtures import IMAGE_ID, VIDEO_ID, random_pixels
 from tests.test_qwen3_vl import build_row
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, token_types
 
 EOS = 7

@@ -11,11 +11,38 @@ from tests.hf_fixtures import VIDEO_ID, IMAGE_ID, random_pixels
 from tests.test_qwen3_vl import build_row
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models import sqr as S
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
+from vsr1_jax.models.qwen3_vl.text import Visual
 
 REFINE = 950
 OPTS = RunOptions()
+
+
+def rollout_reference(model, head: S.SQRHead, embeds, positions, mask, refine_index: int, *, opts, visual=None,
+                      num_latents: int = 8):
+    """The original's formulation for one row (TRN L481-656): N-1 full forwards with the latents spliced into the
+    sequence right after <REFINE> and later tokens shifted by k. embeds [1, T, H] (with visual features already
+    scattered), positions [3, 1, T], refine_index = position of the last <REFINE> in the row."""
+    ins = refine_index + 1
+    pre = model.decode(embeds, positions, mask, opts=opts, visual=visual, logits="none").hidden_pre_norm
+    zs = [head.project(pre[:, refine_index])]
+    for k in range(1, num_latents):
+        X = head.latent_input(jnp.stack(zs, 1)).astype(embeds.dtype)            # [1, k, H]
+        e = jnp.concatenate([embeds[:, :ins], X, embeds[:, ins:]], 1)
+        base = positions[..., ins - 1:ins]
+        lat_pos = base + jnp.arange(1, k + 1)[None, None, :]
+        p = jnp.concatenate([positions[..., :ins], lat_pos, positions[..., ins:] + k], -1)
+        m = jnp.concatenate([mask[:, :ins], jnp.ones((1, k), mask.dtype), mask[:, ins:]], 1)
+        vis = None
+        if visual is not None:  # shift visual bookkeeping with the tail
+            pad_i = jnp.zeros((1, k), visual.idx.dtype)
+            vis = Visual(jnp.concatenate([visual.idx[:, :ins], pad_i, visual.idx[:, ins:]], 1),
+                         jnp.concatenate([visual.mask[:, :ins], jnp.zeros((1, k), bool), visual.mask[:, ins:]], 1),
+                         visual.feats)
+        h = model.decode(e, p, m, opts=opts, visual=vis, logits="none").hidden
+        zs.append(head.project(h[:, ins + k - 1]))
+    return jnp.stack(zs, 1)
 
 
 def random_head(H, D=48, He=64, seed=0):
@@ -57,7 +84,7 @@ def test_cached_rollout_equals_refordward_formulation(tiny_pair):
     mask = np.ones_like(ids)
     pos, _ = get_rope_index(ids, image_token_id=IMAGE_ID, video_token_id=VIDEO_ID, video_grid_thw=[grid])
     embeds, visual = model.embed(jnp.asarray(ids), OPTS, video_pixels=px, video_grids=(grid,))
-    ref = S.rollout_reference(model, head, embeds, jnp.asarray(pos), jnp.asarray(mask), ridx, opts=OPTS,
+    ref = rollout_reference(model, head, embeds, jnp.asarray(pos), jnp.asarray(mask), ridx, opts=OPTS,
                               visual=visual)
     # cached: prefill the whole sequence (tokens after <REFINE> included, as after generation), then roll out
     p = pack_prompts([list(ids[0])], cfg=cfg, pad_id=0, video_pixels=np.asarray(px), video_grids=[grid])

@@ -234,3 +234,39 @@ def test_skipped_rows_config_and_changed_settings_on_resume(tmp_path, caplog):
     assert [(r["step"], r["qid"], r["file"]) for r in rows] == [(0, "q3", "rows.jsonl"), (2, "q9", "rows.jsonl")]
     assert json.load(open(os.path.join(out, "config.json")))["sft"]["learning_rate"] == 2.0
     assert [json.loads(x)["step"] for x in open(os.path.join(out, "metrics.jsonl"))] == [1, 2, 3, 4]
+
+
+def test_checkpoint_with_the_removed_rng_leaf_restores(tmp_path):
+    """Train states once carried `rng` (never read; removed): a checkpoint of that layout resumes, the leaf dropped."""
+    import flax.struct
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from vsr1_jax.ckpt.orbax_io import CheckpointManager
+
+    @flax.struct.dataclass
+    class Old:
+        step: jax.Array
+        params: dict
+        rng: jax.Array
+        skipped: jax.Array
+
+    @flax.struct.dataclass
+    class New:
+        step: jax.Array
+        params: dict
+        skipped: jax.Array
+
+    with CheckpointManager(str(tmp_path), async_save=False) as m:
+        m.save(3, Old(jnp.asarray(3, jnp.int32), {"w": jnp.arange(4.0)}, jax.random.key_data(jax.random.key(0)),
+                      jnp.asarray(1, jnp.int32)), force=True)
+    new = New(jnp.zeros((), jnp.int32), {"w": jnp.zeros(4)}, jnp.zeros((), jnp.int32))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), new)
+    with CheckpointManager(str(tmp_path), async_save=False) as m:
+        got = loop.restore_state(m, 3, target)
+    assert isinstance(got, New) and int(got.step) == 3 and int(got.skipped) == 1
+    np.testing.assert_array_equal(np.asarray(got.params["w"]), np.arange(4.0))
+    with CheckpointManager(str(tmp_path / "new"), async_save=False) as m:   # the current layout: a plain restore
+        m.save(1, got, force=True)
+        assert int(loop.restore_state(m, 1, target).step) == 3

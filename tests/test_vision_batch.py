@@ -274,7 +274,7 @@ def test_embed_rejects_mixed_arguments(tiny_pair):
     _, model, cfg = tiny_pair
     ids, mask, pos, items = _video_batch([(1, 4, 4)], 16, 0)
     vb = pack_vision(items, cfg.vision, input_ids=ids, placeholder_ids=cfg.video_token_id)
-    from vsr1_jax.models.qwen3_vl.model import RunOptions
+    from vsr1_jax.models.qwen3_vl.run_options import RunOptions
     with pytest.raises(ValueError, match="not both"):
         model.embed(jnp.asarray(ids), RunOptions(), vision=vb, video_pixels=jnp.asarray(items[0][0]),
                     video_grids=((1, 4, 4),))

@@ -14,7 +14,8 @@ from vsr1_jax import sharding
 from vsr1_jax.agent.rollout import Trajectory, Turn
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.processing.video import VideoInputs
 from vsr1_jax.train import grpo, optim, sft
@@ -89,7 +90,7 @@ def run_sft(mesh_spec):
     policy, head, embedder = models()
     mesh = None if mesh_spec is None else sharding.make_mesh(mesh_spec)
     tx = optax.sgd(1.0)
-    state, gd = state_lib.create(policy, head, optim.sft_trainable, tx, 0, mesh)
+    state, gd = state_lib.create(policy, head, optim.sft_trainable, tx, mesh)
     if mesh is not None:
         sharding.shard_module(embedder, mesh)
     egd, eparams = nnx.split(embedder)
@@ -123,7 +124,7 @@ def run_grpo(mesh_spec):
     policy, head, _ = models(3)
     mesh = None if mesh_spec is None else sharding.make_mesh(mesh_spec)
     tx = optax.sgd(1.0)
-    state, gd = state_lib.create(policy, head, optim.grpo_trainable, tx, 0, mesh)
+    state, gd = state_lib.create(policy, head, optim.grpo_trainable, tx, mesh)
     step = grpo.make_train_step(gd, tx, OPTS, grpo.LossConfig(logprob_chunk=8), {})
     kw = {} if mesh is None else dict(in_shardings=(state_lib.shardings_of(state), None),
                                       out_shardings=(state_lib.shardings_of(state), None))

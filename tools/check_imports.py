@@ -1,6 +1,7 @@
 """Check the import graph of the vsr1_jax package by parsing it (nothing is imported): no import cycles, no arrow
-to a layer a module may not use, no function-level imports of vsr1_jax modules, and a comment on every
-function-level third-party import saying why it is lazy.
+to a layer a module may not use, no function-level imports of vsr1_jax modules, a comment on every
+function-level third-party import saying why it is lazy, and no import of the repo's own folders that the installed
+package does not ship (`configs/`: config files are loaded by path, `vsr1_jax.config_files`).
 
     python tools/check_imports.py            # prints every violation; exit status 1 if there is any
 
@@ -32,6 +33,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "runinfo": (0, ()),       # the resolved config, code version and resume diffs a run folder records
     "profiling": (0, ()),     # profiler-trace summaries for benchmarks/ and tools
     "distributed": (0, ()),   # jax.distributed setup + cross-process helpers; main calls it first
+    "config_files": (0, ()),  # loads config files by path; main's default config (the repo's configs/toy.py)
     "models": (1, ("kernels", "buckets", "errors")),
     "data": (2, ("processing", "buckets", "errors")),
     "retrieval": (2, ("models", "processing", "sharding", "buckets", "errors")),
@@ -53,6 +55,9 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
 # Components that only the listed ones may import (on top of the rules above).
 ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {"train": ("main", "demo")}
 
+# Top-level packages of the repo that setup.py does not ship: the package never imports them (at any level).
+REPO_ONLY = ("configs", "tests", "tools", "benchmarks", "scripts", "launch")
+
 _FUNCTION_NODES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)
 
 
@@ -61,6 +66,7 @@ class Violation:
     path: str  # relative to the package's parent folder
     line: int
     kind: str  # cycle | layer | lazy-vsr1-import | uncommented-lazy-import | unknown-component | missing-module
+    #            | repo-import
     message: str
 
     def __str__(self) -> str:
@@ -235,6 +241,12 @@ def check(package_dir: str | Path, layers=LAYERS, only_imported_by=ONLY_IMPORTED
         for imp in imports:
             if not imp.first_party:
                 top = imp.target.split(".")[0]
+                if top in REPO_ONLY:
+                    violations.append(Violation(rel(module), imp.line, "repo-import",
+                                                f"imports {imp.target}: the repo's {top}/ is not part of the "
+                                                f"installed {package} (setup.py); take the values as arguments "
+                                                "(config files load by path: vsr1_jax.config_files)"))
+                    continue
                 if (imp.in_function and top not in sys.stdlib_module_names and top != "__future__"
                         and not _commented(imp, lines, lazy_spans)):
                     violations.append(Violation(rel(module), imp.line, "uncommented-lazy-import",

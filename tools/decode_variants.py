@@ -34,7 +34,8 @@ from vsr1_jax.generate.sampler import Sampler, SamplingParams, pack_prompts
 from vsr1_jax.kernels import decode_attention as kernel_mod
 from vsr1_jax.models.qwen3_vl import layers, text
 from vsr1_jax.models.qwen3_vl.config import get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 
 ORIG = {"linear": text.linear, "decode_attention": text.decode_attention}
 

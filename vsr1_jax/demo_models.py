@@ -19,7 +19,8 @@ from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.errors import SetupError
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.retrieval.encoder import TextVideoEmbedder
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
 """Entry point: `python -m vsr1_jax.main --config=configs/<name>.py [--config.x.y=...] [--verbose]`; dispatches on
 config.mode (eval | sft | grpo | demo | stage0 | build) to the run that owns it. Its own logic is the command line only:
 `--help`, and the error style of vsr1_jax/errors.py (a config typo or a project error is one `error: ...` line, exit
-status 2; `--verbose` adds the traceback)."""
+status 2; `--verbose` adds the traceback). Without `--config` it runs the repo's configs/toy.py, found from the
+package's checkout (`config_files.DEFAULT_CONFIG`), so it works from any folder."""
 import ast
 import logging
 import os
@@ -12,15 +13,18 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from vsr1_jax import demo, distributed, errors
+from vsr1_jax import config_files, demo, distributed, errors
 from vsr1_jax.agent.evaluate import run_eval
 from vsr1_jax.prepare import run_build
 from vsr1_jax.train.grpo_run import main_grpo
 from vsr1_jax.train.sft_run import main_sft
 from vsr1_jax.train.stage0 import ensure_engine, main_stage0
 
-DEFAULT_CONFIG = "configs/toy.py"
-_CONFIG = config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file")
+DEFAULT_CONFIG = str(config_files.DEFAULT_CONFIG)   # <repo>/configs/toy.py
+# no default here: absl would load it when this module is imported, even when --config names another file;
+# parse_flags adds --config=DEFAULT_CONFIG when none is given
+_CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (default: the repo's "
+                                          "configs/toy.py)")
 
 MODES = {"eval": run_eval, "sft": main_sft, "grpo": main_grpo, "demo": demo.run_demo, "stage0": main_stage0,
          "build": run_build}
@@ -40,9 +44,9 @@ MAIN_KEYS = ("mode", "dataset", "data_root", "split", "checkpoint", "output_dir"
 _VERBOSE = False
 
 
-def _config_file(argv) -> str:
-    """The config file named on the command line (the last --config wins, as in absl), else the default."""
-    path = DEFAULT_CONFIG
+def _config_file(argv) -> str | None:
+    """The config file named on the command line (the last --config wins, as in absl), else None."""
+    path = None
     for i, a in enumerate(argv):
         if a.startswith("--config="):
             path = a.split("=", 1)[1]
@@ -54,7 +58,7 @@ def _config_file(argv) -> str:
 def usage(argv) -> str:
     """--help: the command, the modes, the error style and the main config keys with their values in the config
     given (`--config=...`, default configs/toy.py)."""
-    path = _config_file(argv)
+    path = _config_file(argv) or DEFAULT_CONFIG
     lines = [__doc__.split(";")[0].replace("Entry point: ", "usage: "), "",
              "modes (--config.mode=...):"]
     lines += [f"  {name:6s} {text}" for name, text in MODE_HELP.items()]
@@ -99,7 +103,7 @@ def override_error(exc: BaseException, argv) -> errors.ConfigOverrideError:
         msg = f"{where}: the config has no field {key!r}{'; ' + hint if hint else ''}; see --help for the main keys"
     elif isinstance(exc, OSError) and "config" in msg:
         last = [ln.strip() for ln in _unquote(str(exc)).splitlines() if ln.strip()][-1]
-        msg = f"--config={_config_file(argv)} could not be loaded: {last}"
+        msg = f"--config={_config_file(argv) or DEFAULT_CONFIG} could not be loaded: {last}"
     return errors.ConfigOverrideError(msg)
 
 
@@ -110,6 +114,12 @@ def parse_flags(argv):
     if any(a in ("-h", "--help", "--helpfull", "-?") for a in argv[1:]):
         print(usage(argv[1:]))
         sys.exit(0)
+    if _config_file(argv[1:]) is None:
+        if config_files.default_config() is None:
+            sys.exit(errors.report(errors.ConfigOverrideError(
+                f"no --config given and the default {DEFAULT_CONFIG} is not there (vsr1_jax runs outside its repo "
+                "checkout): pass --config=<a config file, e.g. the repo's configs/toy.py>"), _VERBOSE))
+        argv = [argv[0], f"--config={DEFAULT_CONFIG}", *argv[1:]]
     try:
         rest = flags.FLAGS(argv)
         _CONFIG.value.keys()   # a config file that failed to load raises here (ml_collections defers the error)

@@ -37,7 +37,8 @@ from vsr1_jax.data.validate import validate_dataset
 from vsr1_jax.errors import SetupError
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing import chat
 from vsr1_jax.processing.special_tokens import special_ids
 from vsr1_jax.processing.tokenizer import load_tokenizer

@@ -22,7 +22,7 @@ from vsr1_jax.data.files import load_npy_video, read_video_npy_meta
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.queries import eval_queries, load_retrieval
 from vsr1_jax.eval import report
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.retrieval.index import RetrievalInputError
 from vsr1_jax.retrieval.topk import make_retriever
 

@@ -30,7 +30,8 @@ from flax import nnx
 from vsr1_jax.buckets import round_up
 from vsr1_jax.generate.sampler import Generation, SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models import sqr as S
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.vision import VisionBuckets
 from vsr1_jax.processing import chat, parsing
 from vsr1_jax.processing import prompts as P
@@ -379,7 +380,7 @@ class EpisodeEngine:
         refined query's top-1 and GT rank."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        Z, _ = refine_latents((self.sampler.graphdef, self.head_graphdef), self.sampler._p(self._params),
+        Z, _ = refine_latents((self.sampler.graphdef, self.head_graphdef), self.sampler.weights(self._params),
                               self.head_params, gen.cache, gen.capture_hidden, gen.capture_slot, gen.capture_pos,
                               opts=self.opts, num_latents=cfg.num_latents)
         Z = Z[np.asarray(need)]

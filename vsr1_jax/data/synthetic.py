@@ -609,23 +609,19 @@ def _sft(paths, raw_rows, meta, q2event, scores, order, doc_ids, docid2row, vide
     return reasoning_rows, items
 
 
-def build_synthetic_dataset(root, dataset: str = "synthetic", cfg=None, *, embedder: Embedder,
+def build_synthetic_dataset(root, dataset: str, cfg, *, embedder: Embedder,
                             overwrite: bool = False) -> SyntheticBuild:
     """Write `<root>/<dataset>/` in the prepared layout and validate it (raises PreparedDataError if invalid).
 
     Args:
       root: parent folder of the dataset folder.
       dataset: dataset folder name.
-      cfg: `configs._synthetic.get_synthetic_config()` (the default) or a modified copy.
+      cfg: the corpus settings, a config's `synthetic` section (the repo's configs/_synthetic.py).
       embedder: the search engine, e.g. `vsr1_jax.demo_models.tiny_embedder()` (a tiny *random* Qwen3-VL:
         retrieval is then near chance, which exercises every file and the matched/not-matched balancing but not
         retrieval quality) or a real Qwen3-VL-Embedding behind `TextVideoEmbedder`.
       overwrite: replace an existing non-empty dataset folder (otherwise FileExistsError).
     """
-    if cfg is None:
-        from configs._synthetic import get_synthetic_config  # repo-root package, as scripts run from the root
-
-        cfg = get_synthetic_config()
     paths = PreparedPaths(root, dataset)
     if paths.dataset_dir.exists() and any(paths.dataset_dir.iterdir()):
         if not overwrite:

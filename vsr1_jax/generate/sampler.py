@@ -22,7 +22,8 @@ import numpy as np
 from flax import nnx
 
 from vsr1_jax import sharding
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.models.qwen3_vl.text import KVCache
 from vsr1_jax.models.qwen3_vl.vision import VisionBatch, VisionBuckets, pack_vision, split_rows
@@ -152,8 +153,7 @@ class Sampler:
         every iteration and syncs the predicate to the host before each one (H100 trace, README "Measured
         figures"), where the host loop queues donated steps ahead of the GPU.
 
-        Pack prompts with `padding=sampler.padding`: "right" under the fused cudnn prefill (attn_impl="cudnn"),
-        which takes per-row lengths but not left padding, else "left" (HF's layout)."""
+        Pack prompts with `padding=sampler.padding` (`RunOptions.padding`: the padding rule of the attention kernel)."""
         loop = opts.decode_loop if loop is None else loop
         if loop not in ("while", "host"):
             raise ValueError(f"loop={loop!r}: expected 'while' or 'host'")
@@ -161,7 +161,7 @@ class Sampler:
             raise ValueError("decode_attn_impl='pallas' runs unsharded: under a mesh of several devices XLA would "
                              "gather the whole KV cache onto each one; use decode_attn_impl='xla' with a mesh")
         self.loop, self.check_every = loop, int(check_every)
-        self.padding = "right" if opts.attn_impl == "cudnn" else "left"
+        self.padding = opts.padding
         self.cfg = model.cfg
         self.opts = opts
         self.mesh = mesh  # when set, batches are split over the mesh's data and fsdp axes
@@ -249,9 +249,7 @@ class Sampler:
         With `prompts.vision` (a padded VisionBatch) the vision tower runs on it and the static pixels/grids are
         not used, so the compiled prefill depends on the bucket shapes only."""
         T = prompts.ids.shape[1]
-        if self.opts.attn_impl == "cudnn" and np.any(np.diff(np.asarray(prompts.mask), axis=1) > 0):
-            raise ValueError("attn_impl='cudnn' prefill takes right-padded (or unpadded) prompts: pack them with "
-                             "pack_prompts(..., padding=sampler.padding)")
+        self.opts.check_rows(prompts.mask)
         if T > cache_size:
             raise ValueError(f"prompt length {T} exceeds the KV cache size {cache_size}; raise max_cache_length "
                              "(or lower max_new_tokens / the video pixel budget)")
@@ -268,16 +266,16 @@ class Sampler:
             if self.mesh is not None:
                 vision = vision._replace(
                     token_index=jax.device_put(vision.token_index, sharding.batch_sharding(self.mesh, 2)))
-            return self._prefill(self._p(params), ids, pos, mask, None, None, vision, image_grids=(),
+            return self._prefill(self.weights(params), ids, pos, mask, None, None, vision, image_grids=(),
                                  video_grids=(), cache_size=cache_size)
-        return self._prefill(self._p(params), ids, pos, mask, f(prompts.image_pixels), f(prompts.video_pixels), None,
+        return self._prefill(self.weights(params), ids, pos, mask, f(prompts.image_pixels), f(prompts.video_pixels), None,
                              image_grids=prompts.image_grids, video_grids=prompts.video_grids, cache_size=cache_size)
 
     def decode(self, cache, logits, next_pos, sp: SamplingParams, key=None, capture_id: int = -1, *,
                params=None) -> Generation:
         self._check(sp, cache, logits.shape[0])
         key = jax.random.key(0) if key is None else key
-        params = self._p(params)
+        params = self.weights(params)
         if self.loop == "while":
             return self._decode(params, cache, logits, jnp.asarray(next_pos), key, sp=sp, capture_id=capture_id)
         s = self._init(cache, logits, jnp.asarray(next_pos), key, sp=sp)
@@ -303,15 +301,14 @@ class Sampler:
         """Continue from input embeddings x [B, T, D] at explicit positions [3, B, T] (e.g. SQR latents)."""
         if mask is None:
             mask = jnp.ones(x.shape[:2], bool)
-        if self.opts.attn_impl == "cudnn" and x.shape[1] > 1 and int(cache.index) > 0:
-            raise ValueError("attn_impl='cudnn' runs multi-position calls from cache slot 0 only (prefill); extend "
-                             "a cache by several positions with attn_impl='xla'")
+        self.opts.check_rows(mask, start=int(cache.index))
         if x.shape[1] + int(cache.index) > cache.k.shape[3]:
             raise ValueError(f"{x.shape[1]} more positions do not fit in the KV cache "
                              f"({int(cache.index)} of {cache.k.shape[3]} slots used)")
-        return self._extend(self._p(params), cache, x, positions, mask)
+        return self._extend(self.weights(params), cache, x, positions, mask)
 
-    def _p(self, params):
+    def weights(self, params=None):
+        """The weights a call runs with: `params` when given, else the current ones (`set_params`)."""
         return self.params if params is None else params
 
     def _check(self, sp: SamplingParams, cache: KVCache, batch: int):

@@ -8,7 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 
 
 def l2_normalize(x, eps: float = 1e-12):

@@ -18,7 +18,6 @@ from flax import nnx
 
 from vsr1_jax.models.embedder import embed_inputs_embeds
 from vsr1_jax.models.qwen3_vl.layers import layer_norm, linear
-from vsr1_jax.models.qwen3_vl.text import Visual
 
 LN_EPS = 1e-5  # torch.nn.LayerNorm default
 
@@ -128,32 +127,6 @@ def rollout_cached(model, head: SQRHead, cache, h_refine, refine_slot, refine_po
         Z = Z.at[:, k].set(head.project(out.hidden[:, 0]))
         cache = out.cache
     return Z, cache
-
-
-def rollout_reference(model, head: SQRHead, embeds, positions, mask, refine_index: int, *, opts, visual=None,
-                      num_latents: int = 8):
-    """The original's formulation for one row (TRN L481-656): N-1 full forwards with the latents spliced into the
-    sequence right after <REFINE> and later tokens shifted by k. embeds [1, T, H] (with visual features already
-    scattered), positions [3, 1, T], refine_index = position of the last <REFINE> in the row."""
-    ins = refine_index + 1
-    pre = model.decode(embeds, positions, mask, opts=opts, visual=visual, logits="none").hidden_pre_norm
-    zs = [head.project(pre[:, refine_index])]
-    for k in range(1, num_latents):
-        X = head.latent_input(jnp.stack(zs, 1)).astype(embeds.dtype)            # [1, k, H]
-        e = jnp.concatenate([embeds[:, :ins], X, embeds[:, ins:]], 1)
-        base = positions[..., ins - 1:ins]
-        lat_pos = base + jnp.arange(1, k + 1)[None, None, :]
-        p = jnp.concatenate([positions[..., :ins], lat_pos, positions[..., ins:] + k], -1)
-        m = jnp.concatenate([mask[:, :ins], jnp.ones((1, k), mask.dtype), mask[:, ins:]], 1)
-        vis = None
-        if visual is not None:  # shift visual bookkeeping with the tail
-            pad_i = jnp.zeros((1, k), visual.idx.dtype)
-            vis = Visual(jnp.concatenate([visual.idx[:, :ins], pad_i, visual.idx[:, ins:]], 1),
-                         jnp.concatenate([visual.mask[:, :ins], jnp.zeros((1, k), bool), visual.mask[:, ins:]], 1),
-                         visual.feats)
-        h = model.decode(e, p, m, opts=opts, visual=vis, logits="none").hidden
-        zs.append(head.project(h[:, ins + k - 1]))
-    return jnp.stack(zs, 1)
 
 
 def splice_layout(token_lists, num_latents: int = 8, tail: int = 6, pad_id: int = 0):

@@ -128,14 +128,6 @@ def hf_smart_resize(num_frames: int, height: int, width: int, temporal_factor: i
     return h_bar, w_bar
 
 
-def hf_capped_max_pixels(num_frames: int, min_pixels: float, max_pixels: float, factor: int = FACTOR,
-                         max_video_tokens: int = VIDEO_MAX_TOKEN_NUM) -> float:
-    """HF's `cap_pixels_per_frame=True` total budget (HFV resize L203-207): per-frame
-    `max(min(max_video_tokens*factor**2, max_pixels // T), int(1.05*min_pixels))`, times T."""
-    per_frame = max(min(max_video_tokens * factor * factor, max_pixels // num_frames), int(min_pixels * 1.05))
-    return per_frame * num_frames
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Antialiased bicubic resampling
 # --------------------------------------------------------------------------------------------------------------
@@ -404,7 +396,7 @@ def resize_like_qwen_vl_utils(frames: np.ndarray, out_h: int, out_w: int) -> np.
 
 __all__ = [
     "FACTOR", "FRAME_FACTOR", "IMAGE_MAX_TOKEN_NUM", "IMAGE_MIN_TOKEN_NUM", "MAX_RATIO", "MERGE_SIZE", "PATCH_SIZE",
-    "TEMPORAL_PATCH_SIZE", "VIDEO_MAX_TOKEN_NUM", "VIDEO_MIN_TOKEN_NUM", "hf_capped_max_pixels", "hf_smart_resize",
+    "TEMPORAL_PATCH_SIZE", "VIDEO_MAX_TOKEN_NUM", "VIDEO_MIN_TOKEN_NUM", "hf_smart_resize",
     "resize_bicubic", "resize_bicubic_uint8", "resize_like_qwen_vl_utils", "resized_video_size", "smart_resize",
     "video_max_pixels",
 ]

@@ -14,7 +14,8 @@ from flax import nnx
 from vsr1_jax import sharding
 from vsr1_jax.buckets import round_up
 from vsr1_jax.models import embedder as E
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, text_positions
 from vsr1_jax.processing import prompts as P
 from vsr1_jax.processing import video as V

@@ -235,11 +235,3 @@ class FlatIPIndex:
         q = check_vectors(queries, name="queries", dim=self.dim)
         k = self._check_k(k)
         return self.search_normalized(l2_normalize_np(q), k)
-
-    def all_scores(self, queries) -> np.ndarray:
-        """queries [B, D] -> cosine scores against every row [B, N] float32, in row order (FAISS arithmetic)."""
-        q = l2_normalize_np(check_vectors(queries, name="queries", dim=self.dim))
-        scores, rows = self.index.search(q, self.num_docs)
-        out = np.empty_like(scores)
-        np.put_along_axis(out, rows, scores, axis=1)
-        return out

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.train.logprobs import token_logprobs
 from vsr1_jax.train.state import Graphdefs, TrainState, guarded_update
 

@@ -31,7 +31,7 @@ from vsr1_jax.ckpt.read import CHECKPOINT_KINDS, Models
 from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import grpo_records, load_corpus, load_queries
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing.parsing import parse_answer_reward
 from vsr1_jax.retrieval.topk import make_retriever
 from vsr1_jax.train import grpo, loop, optim
@@ -123,7 +123,7 @@ class GRPOTask:
         cast_params(models.policy, jnp.dtype(g.param_dtype))
         opt = optim.grpo_optimizer(g)
         self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.grpo_trainable, opt.tx,
-                                                      g.seed, mesh)
+                                                      mesh)
         self.ref_params = jax.tree.map(jnp.copy, self.state.params)   # the frozen Stage-1 reference
         self.models = models
         retriever = make_retriever(c.eval.retrieval.engine, corpus.matrix, corpus.docid2row) if g.max_turns > 1 \

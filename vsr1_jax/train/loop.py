@@ -7,7 +7,8 @@ hard-negative lists, ...). The loop owns everything else:
 - resume: the newest complete checkpoint under `<output_dir>/checkpoints` is restored (state into its shardings,
   host state through the task), so a run killed at any point and started again with the same command continues
   where the last checkpoint left it and then produces the same numbers as an uninterrupted run. orbax commits a
-  step by renaming its folder at the end; a half-written step is never listed, so never restored.
+  step by renaming its folder at the end; a half-written step is never listed, so never restored. A checkpoint of an
+  older state layout (with the since-removed `TrainState.rng`) restores with that leaf dropped (`restore_state`).
 - checkpoints: async (orbax), every `every_steps` / `every_fraction` of the total, the newest `keep` kept, and
   always at the end and on SIGTERM (the signal finishes the current step, saves, and exits).
 - metrics: one JSON line per logged step in `<output_dir>/metrics.jsonl` and TensorBoard scalars in
@@ -25,6 +26,7 @@ hard-negative lists, ...). The loop owns everything else:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -32,14 +34,14 @@ import os
 import signal
 import struct
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
 from vsr1_jax import distributed, runinfo
-from vsr1_jax.ckpt.orbax_io import CheckpointManager
+from vsr1_jax.ckpt.orbax_io import CheckpointManager, params_metadata
 from vsr1_jax.compiles import CompileCounter
 from vsr1_jax.data.pipelines import PipelineStateError
 from vsr1_jax.errors import Stopped
@@ -252,9 +254,27 @@ def _warn_changed_settings(config, out_dir: str, resume_from: int) -> None:
                         out_dir, resume_from, runinfo.describe_changes(changes))
 
 
-def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: str = "train",
-        abstract_state: Callable[[], Any] | None = None, on_log: Callable[[int, dict], None] | None = None,
-        config=None):
+# Top-level leaves that train states no longer have but older checkpoints hold: TrainState.rng (sampling key data,
+# written and checkpointed, never read). Restoring such a checkpoint reads them and drops them.
+LEGACY_STATE_LEAVES = ("rng",)
+
+
+def restore_state(mngr: CheckpointManager, step: int, target):
+    """The train state of checkpoint `step`, restored into `target` (`jax.ShapeDtypeStruct` leaves with shardings).
+    A checkpoint written before a leaf of `LEGACY_STATE_LEAVES` was removed from the state still restores: the old
+    leaf is read beside the others and dropped."""
+    if not dataclasses.is_dataclass(target):
+        return mngr.restore(step, target=target)
+    saved = params_metadata(os.path.join(mngr.directory, str(step), "state"))
+    fields = [f.name for f in dataclasses.fields(target)]
+    old = [k for k in LEGACY_STATE_LEAVES if isinstance(saved, dict) and k in saved and k not in fields]
+    if not old:
+        return mngr.restore(step, target=target)
+    restored = mngr.restore(step, target={**{k: getattr(target, k) for k in fields}, **{k: saved[k] for k in old}})
+    return type(target)(**{k: restored[k] for k in fields})
+
+
+def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: str = "train", config=None):
     """Train `task` from `state` (or from the newest checkpoint under out_dir/checkpoints). Returns
     (state, steps_done, stopped): stopped = the number of the signal that stopped the run early (SIGINT 2, SIGTERM
     15), 0 when it ran to the end. `config`: the resolved config, saved as out_dir/config.json."""
@@ -268,9 +288,8 @@ def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: 
     if latest is not None:
         if primary and config is not None:
             _warn_changed_settings(config, out_dir, latest)
-        target = abstract_state() if abstract_state is not None else jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        state = mngr.restore(latest, target=target)
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        state = restore_state(mngr, latest, target)
         try:
             task.load_host_state(mngr.restore_extra(latest) or {})
         except PipelineStateError as e:
@@ -323,8 +342,6 @@ def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: 
                     if "tokens" in host:
                         scalars["tokens_per_s"] = host["tokens"] / max(t2 - t1, 1e-9)
                     writer.write(step, scalars)
-                    if on_log is not None:
-                        on_log(step, scalars)
                     bar.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()
                                      if k in ("loss", "reward", "grad_norm") and isinstance(v, float)})
                 bar.update(1)

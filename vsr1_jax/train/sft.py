@@ -27,7 +27,7 @@ from flax import nnx
 from vsr1_jax.data.files import load_npy_video
 from vsr1_jax.buckets import BucketOverflowError, bucket_length, round_up
 from vsr1_jax.models import sqr as S
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.models.qwen3_vl.vision import VisionBatch, VisionBuckets, pack_vision
 from vsr1_jax.processing import chat

@@ -22,7 +22,7 @@ from vsr1_jax.data.files import read_hard_negatives, read_video_meta
 from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import load_corpus, load_queries, sft_records
-from vsr1_jax.models.qwen3_vl.model import RunOptions
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing.special_tokens import special_ids
 from vsr1_jax.train import loop, optim, sft
 from vsr1_jax.train import state as state_lib
@@ -136,7 +136,7 @@ class SFTTask:
         cast_params(models.policy, jnp.dtype(c.sft.param_dtype))
         opt = optim.sft_optimizer(c.sft, self.total_steps)
         self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, opt.tx,
-                                                      c.sft.seed, mesh)
+                                                      mesh)
         emb = models.embedder
         if mesh is not None:
             sharding.shard_module(emb, mesh)

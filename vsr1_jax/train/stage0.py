@@ -40,7 +40,8 @@ from vsr1_jax.ckpt import orbax_io
 from vsr1_jax.data import synthetic as SY
 from vsr1_jax.errors import SetupError
 from vsr1_jax.models import embedder as E
-from vsr1_jax.models.qwen3_vl.model import Qwen3VL, RunOptions
+from vsr1_jax.models.qwen3_vl.model import Qwen3VL
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index, text_positions
 from vsr1_jax.models.qwen3_vl.vision import VisionBuckets, pack_vision
 from vsr1_jax.retrieval.encoder import TextVideoEmbedder
@@ -215,8 +216,7 @@ class Stage0Task:
                                       decay_mask=optim.grpo_decays, clip=1.0)
         opt_state = jax.jit(self.opt.tx.init)(self.params)
         self.state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=self.params, frozen=self.frozen,
-                                          opt_state=opt_state, rng=jax.random.key_data(jax.random.key(0)),
-                                          skipped=jnp.zeros((), jnp.int32))
+                                          opt_state=opt_state, skipped=jnp.zeros((), jnp.int32))
         self._step = jax.jit(make_train_step(self.graphdef, self.opt.tx, embedder.opts, float(c.temperature),
                                              bool(c.symmetric), sched), donate_argnums=(0,))
         self._latest = None

@@ -27,7 +27,6 @@ class TrainState:
     params: dict               # {"policy": nnx.State, "head": nnx.State} trainable leaves
     frozen: dict               # {"policy": nnx.State, "head": nnx.State} the other leaves
     opt_state: Any             # optax state over `params`
-    rng: jax.Array             # uint32 key data (jax.random.key_data) for sampling
     skipped: jax.Array         # int32 []: updates skipped for a non-finite loss or gradient
 
 
@@ -56,7 +55,7 @@ def split_models(policy: Qwen3VL, head: S.SQRHead, trainable: Callable[[Path], b
 
 
 def create(policy: Qwen3VL, head: S.SQRHead, trainable: Callable[[Path], bool], tx: optax.GradientTransformation,
-           seed: int, mesh=None) -> tuple[TrainState, Graphdefs]:
+           mesh=None) -> tuple[TrainState, Graphdefs]:
     """A fresh train state. With a mesh, every parameter is first placed by the logical-axis rules
     (`sharding.RULES`) and the optimizer state is created under jit, so its moments inherit those shardings."""
     if mesh is not None:
@@ -68,8 +67,7 @@ def create(policy: Qwen3VL, head: S.SQRHead, trainable: Callable[[Path], bool], 
         on_mesh = lambda x: isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh  # noqa
         opt_state = jax.tree.map(lambda x: x if on_mesh(x) else jax.device_put(x, sharding.replicated(mesh)),
                                  opt_state)
-    scalars = dict(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)),
-                   skipped=jnp.zeros((), jnp.int32))
+    scalars = dict(step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32))
     if mesh is not None:
         scalars = jax.device_put(scalars, sharding.replicated(mesh))
     return TrainState(params=params, frozen=frozen, opt_state=opt_state, **scalars), graphdefs

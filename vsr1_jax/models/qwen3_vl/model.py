@@ -4,11 +4,10 @@ The forward takes token ids, host-computed M-RoPE positions ([3, B, T], see `rop
 padded `vision.VisionBatch` (shapes from buckets: one compilation per bucket) or the images' and videos' patch rows
 with their (static) grids; it returns logits, the last decoder layer's output
 before the final norm (what the original's `hidden_states[-1]` is, the SQR `<REFINE>` readout) and the final
-normed hidden states.
+normed hidden states. How it computes (dtype, attention kernels, remat) is a `run_options.RunOptions`.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple, Sequence
 
 import jax
@@ -16,54 +15,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.text import KVCache, TextModel, Visual
 from vsr1_jax.models.qwen3_vl.vision import VisionBatch, VisionModel
 
 Grid = tuple[int, int, int]
-
-
-@dataclasses.dataclass(frozen=True)
-class RunOptions:
-    """How to compute (not what): dtypes, attention kernel, rematerialisation."""
-    dtype: str = "float32"          # activation / compute dtype ("bfloat16" on accelerators)
-    # "xla" (einsum, any backend, any padding) or "cudnn" (fused causal flash kernel, GPU bf16/fp16): with "cudnn",
-    # multi-token calls must have right-padded (or unpadded) rows starting at cache slot 0 (the sampler then packs
-    # prompts right-padded, `Sampler.padding`); single-position decode steps use `decode_attn_impl`.
-    attn_impl: str = "xla"
-    vision_attn_impl: str = "xla"
-    # single-position steps with a cache: "xla" (`text.cached_attention`) or "pallas" (GPU flash-decoding kernel,
-    # vsr1_jax.kernels.decode_attention: reads the stacked cache in place). "pallas" is for unsharded models: under
-    # a mesh, XLA cannot split the kernel and would gather the whole cache onto each device. Off GPUs it runs
-    # through the Pallas interpreter (correct, slow: for tests).
-    decode_attn_impl: str = "xla"
-    remat: str = "none"             # "none" | "full" | "dots" (decoder layers)
-    # single-position steps with a cache unroll the layer loop (inference speed); training differentiates through
-    # the SQR rollout's 7 steps, where an unrolled loop multiplies compile time: it keeps the scan rolled
-    unroll_decode: bool = True
-    # the generation loop (`generate.sampler.Sampler`): "host" (one jitted, donated step per token dispatched from
-    # Python; the production default, fastest on GPUs) or "while" (the whole decode as one jitted lax.while_loop)
-    decode_loop: str = "host"
-
-    @property
-    def jdtype(self):
-        return jnp.dtype(self.dtype)
-
-    @classmethod
-    def from_config(cls, model_cfg, **overrides) -> "RunOptions":
-        """From a config's `model` section (configs/base.py). "auto": decode_attn_impl = the Pallas kernel on NVIDIA
-        GPUs; attn_impl / vision_attn_impl = the fused cudnn kernel on NVIDIA GPUs in bfloat16/float16 (every
-        multi-token caller right-pads for it: the sampler's `padding`, SFT, GRPO scoring, the embedder); XLA
-        elsewhere."""
-        dev = jax.devices()[0]
-        nvidia = dev.platform == "gpu" and "NVIDIA" in dev.device_kind
-        fused = nvidia and model_cfg.dtype in ("bfloat16", "float16")
-        auto = lambda v, on: (on if v == "auto" else v)  # noqa: E731
-        kw = dict(dtype=model_cfg.dtype, attn_impl=auto(model_cfg.attn_impl, "cudnn" if fused else "xla"),
-                  vision_attn_impl=auto(model_cfg.vision_attn_impl, "cudnn" if fused else "xla"),
-                  decode_attn_impl=auto(model_cfg.decode_attn_impl, "pallas" if nvidia else "xla"),
-                  remat=model_cfg.get("remat", "none"), decode_loop=model_cfg.decode_loop)
-        kw.update(overrides)
-        return cls(**kw)
 
 
 class Output(NamedTuple):

@@ -1,0 +1,54 @@
+"""Config files by path. The repo's `configs/*.py` build on each other (a dataset config starts from `base.py`,
+`base.py` from the per-area `_*.py` files) by loading their siblings by path, so a config loads from any folder
+without the repo root on `sys.path`:
+
+    # configs/toy.py
+    from vsr1_jax.config_files import sibling
+    base_config = sibling(__file__, "base").get_config
+
+`main`'s default `--config` is found from the package's repo checkout (`DEFAULT_CONFIG`), not the current folder.
+The package itself never imports `configs/` (setup.py does not ship it; tools/check_imports.py checks that).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from types import ModuleType
+
+# the repo checkout the package sits in: <repo>/vsr1_jax/config_files.py -> <repo>/configs/toy.py
+DEFAULT_CONFIG = Path(os.path.abspath(__file__)).parents[1] / "configs" / "toy.py"
+
+_loaded: dict[str, ModuleType] = {}
+
+
+def load(path: str | os.PathLike) -> ModuleType:
+    """The Python file `path` as a module (once per file per process; later calls return the same module)."""
+    path = os.path.abspath(path)
+    if path in _loaded:
+        return _loaded[path]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} not found")
+    # a name of its own (not `configs.<stem>`): a config loaded by path never shadows or is shadowed by a package
+    name = f"_vsr1_config_{len(_loaded)}_{Path(path).stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module     # dataclasses and pickling look a class's module up here
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    _loaded[path] = module
+    return module
+
+
+def sibling(anchor: str | os.PathLike, name: str) -> ModuleType:
+    """The config file `<name>.py` in the folder of `anchor` (a config file's `__file__`), loaded by path."""
+    return load(Path(os.path.abspath(anchor)).parent / f"{name}.py")
+
+
+def default_config() -> str | None:
+    """The repo's configs/toy.py when the package runs from its repo checkout, else None."""
+    return str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
