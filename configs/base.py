@@ -103,4 +103,21 @@ def get_config() -> ml_collections.ConfigDict:
     c.demo.stage0.eval_every = 50       # held-out R@1 every this many steps (and at the end)
     c.demo.stage0.checkpoint = ml_collections.ConfigDict(
         {"every_steps": 100, "every_fraction": 0.0, "keep": 2, "async_save": False})
+    # Stage 0v (vsr1_jax/train/vision_pretrain.py), before Stage 0: pretrain the tiny vision tower on the world's
+    # attributes (one linear head each), as the real models' vision encoder comes pretrained; the engine and the
+    # policy start from it. Not part of the original; off here, on in configs/toy.py. Part of Stage 0: with
+    # demo.stage0.enabled=False the demo's models are all random.
+    c.demo.vision = ml_collections.ConfigDict()
+    c.demo.vision.enabled = False
+    c.demo.vision.seed = 0               # pool plan (another stream than Stage 0's), heads' init, batch order
+    c.demo.vision.pool_videos = 1024     # train-side videos (no test event tuple)
+    c.demo.vision.val_videos = 128       # held-out train-side videos: accuracy per attribute during training
+    c.demo.vision.steps = 800
+    c.demo.vision.batch_size = 32
+    c.demo.vision.learning_rate = 3e-3   # AdamW, linear decay after the warmup
+    c.demo.vision.warmup_steps = 20
+    c.demo.vision.weight_decay = 0.05
+    c.demo.vision.eval_every = 100
+    c.demo.vision.checkpoint = ml_collections.ConfigDict(
+        {"every_steps": 200, "every_fraction": 0.0, "keep": 2, "async_save": False})
     return c

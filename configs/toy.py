@@ -20,9 +20,10 @@ def get_config():
     c.demo.zero_init_refine = True  # the original's Stage-1 init (zero last projector layer)
     c.synthetic.reasoning = "short"  # one-sentence SFT reasoning: what a 2-layer, 64-d policy learns in minutes
     c.eval.max_new_tokens = 128     # the original toy's value (eval_and_data.md §6 step 7)
-    # The synthetic frames are 64x64: keep them at that size instead of upscaling to each phase's minimum.
+    # The policy reads the synthetic 64x64 frames at the engine's scale (128x128: 8x8 patches, 16 merged tokens per
+    # frame pair), the scale Stage 0v pretrains the shared vision tower at.
     for phase in (c.video.eval, c.video.sft, c.video.grpo):
-        phase.min_pixels = 32 * 32
+        phase.min_pixels = 128 * 128
     c.agent.batch_size = 16
 
     # --- the world and its search engine (issue 23): Stage 0 trains the tiny engine on train-side videos whose event
@@ -34,6 +35,7 @@ def get_config():
     c.synthetic.video.shape_size = 20   # 20 px shapes in 64 px frames: colour and shape reach several vision tokens
     c.demo.embed_video.max_frames = 8   # the engine samples 8 frames (4 temporal groups): half the video tokens
     c.demo.sqr_probe = True
+    c.demo.vision.enabled = True        # Stage 0v: the vision tower pretrained on the world's attributes first
     c.demo.stage0.enabled = True
     c.demo.stage0.pool_videos = 1024
     c.demo.stage0.val_videos = 96

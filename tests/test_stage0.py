@@ -25,6 +25,7 @@ def tiny_config(tmp_path):
     st = c.demo.stage0
     st.pool_videos, st.val_videos, st.batch_size, st.steps, st.eval_every = 8, 4, 4, 3, 0
     st.same_background_batches = False  # 4 twins cannot fill a batch on each background
+    c.demo.vision.enabled = False  # Stage 0 alone here (Stage 0v: tests/test_vision_pretrain.py)
     return c
 
 

@@ -40,12 +40,39 @@ def stage0_dir(config) -> str:
     return config.demo.stage0.dir or os.path.join(config.data_root, f"{config.dataset}_stage0")
 
 
-def demo_embedder(config, opts: RunOptions | None = None, mesh=None, *, untrained: bool = False) -> TextVideoEmbedder:
+def vision_dir(config) -> str:
+    """Where Stage 0v (vsr1_jax/train/vision_pretrain.py) writes the pretrained vision tower: `<stage0 dir>/vision`."""
+    return os.path.join(stage0_dir(config), "vision")
+
+
+def pretrained_vision(config) -> bool:
+    """Whether the demo's engine and policy start from Stage 0v's vision tower: `config.demo.vision.enabled` with
+    Stage 0 on (Stage 0v runs as its first part; with `demo.stage0.enabled=False` every demo model is random)."""
+    return bool(config.demo.vision.enabled and config.demo.stage0.enabled)
+
+
+def load_vision(config, model: Qwen3VL) -> Qwen3VL:
+    """`model` with Stage 0v's vision tower (`vision_dir(config)`) in place of its own."""
+    path = vision_dir(config)
+    if not os.path.isdir(path):
+        raise SetupError(f"{path} not found: Stage 0v pretrains the demo's vision tower first (any --config.mode with "
+                         "configs/toy.py runs it), or pass --config.demo.vision.enabled=False")
+    params = orbax_io.restore_params(path, target=nnx.to_pure_dict(nnx.state(model.visual)))
+    nnx.update(model.visual, nnx.State(params))
+    return model
+
+
+def demo_embedder(config, opts: RunOptions | None = None, mesh=None, *, untrained: bool = False,
+                  vision: bool = True) -> TextVideoEmbedder:
     """The demo's search engine: `tiny_embedder` with the demo's seed and video settings, holding the Stage-0
-    trained parameters when `config.demo.stage0.enabled` (untrained=True: the random engine Stage 0 starts from)."""
+    trained parameters when `config.demo.stage0.enabled` (untrained=True: the engine Stage 0 starts from -- with
+    Stage 0v's vision tower when `config.demo.vision.enabled`, unless vision=False: the random one Stage 0v trains)."""
     opts = RunOptions.from_config(config.model) if opts is None else opts
     emb = tiny_embedder(config.demo.embedder_seed, video_cfg=config.demo.embed_video.to_dict(), opts=opts,
                         mesh=None if config.demo.stage0.enabled and not untrained else mesh)
+    if untrained and vision and pretrained_vision(config):
+        model = load_vision(config, nnx.merge(emb.graphdef, emb.state))
+        return TextVideoEmbedder(model, emb.tokenizer, video_cfg=config.demo.embed_video.to_dict(), opts=opts)
     if untrained or not config.demo.stage0.enabled:
         return emb
     engine = os.path.join(stage0_dir(config), "engine")
@@ -59,9 +86,13 @@ def demo_embedder(config, opts: RunOptions | None = None, mesh=None, *, untraine
 
 
 def demo_models(config, embedder: TextVideoEmbedder) -> Models:
-    """The tiny random policy and SQR head of the demo, with `embedder`'s model as the query embedder."""
+    """The tiny random policy and SQR head of the demo, with `embedder`'s model as the query embedder. With
+    `config.demo.vision.enabled` the policy's vision tower is Stage 0v's pretrained one (the engine's starting point),
+    as the real policy and engine both read videos through a pretrained Qwen3-VL vision encoder."""
     tok = build_tiny_tokenizer()
     policy = Qwen3VL(get_preset("tiny"), rngs=nnx.Rngs(config.demo.policy_seed))
+    if pretrained_vision(config):
+        load_vision(config, policy)
     D = embedder.dim
     head = S.SQRHead(S.SQRConfig(policy_hidden=policy.cfg.text.hidden_size, retrieval_dim=D, embedder_hidden=D,
                                  zero_init_refine=config.demo.zero_init_refine), rngs=nnx.Rngs(config.demo.policy_seed))

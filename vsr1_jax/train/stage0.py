@@ -47,6 +47,7 @@ from vsr1_jax.models.qwen3_vl.vision import VisionBuckets, pack_vision
 from vsr1_jax.retrieval.encoder import TextVideoEmbedder
 from vsr1_jax.train import loop, optim
 from vsr1_jax.train import state as state_lib
+from vsr1_jax.train import vision_pretrain
 
 log = logging.getLogger(__name__)
 
@@ -357,6 +358,13 @@ def ensure_engine(config) -> dict | None:
             raise SetupError(f"{engine} not found: train the demo's search engine in one process first "
                              "(the same command with --config.mode=stage0, without launch/)")
         return summary
+    if not os.path.isdir(engine) and demo_models.pretrained_vision(config) and not os.path.isdir(
+            demo_models.vision_dir(config)):
+        v = vision_pretrain.run_vision_pretrain(config, demo_models.demo_embedder(config, untrained=True, vision=False))
+        if v["stopped"]:
+            raise SystemExit(f"stopped during Stage 0v at step {v['steps']}/{config.demo.vision.steps}: run the "
+                             "same command to resume")
+        summary.update(vision_steps=v["steps"], vision_wall_s=v["wall_s"])
     if not os.path.isdir(engine):
         _, s = run_stage0(config, demo_models.demo_embedder(config, untrained=True))
         if s["stopped"]:
