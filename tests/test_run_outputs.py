@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from configs.toy import get_config
-from vsr1_jax import loading, runinfo
+from vsr1_jax import loading, runinfo, sharding
 from vsr1_jax.checkpoint import CheckpointManager
 from vsr1_jax.train import optim
 from vsr1_jax.train import state as state_lib
@@ -29,7 +29,8 @@ def test_training_checkpoint_loads_with_its_weights(tmp_path):
     c = get_config()
     emb = loading.tiny_embedder(c.demo.embedder_seed)
     models = loading.demo_models(c, emb)
-    state, graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, optax.sgd(0.1), 0)
+    state, graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, optax.sgd(0.1), 0,
+                                        sharding.single_device_mesh())
     state = state.replace(params=jax.tree.map(lambda x: x + 0.5, state.params))   # "trained": differs from init
     run = tmp_path / "sft"
     with CheckpointManager(str(run / "checkpoints"), async_save=False) as mngr:
