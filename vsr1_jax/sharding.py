@@ -281,3 +281,13 @@ def cache_shardings(mesh, num_kv_heads: int, *, split_batch: bool = True):
 def replicated(mesh) -> NamedSharding:
     """Every device of the mesh holds the whole array (scalars, small tables)."""
     return NamedSharding(mesh, P())
+
+
+def onto_mesh(tree, mesh):
+    """`tree` with every array leaf that is not on `mesh` yet (e.g. a fresh optimizer state's moments and counters:
+    jit gives them back uncommitted) replicated on it. A jitted step's second call then sees the shardings of its
+    first call's outputs, not uncommitted inputs, and does not compile again."""
+    def put(x):
+        s = getattr(x, "sharding", None)
+        return x if isinstance(s, NamedSharding) and s.mesh == mesh else jax.device_put(x, replicated(mesh))
+    return jax.tree.map(put, tree)

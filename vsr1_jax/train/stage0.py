@@ -35,7 +35,7 @@ import optax
 from flax import nnx
 
 from vsr1_jax import checkpoint as ckpt_lib
-from vsr1_jax import loading
+from vsr1_jax import loading, sharding
 from vsr1_jax.buckets import round_up
 from vsr1_jax.data import synthetic as SY
 from vsr1_jax.models import embedder as E
@@ -216,6 +216,8 @@ class Stage0Task:
         self.state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=self.params, frozen=self.frozen,
                                           opt_state=opt_state, rng=jax.random.key_data(jax.random.key(0)),
                                           skipped=jnp.zeros((), jnp.int32))
+        # on the engine's mesh, as its weights are: an uncommitted leaf would make step 2 compile again
+        self.state = sharding.onto_mesh(self.state, embedder.mesh)
         self._step = jax.jit(make_train_step(self.graphdef, self.opt.tx, embedder.opts, float(c.temperature),
                                              bool(c.symmetric), sched), donate_argnums=(0,))
         self._latest = None

@@ -63,13 +63,10 @@ def create(policy: Qwen3VL, head: S.SQRHead, trainable: Callable[[Path], bool], 
     sharding.shard_module(policy, mesh)
     sharding.shard_module(head, mesh)
     graphdefs, params, frozen = split_models(policy, head, trainable)
-    opt_state = jax.jit(tx.init)(params)
     # moments follow their params; step counters come back on one device: replicate them
-    on_mesh = lambda x: isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh  # noqa
-    opt_state = jax.tree.map(lambda x: x if on_mesh(x) else jax.device_put(x, sharding.replicated(mesh)), opt_state)
-    scalars = dict(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)),
-                   skipped=jnp.zeros((), jnp.int32))
-    scalars = jax.device_put(scalars, sharding.replicated(mesh))
+    opt_state = sharding.onto_mesh(jax.jit(tx.init)(params), mesh)
+    scalars = jax.device_put(dict(step=jnp.zeros((), jnp.int32), rng=jax.random.key_data(jax.random.key(seed)),
+                                  skipped=jnp.zeros((), jnp.int32)), sharding.replicated(mesh))
     return TrainState(params=params, frozen=frozen, opt_state=opt_state, **scalars), graphdefs
 
 
