@@ -116,7 +116,8 @@ def local_mesh(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
 
 def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh: jax.sharding.Mesh,
              rules: Mapping = RULES) -> P:
-    """PartitionSpec for one array from its logical axes; undivisible dims and reused mesh axes stay replicated."""
+    """PartitionSpec for one array from its logical axes; undivisible dims and reused mesh axes stay replicated
+    (trailing replicated dims are left out)."""
     used, out = set(), []
     for name, dim in zip(axes, shape):
         target = rules.get(name) if name is not None else None
@@ -130,6 +131,8 @@ def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh: jax.shardin
             continue
         used.update(names)
         out.append(names[0] if len(names) == 1 else names)
+    while out and out[-1] is None:  # as jit writes its outputs' specs (P() when replicated): a step's second call
+        out.pop()                   # then matches its first in jit's dispatch cache
     return P(*out)
 
 
