@@ -1,7 +1,7 @@
 """One Stage-2 GRPO step through the runner: `GRPOTask.step` (vsr1_jax/train/grpo_run.py: rollout with the episode
 engine -> rewards -> advantages -> scoring batch -> reference log-probs -> update), built as
 `python -m vsr1_jax.main --config.mode=grpo` builds it (`configs/<--config>.py` + overrides, `GRPOTask(config,
-models)`), on random 2B weights and a minimal synthetic prepared dataset written to a temp folder: 1 prompt x 8
+models, mesh)`), on random 2B weights and a minimal synthetic prepared dataset written to a temp folder: 1 prompt x 8
 samples (the config's generation batch), a ~6.3k-token video prompt (52 frames of 448x512, the GRPO pixel limits
 raised to keep them at that size), 768 new tokens (random weights rarely stop early).
 
@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import common as C
+from vsr1_jax import sharding
 from vsr1_jax.agent.rollout import EpisodeEngine, Trajectory, Turn
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.data.queries import grpo_records
@@ -59,7 +60,7 @@ def run(args, report: C.Report) -> None:
         return
     models, config = C.runner_inputs(args, report, "grpo", overrides)
     t = time.perf_counter()
-    task = GRPOTask(config, models)
+    task = GRPOTask(config, models, mesh=sharding.mesh_for(config.mesh.to_dict()))
     report["task_build_s"] = time.perf_counter() - t
     report.code(GRPOTask.step, EpisodeEngine.run, Sampler.generate, grpo_lib.make_score_fn, grpo_lib.make_train_step)
     eng = task.engine

@@ -1,7 +1,7 @@
 """One Stage-1 SFT step through the runner: `SFTTask.next_batch` (grain pipeline, collate, InfoNCE candidates) and
 `SFTTask.step` (the jitted train step: forward, cached SQR rollout, embedder splice, InfoNCE, backward, AdamW) and
 `SFTTask.after_step` (hard-negative refresh), built as `python -m vsr1_jax.main --config.mode=sft` builds it
-(`configs/<--config>.py` + overrides, `SFTTask(config, models)`), on random 2B weights and a minimal synthetic
+(`configs/<--config>.py` + overrides, `SFTTask(config, models, mesh)`), on random 2B weights and a minimal synthetic
 prepared dataset in a temp folder whose videos give a ~6.5k-token sample (52 frames of 448x512, the SFT pixel
 limits set to keep them at that size).
 
@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks import common as C
+from vsr1_jax import sharding
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
@@ -60,7 +61,7 @@ def run(args, report: C.Report) -> None:
     models, config = C.runner_inputs(args, report, "sft", overrides)
     head_for_hf = _refine_copies(models.head) if C.hf_impls(args.hf) else None
     t = time.perf_counter()
-    task = SFTTask(config, models)
+    task = SFTTask(config, models, mesh=sharding.mesh_for(config.mesh.to_dict()))
     report["task_build_s"] = time.perf_counter() - t
     report.code(SFTTask.next_batch, SFTTask.step, SFTTask.after_step, sft_lib.make_train_step)
     report.update(options_remat=config.sft.remat, param_dtype=config.sft.param_dtype, steps=[])

@@ -22,7 +22,6 @@ import numpy as np  # noqa: E402
 from vsr1_jax import sharding  # noqa: E402
 from vsr1_jax.data.pipelines import build_dataset, make_iterator  # noqa: E402
 from vsr1_jax.models.qwen3_vl.vision import VisionBatch  # noqa: E402
-from vsr1_jax.train.sft_run import global_batch  # noqa: E402
 
 
 def check(name, cond, detail=""):
@@ -80,7 +79,7 @@ def main():
     local_ti = np.where(part >= 0, part - lo * G * HW // 4, part)   # what this process's packer writes: items from 0
     local = dict(x=full[:, lo:hi], positions=pos[:, :, lo:hi],
                  vision=jax.tree.map(lambda v: v[:, lo:hi], vis_full)._replace(token_index=local_ti))
-    dev = global_batch(mesh, local, B, lo, merge=2)
+    dev = sharding.global_batch(mesh, local, B, lo, merge=2)
     check("global batch shapes", dev["x"].shape == (A, B, 3) and dev["positions"].shape == (A, 3, B, 5) and
           dev["vision"].token_index.shape == (A, B, 6) and not dev["x"].is_fully_addressable,
           (dev["x"].shape, dev["positions"].shape))

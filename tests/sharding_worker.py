@@ -75,6 +75,16 @@ def main():
     else:
         raise AssertionError("batch 3 on data=8 should fail")
 
+    # the agent's sampler (split_batch=False) on weights placed on the mesh: its default mesh is theirs, and every
+    # device holds the whole batch, of any size
+    model = Qwen3VL(cfg, rngs=None)
+    load_flat(model, params)
+    sharding.shard_module(model, mesh)
+    agent = Sampler(model, split_batch=False)
+    assert agent.mesh == mesh, agent.mesh
+    np.testing.assert_array_equal(np.asarray(agent.generate(bad, sp).tokens),
+                                  np.asarray(Sampler(ref_model).generate(bad, sp).tokens))
+
     # the flash-decoding kernel is refused under a mesh (XLA would gather the cache onto every device)
     try:
         Sampler(ref_model, RunOptions(decode_attn_impl="pallas"), mesh=mesh)

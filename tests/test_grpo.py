@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from tests.test_episode import setup  # noqa: F401  (the module-scoped corpus + tiny models fixture)
+from vsr1_jax import sharding
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine
 from vsr1_jax.generate.sampler import Sampler
 from vsr1_jax.models.qwen3_vl.run_options import RunOptions
@@ -117,7 +118,7 @@ def test_update_keeps_frozen_and_reference_bit_identical(setup):
     cfg = type("C", (), dict(learning_rate=1e-3, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
                              weight_decay=0.01, max_grad_norm=1.0))
     opt = optim.grpo_optimizer(cfg)
-    state, gd = state_lib.create(policy, head, optim.grpo_trainable, opt.tx)
+    state, gd = state_lib.create(policy, head, optim.grpo_trainable, opt.tx, sharding.single_device_mesh())
     ref = jax.tree.map(jnp.copy, state.params)
     lc = grpo.LossConfig(logprob_chunk=8)
     batch["ref_logprobs"] = jax.jit(grpo.make_score_fn(gd, OPTS, lc))(ref, state.frozen, batch)

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from configs.toy import get_config
-from vsr1_jax import demo_models, loading, runinfo
+from vsr1_jax import demo_models, loading, runinfo, sharding
 from vsr1_jax.ckpt import read
 from vsr1_jax.ckpt.orbax_io import CheckpointManager
 from vsr1_jax.errors import SetupError
@@ -32,7 +32,8 @@ def test_training_checkpoint_loads_with_its_weights(tmp_path):
     c.demo.vision.enabled = False   # the random policy (no Stage-0v tower to load here)
     emb = demo_models.tiny_embedder(c.demo.embedder_seed)
     models = demo_models.demo_models(c, emb)
-    state, graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, optax.sgd(0.1))
+    state, graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, optax.sgd(0.1),
+                                        sharding.single_device_mesh())
     state = state.replace(params=jax.tree.map(lambda x: x + 0.5, state.params))   # "trained": differs from init
     run = tmp_path / "sft"
     with CheckpointManager(str(run / "checkpoints"), async_save=False) as mngr:

@@ -14,6 +14,7 @@ from flax import nnx
 from tests.hf_fixtures import VIDEO_ID, random_pixels
 from tests.test_qwen3_vl import build_row
 from tests.test_sqr import random_head
+from vsr1_jax import sharding
 from vsr1_jax.compiles import CompileCounter
 from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
@@ -162,7 +163,7 @@ def test_frozen_params_bit_identical_and_one_compile(setup):
     model, head = copy_of(model), copy_of(head)
     opt = optim.adamw_groups({"backbone": optim.linear_decay(1e-3, 10), "refine": optim.linear_decay(1e-3, 10)},
                              optim.sft_label)
-    state, graphdefs = state_lib.create(model, head, optim.sft_trainable, opt.tx)
+    state, graphdefs = state_lib.create(model, head, optim.sft_trainable, opt.tx, sharding.single_device_mesh())
     frozen0 = jax.tree.map(np.asarray, state.frozen)
     params0 = jax.tree.map(np.asarray, state.params)
     emb_gd, emb_params = nnx.split(copy_of(model))

@@ -1,11 +1,10 @@
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8 (spawned by tests/test_train_sharding.py).
 
-One SFT step and one GRPO step on 8 simulated devices with two mesh shapes each equal the unsharded steps: the loss,
+One SFT step and one GRPO step on 8 simulated devices with two mesh shapes each equal the one-device steps: the loss,
 the metrics and every parameter after one plain gradient step (SGD, learning rate 1, so the parameters move by
 exactly the gradient: Adam would move every element by ~lr whatever its gradient, hiding or inflating differences).
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -21,7 +20,6 @@ from vsr1_jax.processing.video import VideoInputs
 from vsr1_jax.train import grpo, optim, sft
 from vsr1_jax.train import state as state_lib
 from vsr1_jax.train.scoring import scoring_batch
-from vsr1_jax.train.sft_run import batch_shardings
 
 CFG = get_preset("tiny")
 OPTS = RunOptions()
@@ -50,9 +48,7 @@ def models(seed=0):
 
 
 def put(batch, mesh):
-    if mesh is None:
-        return jax.tree.map(jnp.asarray, batch)
-    sh = batch_shardings(mesh, batch)
+    sh = sharding.batch_shardings(mesh, batch)
     return {k: jax.tree.map(lambda x, s: jax.device_put(x, s), v, sh[k]) for k, v in batch.items()}
 
 
@@ -86,18 +82,15 @@ def sft_batch():
     return {k: v for k, v in host.items() if not isinstance(v, list)}
 
 
-def run_sft(mesh_spec):
+def run_sft(mesh):
     policy, head, embedder = models()
-    mesh = None if mesh_spec is None else sharding.make_mesh(mesh_spec)
     tx = optax.sgd(1.0)
     state, gd = state_lib.create(policy, head, optim.sft_trainable, tx, mesh)
-    if mesh is not None:
-        sharding.shard_module(embedder, mesh)
-    egd, eparams = nnx.split(embedder)
+    egd, eparams = nnx.split(sharding.shard_module(embedder, mesh))
     step = sft.make_train_step(gd, egd, tx, OPTS, sft.LossConfig(num_latents=8, logprob_chunk=16), {})
-    kw = {} if mesh is None else dict(in_shardings=(state_lib.shardings_of(state), state_lib.shardings_of(eparams),
-                                                    None), out_shardings=(state_lib.shardings_of(state), None))
-    state, m = jax.jit(step, donate_argnums=0, **kw)(state, eparams, put(sft_batch(), mesh))
+    st = state_lib.shardings_of(state)
+    state, m = jax.jit(step, donate_argnums=0, in_shardings=(st, state_lib.shardings_of(eparams), None),
+                       out_shardings=(st, None))(state, eparams, put(sft_batch(), mesh))
     m.pop("q_final")
     return jax.device_get(m), jax.device_get(state.params)
 
@@ -120,29 +113,28 @@ def grpo_inputs():
     return batch
 
 
-def run_grpo(mesh_spec):
+def run_grpo(mesh):
     policy, head, _ = models(3)
-    mesh = None if mesh_spec is None else sharding.make_mesh(mesh_spec)
     tx = optax.sgd(1.0)
     state, gd = state_lib.create(policy, head, optim.grpo_trainable, tx, mesh)
     step = grpo.make_train_step(gd, tx, OPTS, grpo.LossConfig(logprob_chunk=8), {})
-    kw = {} if mesh is None else dict(in_shardings=(state_lib.shardings_of(state), None),
-                                      out_shardings=(state_lib.shardings_of(state), None))
+    st = state_lib.shardings_of(state)
     # rows per micro-batch (4) are split over the data-parallel devices (8 or 4): only meshes whose data-parallel
     # size divides it apply
-    state, m = jax.jit(step, donate_argnums=0, **kw)(state, put(grpo_inputs(), mesh))
+    state, m = jax.jit(step, donate_argnums=0, in_shardings=(st, None), out_shardings=(st, None))(
+        state, put(grpo_inputs(), mesh))
     return jax.device_get(m), jax.device_get(state.params)
 
 
 def main():
     assert len(jax.devices()) == 8, jax.devices()
-    ref = run_sft(None)
+    ref = run_sft(sharding.single_device_mesh())
     for spec in MESHES:
-        compare(f"sft {spec}", ref, run_sft(spec))
+        compare(f"sft {spec}", ref, run_sft(sharding.make_mesh(spec)))
         print("sft OK", spec, flush=True)
-    ref = run_grpo(None)
+    ref = run_grpo(sharding.single_device_mesh())
     for spec in [{"data": 4, "fsdp": 1, "tensor": 2}, {"data": 2, "fsdp": 2, "tensor": 2}]:
-        compare(f"grpo {spec}", ref, run_grpo(spec))
+        compare(f"grpo {spec}", ref, run_grpo(sharding.make_mesh(spec)))
         print("grpo OK", spec, flush=True)
     print("ALL OK")
 

@@ -76,7 +76,7 @@ def make_embedder(config) -> TextVideoEmbedder:
     result), else the Qwen3-VL-Embedding checkpoint at `build.embedder_checkpoint`."""
     b = config.data.build
     # several devices: every embedding batch is split over config.mesh's data-parallel axes
-    mesh = sharding.make_mesh(config.mesh.to_dict()) if jax.device_count() > 1 else None
+    mesh = sharding.mesh_for(config.mesh.to_dict())
     if b.embedder == "tiny":
         return demo_models.demo_embedder(config, mesh=mesh)
     # model.attn_impl "auto" (the default) = the fused cudnn kernel on NVIDIA GPUs in bf16: the embedder right-pads

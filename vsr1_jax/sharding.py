@@ -1,8 +1,13 @@
-"""Device mesh from config and logical-axis sharding rules for every parameter and main activation.
+"""Device mesh from config and logical-axis sharding rules for every parameter and main activation; the batch
+helpers the stage runners share (a host batch -> global arrays on the mesh).
 
 Mesh axes are (data, fsdp, tensor), GSPMD-style (`AxisType.Auto`): parameters carry logical axis names (set where
 they are created, see `models/qwen3_vl/layers.make_param`); `RULES` maps each logical name to a mesh axis. A dim
 whose size the mesh axis does not divide is left replicated, so one rule set serves every model size and mesh.
+
+There is one code path: everything sharded takes a mesh, and one device is a one-device mesh (`mesh_for` builds
+the run's mesh where a run starts; `single_device_mesh` / `mesh_of` give the default of a component built
+without one). Replicated `NamedSharding`s on a one-device mesh cost nothing.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import logging
 from typing import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import mesh_utils
@@ -67,9 +73,51 @@ def make_mesh(spec: Mapping[str, int] | None = None, devices: Sequence | None = 
     return jax.sharding.Mesh(arr, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 
+def single_device_mesh(device=None) -> jax.sharding.Mesh:
+    """A (data, fsdp, tensor) mesh of one device (default: this process's first device, where JAX puts an
+    unplaced array)."""
+    device = jax.local_devices()[0] if device is None else device
+    return jax.sharding.Mesh(np.asarray([device]).reshape(1, 1, 1), AXES,
+                             axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+def mesh_for(spec: Mapping[str, int] | None = None) -> jax.sharding.Mesh:
+    """The run's mesh: `make_mesh(spec)` (`config.mesh`) over every device of the job, or a one-device mesh when
+    there is one device (whatever `spec` asks: a config written for many devices runs on one)."""
+    if jax.device_count() == 1:
+        return single_device_mesh()
+    return make_mesh(spec)
+
+
+def mesh_of(tree) -> jax.sharding.Mesh:
+    """The mesh a pytree of placed arrays lives on: the mesh of its first `NamedSharding` leaf, else a one-device
+    mesh of its first array's device (an unplaced module: the default device)."""
+    device = None
+    for x in jax.tree.leaves(tree):
+        s = getattr(x, "sharding", None)
+        if isinstance(s, NamedSharding) and isinstance(s.mesh, jax.sharding.Mesh):
+            return s.mesh
+        if device is None and s is not None and len(s.device_set) == 1:
+            device = next(iter(s.device_set))
+    return single_device_mesh(device)
+
+
+def resolve_mesh(mesh: jax.sharding.Mesh | None, tree=None) -> jax.sharding.Mesh:
+    """The default of a component's `mesh=` argument: `mesh` when given, else where `tree` (its weights) lives
+    (`mesh_of`)."""
+    return mesh_of(tree) if mesh is None else mesh
+
+
+def local_mesh(mesh: jax.sharding.Mesh) -> jax.sharding.Mesh:
+    """The mesh of `distributed.local_tree`'s copies of arrays on `mesh`: `mesh` itself with one process, else a
+    one-device mesh of this process's first device (per-process work: rollouts, evaluation)."""
+    return mesh if jax.process_count() == 1 else single_device_mesh()
+
+
 def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh: jax.sharding.Mesh,
              rules: Mapping = RULES) -> P:
-    """PartitionSpec for one array from its logical axes; undivisible dims and reused mesh axes stay replicated."""
+    """PartitionSpec for one array from its logical axes; undivisible dims and reused mesh axes stay replicated
+    (trailing replicated dims are left out)."""
     used, out = set(), []
     for name, dim in zip(axes, shape):
         target = rules.get(name) if name is not None else None
@@ -83,6 +131,8 @@ def spec_for(axes: Sequence[str | None], shape: Sequence[int], mesh: jax.shardin
             continue
         used.update(names)
         out.append(names[0] if len(names) == 1 else names)
+    while out and out[-1] is None:  # as jit writes its outputs' specs (P() when replicated): a step's second call
+        out.pop()                   # then matches its first in jit's dispatch cache
     return P(*out)
 
 
@@ -128,10 +178,25 @@ def shard_module(module, mesh, rules: Mapping = RULES):
     return module
 
 
-def batch_sharding(mesh, ndim: int, batch_axis: int = 0) -> NamedSharding:
-    spec = [None] * ndim
+def cast_params(module, dtype) -> None:
+    """Store every floating Param of `module` in `dtype` (in place)."""
+    for _, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
+        v = var.get_value()
+        if jnp.issubdtype(v.dtype, jnp.floating):
+            var.set_value(v.astype(dtype))
+
+
+def _batch_names(mesh):
+    """The PartitionSpec entry of a batch axis: the data-parallel axes of size > 1 (None: not split)."""
     names = tuple(n for n in BATCH if mesh.shape[n] > 1)
-    spec[batch_axis] = names if len(names) > 1 else (names[0] if names else None)
+    return names if len(names) > 1 else (names[0] if names else None)
+
+
+def batch_sharding(mesh, ndim: int, batch_axis: int = 0, *, split: bool = True) -> NamedSharding:
+    """An array whose `batch_axis` is split over the mesh's data-parallel axes (split=False: held whole by every
+    device)."""
+    spec = [None] * ndim
+    spec[batch_axis] = _batch_names(mesh) if split else None
     return NamedSharding(mesh, P(*spec))
 
 
@@ -170,9 +235,48 @@ def process_rows(mesh, rows: int, process_index: int | None = None) -> tuple[int
     return start, stop
 
 
-def cache_shardings(mesh, num_kv_heads: int):
-    """(k/v [L, B, K, S, hd], valid [B, S]) shardings: batch over data/fsdp, KV heads over tensor when they divide."""
-    b = batch_sharding(mesh, 5, batch_axis=1).spec[1]
+def batch_shardings(mesh, batch: dict):
+    """Shard every array of a host batch on its B axis (axis 1 of [A, B, ...]; axis 2 of positions [A, 3, B, T])
+    over the mesh's data-parallel axes; Python lists stay on the host."""
+    b = _batch_names(mesh)
+
+    def spec(key, x):
+        axis = 2 if key == "positions" else 1
+        s = [None] * np.ndim(x)
+        s[axis] = b
+        return NamedSharding(mesh, P(*s))
+
+    return {k: (jax.tree.map(lambda x, k=k: spec(k, x), v) if not isinstance(v, list) else None)
+            for k, v in batch.items()}
+
+
+def global_batch(mesh, arrays: dict, rows: int, first_row: int = 0, merge: int = 2) -> dict:
+    """This process's rows of every array (B axis as in `batch_shardings`; rows first_row .. of each global
+    micro-batch, `process_rows`) -> global arrays of `rows` rows on the mesh
+    (`jax.make_array_from_process_local_data`). A VisionBatch's `token_index` points into the features of the
+    micro-batch's items flattened in order, so this process's indices move past the items of the rows before it
+    (`merge`: the vision spatial merge size)."""
+    vision = arrays.get("vision")
+    if first_row and vision is not None and vision.token_index is not None:
+        per_item = vision.group_mask.shape[-1] * vision.patch_mask.shape[-1] // (merge * merge)
+        ti = np.asarray(vision.token_index)
+        arrays = dict(arrays, vision=vision._replace(
+            token_index=np.where(ti >= 0, ti + first_row * per_item, ti).astype(ti.dtype)))
+    shardings = batch_shardings(mesh, arrays)
+
+    def put(key, x, s):
+        axis = 2 if key == "positions" else 1
+        shape = list(np.shape(x))
+        shape[axis] = rows
+        return jax.make_array_from_process_local_data(s, np.asarray(x), tuple(shape))
+
+    return {k: jax.tree.map(lambda x, s, k=k: put(k, x, s), v, shardings[k]) for k, v in arrays.items()}
+
+
+def cache_shardings(mesh, num_kv_heads: int, *, split_batch: bool = True):
+    """(k/v [L, B, K, S, hd], valid [B, S]) shardings: batch over data/fsdp (split_batch=False: every device holds
+    every row), KV heads over tensor when they divide."""
+    b = batch_sharding(mesh, 5, batch_axis=1, split=split_batch).spec[1]
     t = "tensor" if mesh.shape["tensor"] > 1 and num_kv_heads % mesh.shape["tensor"] == 0 else None
     return NamedSharding(mesh, P(None, b, t, None, None)), NamedSharding(mesh, P(b, None))
 
@@ -180,3 +284,13 @@ def cache_shardings(mesh, num_kv_heads: int):
 def replicated(mesh) -> NamedSharding:
     """Every device of the mesh holds the whole array (scalars, small tables)."""
     return NamedSharding(mesh, P())
+
+
+def onto_mesh(tree, mesh):
+    """`tree` with every array leaf that is not on `mesh` yet (e.g. a fresh optimizer state's moments and counters:
+    jit gives them back uncommitted) replicated on it. A jitted step's second call then sees the shardings of its
+    first call's outputs, not uncommitted inputs, and does not compile again."""
+    def put(x):
+        s = getattr(x, "sharding", None)
+        return x if isinstance(s, NamedSharding) and s.mesh == mesh else jax.device_put(x, replicated(mesh))
+    return jax.tree.map(put, tree)

@@ -185,15 +185,17 @@ class EpisodeEngine:
     video_source: doc_id -> (frames uint8 [T, H, W, 3], meta row dict or None); raises FileNotFoundError when the
       npy is missing.
     video_cfg: the phase's pixel limits (configs/_video.py: `eval` or `grpo`).
+    mesh: where the policy weights that generate live (default: the policy's, `sharding.mesh_of`); every device of
+      it holds the whole generation batch (`Sampler(split_batch=False)`: batches of any size).
     """
 
     def __init__(self, policy: Qwen3VL, head: S.SQRHead, embedder: Qwen3VL, tokenizer, embed_tokenizer,
                  video_source: Callable, video_cfg, cfg: EpisodeConfig = EpisodeConfig(),
-                 opts: RunOptions = RunOptions(), *, retriever=None):
+                 opts: RunOptions = RunOptions(), *, retriever=None, mesh=None):
         self.cfg, self.opts, self.video_cfg = cfg, opts, video_cfg
         self.tok, self.etok = tokenizer, embed_tokenizer
         self.retriever, self.video_source = retriever, video_source
-        self.sampler = Sampler(policy, opts)   # decodes with opts.decode_loop
+        self.sampler = Sampler(policy, opts, mesh, split_batch=False)   # decodes with opts.decode_loop
         self.ids = special_ids(tokenizer, cfg.refine_token)
         if self.ids.refine is None:
             raise ValueError(f"the policy tokenizer has no {cfg.refine_token} token; load it with "

@@ -145,7 +145,7 @@ class Sampler:
     recompile."""
 
     def __init__(self, model: Qwen3VL, opts: RunOptions = RunOptions(), mesh=None, *, loop: str | None = None,
-                 check_every: int = 16):
+                 check_every: int = 16, split_batch: bool = True):
         """loop: None = `opts.decode_loop` (config.model.decode_loop: every production generation takes its loop from
         there); "host" dispatches one jitted, donated step per token from Python (asynchronously; rows' stop state
         is read every `check_every` steps); "while" runs the decode as one jitted `lax.while_loop`. Same results;
@@ -153,19 +153,25 @@ class Sampler:
         every iteration and syncs the predicate to the host before each one (H100 trace, README "Measured
         figures"), where the host loop queues donated steps ahead of the GPU.
 
-        Pack prompts with `padding=sampler.padding` (`RunOptions.padding`: the padding rule of the attention kernel)."""
+        Pack prompts with `padding=sampler.padding` (`RunOptions.padding`: the padding rule of the attention kernel).
+
+        mesh: where the batches run (`sharding.make_mesh`; default: the mesh of the model's weights,
+        `sharding.mesh_of`, a one-device mesh for an unplaced model). Batches are split over its data and fsdp axes
+        (their size must divide the batch), or with split_batch=False held whole by every device (the agent's
+        batches of any size, on whatever devices the weights it is given live)."""
         loop = opts.decode_loop if loop is None else loop
         if loop not in ("while", "host"):
             raise ValueError(f"loop={loop!r}: expected 'while' or 'host'")
-        if mesh is not None and mesh.size > 1 and opts.decode_attn_impl == "pallas":
+        self.graphdef, self.params = nnx.split(model)
+        self.mesh = sharding.resolve_mesh(mesh, self.params)
+        self.split_batch = bool(split_batch)
+        if self.split_batch and self.mesh.size > 1 and opts.decode_attn_impl == "pallas":
             raise ValueError("decode_attn_impl='pallas' runs unsharded: under a mesh of several devices XLA would "
                              "gather the whole KV cache onto each one; use decode_attn_impl='xla' with a mesh")
         self.loop, self.check_every = loop, int(check_every)
         self.padding = opts.padding
         self.cfg = model.cfg
         self.opts = opts
-        self.mesh = mesh  # when set, batches are split over the mesh's data and fsdp axes
-        self.graphdef, self.params = nnx.split(model)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("image_grids", "video_grids", "cache_size"))
         self._decode = jax.jit(self._decode_impl, static_argnames=("sp", "capture_id"), donate_argnames=("cache",))
         self._init = jax.jit(self._init_impl, static_argnames=("sp",), donate_argnames=("cache",))
@@ -178,10 +184,10 @@ class Sampler:
         model = nnx.merge(self.graphdef, state)
         B = ids.shape[0]
         cache = KVCache.zeros(self.cfg.text, B, cache_size, self.opts.jdtype)
-        if self.mesh is not None:
-            kv, valid = sharding.cache_shardings(self.mesh, self.cfg.text.num_key_value_heads)
-            wsc = jax.lax.with_sharding_constraint
-            cache = cache._replace(k=wsc(cache.k, kv), v=wsc(cache.v, kv), valid=wsc(cache.valid, valid))
+        kv, valid = sharding.cache_shardings(self.mesh, self.cfg.text.num_key_value_heads,
+                                             split_batch=self.split_batch)
+        wsc = jax.lax.with_sharding_constraint
+        cache = cache._replace(k=wsc(cache.k, kv), v=wsc(cache.v, kv), valid=wsc(cache.valid, valid))
         x, visual = model.embed(ids, self.opts, vision=vision, image_pixels=image_pixels, image_grids=image_grids,
                                 video_pixels=video_pixels, video_grids=video_grids)
         out = model.decode(x, positions, mask, opts=self.opts, cache=cache, visual=visual, logits="none")
@@ -253,19 +259,16 @@ class Sampler:
         if T > cache_size:
             raise ValueError(f"prompt length {T} exceeds the KV cache size {cache_size}; raise max_cache_length "
                              "(or lower max_new_tokens / the video pixel budget)")
-        f = lambda a: None if a is None else jnp.asarray(a)
-        ids, pos, mask = jnp.asarray(prompts.ids), jnp.asarray(prompts.positions), jnp.asarray(prompts.mask)
-        if self.mesh is not None:
-            sharding.check_batch(ids.shape[0], self.mesh)
-            ids = jax.device_put(ids, sharding.batch_sharding(self.mesh, 2))
-            mask = jax.device_put(mask, sharding.batch_sharding(self.mesh, 2))
-            pos = jax.device_put(pos, sharding.batch_sharding(self.mesh, 3, batch_axis=1))
+        whole = sharding.replicated(self.mesh)
+        f = lambda a: None if a is None else jax.device_put(a, whole)
+        if self.split_batch:
+            sharding.check_batch(prompts.ids.shape[0], self.mesh)
+        ids, mask = self._put(prompts.ids, 2), self._put(prompts.mask, 2)
+        pos = self._put(prompts.positions, 3, batch_axis=1)
         vision = prompts.vision
         if vision is not None:
-            vision = jax.tree.map(jnp.asarray, vision)
-            if self.mesh is not None:
-                vision = vision._replace(
-                    token_index=jax.device_put(vision.token_index, sharding.batch_sharding(self.mesh, 2)))
+            vision = jax.device_put(vision._replace(token_index=None), whole)._replace(
+                token_index=self._put(vision.token_index, 2))
             return self._prefill(self.weights(params), ids, pos, mask, None, None, vision, image_grids=(),
                                  video_grids=(), cache_size=cache_size)
         return self._prefill(self.weights(params), ids, pos, mask, f(prompts.image_pixels), f(prompts.video_pixels), None,
@@ -310,6 +313,11 @@ class Sampler:
     def weights(self, params=None):
         """The weights a call runs with: `params` when given, else the current ones (`set_params`)."""
         return self.params if params is None else params
+
+    def _put(self, x, ndim: int, batch_axis: int = 0):
+        """A host batch array on the mesh: its rows split over the data-parallel axes (or, split_batch=False, whole
+        on every device)."""
+        return jax.device_put(x, sharding.batch_sharding(self.mesh, ndim, batch_axis, split=self.split_batch))
 
     def _check(self, sp: SamplingParams, cache: KVCache, batch: int):
         V = self.cfg.text.vocab_size

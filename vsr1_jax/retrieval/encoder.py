@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -53,9 +52,9 @@ class TextVideoEmbedder:
       video_cfg: mapping/ConfigDict with `total_pixels`, `min_pixels`, `max_frames` (DEFAULT_VIDEO_CFG).
       opts: dtype / attention implementation of the forward.
       length_bucket: text prompts are padded to a multiple of this.
-      mesh: a device mesh (`sharding.make_mesh`): the parameters are placed by the sharding rules and every batch
-        is split over the mesh's data-parallel axes (batches are padded to a multiple of their size). None = one
-        device.
+      mesh: a device mesh (`sharding.mesh_for`): the parameters are placed by the sharding rules and every batch
+        is split over the mesh's data-parallel axes (batches are padded to a multiple of their size). Default: where
+        the model's weights live (`sharding.mesh_of`: one device for an unplaced model).
       prep_workers: threads that resize and patchify the videos of a batch on the host (numpy, which releases the
         GIL in its large array operations); 1 = in the calling thread.
     """
@@ -72,10 +71,9 @@ class TextVideoEmbedder:
         self.video_cfg = DEFAULT_VIDEO_CFG if video_cfg is None else video_cfg
         self.opts = opts
         self.length_bucket = int(length_bucket)
-        self.mesh = mesh if mesh is not None and mesh.size > 1 else None
-        self._rows_multiple = 1 if self.mesh is None else sharding.batch_divisor(self.mesh)
-        if self.mesh is not None:
-            sharding.shard_module(model, self.mesh)
+        self.mesh = sharding.resolve_mesh(mesh, nnx.state(model))
+        self._rows_multiple = sharding.batch_divisor(self.mesh)
+        sharding.shard_module(model, self.mesh)
         self.graphdef, self.state = nnx.split(model)
         self._forward = jax.jit(self._forward_impl, static_argnames=("video_grids",))
 
@@ -122,8 +120,6 @@ class TextVideoEmbedder:
 
     def _put(self, x, ndim: int, batch_axis: int = 0):
         """Host array -> device array, split over the mesh along `batch_axis` (the rows of a batch)."""
-        if self.mesh is None:
-            return jnp.asarray(x)
         return jax.device_put(x, sharding.batch_sharding(self.mesh, ndim, batch_axis))
 
     def _pad(self, seqs: list[np.ndarray], rows: int, length: int) -> tuple[np.ndarray, np.ndarray]:

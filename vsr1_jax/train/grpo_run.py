@@ -38,7 +38,6 @@ from vsr1_jax.train import grpo, loop, optim
 from vsr1_jax.train import rewards as R
 from vsr1_jax.train import state as state_lib
 from vsr1_jax.train.scoring import scoring_batch, scoring_sizes
-from vsr1_jax.train.sft_run import cast_params, global_batch
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,9 @@ def reward_samples(trajs: list[Trajectory], records: list[dict], group: int, vec
 class GRPOTask:
     """Everything of Stage 2 that is not the generic loop (see loop.Task)."""
 
-    def __init__(self, config, models: Models, *, mesh=None):
+    def __init__(self, config, models: Models, *, mesh: jax.sharding.Mesh):
+        """mesh: the run's (`sharding.mesh_for(config.mesh)`): the scored batch is split over its data-parallel
+        axes; rollouts run on it too, or with several processes on each process's first device."""
         c, d, g = config, config.data.grpo, config.grpo
         self.config, self.mesh = config, mesh
         paths = PreparedPaths(c.data_root, c.dataset)
@@ -99,19 +100,18 @@ class GRPOTask:
         self.mu = g.num_iterations
         self.rounds = len(ds)
         self.total_steps = self.rounds * self.mu if not g.max_steps else min(self.rounds * self.mu, g.max_steps)
-        dp = 1 if mesh is None else sharding.batch_divisor(mesh)
-        self.m = d.per_device_batch_size * dp
+        self.m = d.per_device_batch_size * sharding.batch_divisor(mesh)
         self.A = g.steps_per_generation * g.max_turns
         P = jax.process_count()
         if self.prompts_per_round % P:
             raise ValueError(f"{self.prompts_per_round} prompts per round (generation_batch_size / num_generations) "
                              f"do not split evenly over {P} processes")
         # each process scores its own rollouts: the rows of every micro-batch that its devices hold
-        spans = [(0, self.m)] if mesh is None else sorted(sharding.process_rows(mesh, self.m, k) for k in range(P))
+        spans = sorted(sharding.process_rows(mesh, self.m, k) for k in range(P))
         if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
             raise ValueError(f"GRPO needs each process to hold its own batch rows; the mesh {dict(mesh.shape)} puts "
                              "processes on the same rows (a tensor axis across hosts)")
-        self.rows = (0, self.m) if mesh is None else sharding.process_rows(mesh, self.m)
+        self.rows = sharding.process_rows(mesh, self.m)
         self.m_local = self.rows[1] - self.rows[0]
         self.merge = models.policy.cfg.vision.spatial_merge_size
         if self.A * self.m < d.generation_batch_size:
@@ -120,7 +120,7 @@ class GRPOTask:
                              f"{d.generation_batch_size}: the round would not fit")
         # models
         self.opts = RunOptions.from_config(c.model, remat=g.remat)
-        cast_params(models.policy, jnp.dtype(g.param_dtype))
+        sharding.cast_params(models.policy, jnp.dtype(g.param_dtype))
         opt = optim.grpo_optimizer(g)
         self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.grpo_trainable, opt.tx,
                                                       mesh)
@@ -136,7 +136,7 @@ class GRPOTask:
         self.engine = EpisodeEngine(models.policy, head, embedder, models.tokenizer,
                                     models.embed_tokenizer, video_source_for(paths, split), c.video.grpo,
                                     EpisodeConfig.from_config(c, "grpo"), RunOptions.from_config(c.model),
-                                    retriever=retriever)
+                                    retriever=retriever, mesh=sharding.local_mesh(mesh))
         self.sp = self.engine.sampling_params(g.temperature)
         if g.loss_type not in grpo.LOSS_TYPES:
             raise ValueError(f"config.grpo.loss_type={g.loss_type!r}: expected one of {grpo.LOSS_TYPES}")
@@ -170,9 +170,7 @@ class GRPOTask:
         return q_orig, pos, nv
 
     def _device(self, batch):
-        if self.mesh is None:
-            return jax.tree.map(jnp.asarray, batch)
-        return global_batch(self.mesh, batch, self.m, self.rows[0], self.merge)
+        return sharding.global_batch(self.mesh, batch, self.m, self.rows[0], self.merge)
 
     def _keys(self, n_local: int, first: int):
         """Sampling keys of this round: one key (`rollout_keys="batch"`, the engine folds in a batch counter; several
@@ -271,11 +269,9 @@ class GRPOTask:
         dev, host, _ = self._pending
         self._pending[2] -= 1
         if self._jit_train is None:
-            kw = dict(donate_argnums=(0,))
-            if self.mesh is not None:
-                st = state_lib.shardings_of(state)
-                kw.update(in_shardings=(st, None), out_shardings=(st, None))
-            self._jit_train = jax.jit(self._train, **kw)
+            st = state_lib.shardings_of(state)
+            self._jit_train = jax.jit(self._train, donate_argnums=(0,), in_shardings=(st, None),
+                                      out_shardings=(st, None))
         t0 = time.perf_counter()
         state, metrics = self._jit_train(state, dev)
         metrics = {k: float(distributed.host_array(v)) for k, v in metrics.items()}
@@ -304,8 +300,7 @@ def run_grpo(config, models: Models, *, out_dir: str | None = None):
     """Train Stage 2 from `models` (the Stage-1 policy); returns (task, final state); raises errors.Stopped when a
     signal stopped it early."""
     out_dir = out_dir or os.path.join(config.output_dir, "grpo")
-    mesh = sharding.make_mesh(config.mesh.to_dict()) if jax.device_count() > 1 else None
-    task = GRPOTask(config, models, mesh=mesh)
+    task = GRPOTask(config, models, mesh=sharding.mesh_for(config.mesh.to_dict()))
     os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "grpo_data_stats.json"), "w") as f:

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from vsr1_jax import distributed, loading, sharding
 from vsr1_jax.ckpt.hf_export import export_train_state
@@ -31,57 +30,11 @@ from vsr1_jax.train.negatives import NegativeSampler
 log = logging.getLogger(__name__)
 
 
-def cast_params(module, dtype) -> None:
-    """Store every floating Param of `module` in `dtype` (in place)."""
-    for _, var in nnx.to_flat_state(nnx.state(module, nnx.Param)):
-        v = var.get_value()
-        if jnp.issubdtype(v.dtype, jnp.floating):
-            var.set_value(v.astype(dtype))
-
-
-def batch_shardings(mesh, batch: dict):
-    """Shard every array of a host batch on its B axis (axis 1 of [A, B, ...]; axis 2 of positions [A, 3, B, T])
-    over the mesh's data-parallel axes; Python lists stay on the host."""
-    names = tuple(n for n in sharding.BATCH if mesh.shape[n] > 1)
-    b = names if len(names) > 1 else (names[0] if names else None)
-
-    def spec(key, x):
-        axis = 2 if key == "positions" else 1
-        s = [None] * np.ndim(x)
-        s[axis] = b
-        return NamedSharding(mesh, PartitionSpec(*s))
-
-    return {k: (jax.tree.map(lambda x, k=k: spec(k, x), v) if not isinstance(v, list) else None)
-            for k, v in batch.items()}
-
-
-def global_batch(mesh, arrays: dict, rows: int, first_row: int = 0, merge: int = 2) -> dict:
-    """This process's rows of every array (B axis as in `batch_shardings`; rows first_row .. of each global
-    micro-batch, `sharding.process_rows`) -> global arrays of `rows` rows on the mesh
-    (`jax.make_array_from_process_local_data`). A VisionBatch's `token_index` points into the features of the
-    micro-batch's items flattened in order, so this process's indices move past the items of the rows before it
-    (`merge`: the vision spatial merge size)."""
-    vision = arrays.get("vision")
-    if first_row and vision is not None and vision.token_index is not None:
-        per_item = vision.group_mask.shape[-1] * vision.patch_mask.shape[-1] // (merge * merge)
-        ti = np.asarray(vision.token_index)
-        arrays = dict(arrays, vision=vision._replace(
-            token_index=np.where(ti >= 0, ti + first_row * per_item, ti).astype(ti.dtype)))
-    shardings = batch_shardings(mesh, arrays)
-
-    def put(key, x, s):
-        axis = 2 if key == "positions" else 1
-        shape = list(np.shape(x))
-        shape[axis] = rows
-        return jax.make_array_from_process_local_data(s, np.asarray(x), tuple(shape))
-
-    return {k: jax.tree.map(lambda x, s, k=k: put(k, x, s), v, shardings[k]) for k, v in arrays.items()}
-
-
 class SFTTask:
     """Everything of Stage 1 that is not the generic loop (see loop.Task)."""
 
-    def __init__(self, config, models: Models, *, mesh=None):
+    def __init__(self, config, models: Models, *, mesh: jax.sharding.Mesh):
+        """mesh: the run's (`sharding.mesh_for(config.mesh)`): the batch is split over its data-parallel axes."""
         c, d = config, config.data.sft
         self.config, self.mesh = config, mesh
         paths = PreparedPaths(c.data_root, c.dataset)
@@ -108,8 +61,7 @@ class SFTTask:
                                    instruction=c.eval.query_embedder_input_prefix,
                                    embedder_max_length=c.eval.query_embedder_max_length,
                                    refine_token=c.eval.refine_token)
-        dp = 1 if mesh is None else sharding.batch_divisor(mesh)
-        self.B = d.per_device_batch_size * dp
+        self.B = d.per_device_batch_size * sharding.batch_divisor(mesh)
         self.A = d.gradient_accumulation_steps
         collate = sft.SFTCollate(models.policy.cfg, self.ids.pad, self.A, tuple(d.buckets), tuple(c.sft.label_buckets),
                                  tuple(c.sft.vision_group_buckets) or None, tuple(c.sft.vision_patch_buckets) or None,
@@ -117,7 +69,7 @@ class SFTTask:
                                  embedder_max_length=c.eval.query_embedder_max_length)
         # multi-host: this process reads the rows its devices hold ([lo, hi) of each global micro-batch of B rows,
         # the block layout of data/pipelines.py), so the global batches are those of a single process
-        lo, hi = (0, self.B) if mesh is None else sharding.process_rows(mesh, self.B)
+        lo, hi = sharding.process_rows(mesh, self.B)
         self.rows, b = (lo, hi), hi - lo
         self.collate, self._multi = collate, jax.process_count() > 1
         self.models_merge = models.policy.cfg.vision.spatial_merge_size
@@ -133,14 +85,11 @@ class SFTTask:
         self.total_steps = len(ds) if not c.sft.max_steps else min(len(ds), c.sft.max_steps)
         # model, optimizer, state
         opts = RunOptions.from_config(c.model, remat=c.sft.remat)
-        cast_params(models.policy, jnp.dtype(c.sft.param_dtype))
+        sharding.cast_params(models.policy, jnp.dtype(c.sft.param_dtype))
         opt = optim.sft_optimizer(c.sft, self.total_steps)
         self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, opt.tx,
                                                       mesh)
-        emb = models.embedder
-        if mesh is not None:
-            sharding.shard_module(emb, mesh)
-        self.embedder_graphdef, self.embedder_params = nnx.split(emb)
+        self.embedder_graphdef, self.embedder_params = nnx.split(sharding.shard_module(models.embedder, mesh))
         lc = sft.LossConfig(retrieval_loss_weight=c.sft.retrieval_loss_weight, temperature=c.sft.retrieval_temperature,
                             num_latents=c.sft.refine_token_count, group_size=d.per_device_batch_size,
                             logprob_chunk=c.sft.logprob_chunk)
@@ -214,18 +163,13 @@ class SFTTask:
 
     def _device(self, host):
         arrays = {k: v for k, v in host.items() if not isinstance(v, list) and not k.startswith("_")}
-        if self.mesh is None:
-            return jax.tree.map(jnp.asarray, arrays)
-        return global_batch(self.mesh, arrays, self.B, self.rows[0], self.models_merge)
+        return sharding.global_batch(self.mesh, arrays, self.B, self.rows[0], self.models_merge)
 
     def step(self, state, host):
         if self._jit is None:
-            kw = dict(donate_argnums=(0,))
-            if self.mesh is not None:
-                st = state_lib.shardings_of(state)
-                kw.update(in_shardings=(st, state_lib.shardings_of(self.embedder_params), None),
-                          out_shardings=(st, None))
-            self._jit = jax.jit(self._step, **kw)
+            st = state_lib.shardings_of(state)
+            self._jit = jax.jit(self._step, donate_argnums=(0,), out_shardings=(st, None),
+                                in_shardings=(st, state_lib.shardings_of(self.embedder_params), None))
         return self._jit(state, self.embedder_params, self._device(host))
 
     def after_step(self, step: int, host, metrics) -> dict:
@@ -281,8 +225,7 @@ def run_sft(config, models: Models, *, out_dir: str | None = None):
     Checkpoints, metrics.jsonl and TensorBoard go to out_dir
     (default `<config.output_dir>/sft`)."""
     out_dir = out_dir or os.path.join(config.output_dir, "sft")
-    mesh = sharding.make_mesh(config.mesh.to_dict()) if jax.device_count() > 1 else None
-    task = SFTTask(config, models, mesh=mesh)
+    task = SFTTask(config, models, mesh=sharding.mesh_for(config.mesh.to_dict()))
     state, steps, stopped = loop.run(task, task.state, out_dir=out_dir, ckpt_cfg=config.sft.checkpoint,
                                      log_every=config.sft.log_every, desc="sft", config=config)
     if stopped:

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vsr1_jax import demo_models
+from vsr1_jax import demo_models, sharding
 from vsr1_jax.buckets import round_up
 from vsr1_jax.ckpt import orbax_io
 from vsr1_jax.data import synthetic as SY
@@ -218,6 +218,8 @@ class Stage0Task:
         opt_state = jax.jit(self.opt.tx.init)(self.params)
         self.state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=self.params, frozen=self.frozen,
                                           opt_state=opt_state, skipped=jnp.zeros((), jnp.int32))
+        # on the engine's mesh, as its weights are: an uncommitted leaf would make step 2 compile again
+        self.state = sharding.onto_mesh(self.state, embedder.mesh)
         self._step = jax.jit(make_train_step(self.graphdef, self.opt.tx, embedder.opts, float(c.temperature),
                                              bool(c.symmetric), sched), donate_argnums=(0,))
         self._latest = None

@@ -55,21 +55,17 @@ def split_models(policy: Qwen3VL, head: S.SQRHead, trainable: Callable[[Path], b
 
 
 def create(policy: Qwen3VL, head: S.SQRHead, trainable: Callable[[Path], bool], tx: optax.GradientTransformation,
-           mesh=None) -> tuple[TrainState, Graphdefs]:
-    """A fresh train state. With a mesh, every parameter is first placed by the logical-axis rules
-    (`sharding.RULES`) and the optimizer state is created under jit, so its moments inherit those shardings."""
-    if mesh is not None:
-        sharding.shard_module(policy, mesh)
-        sharding.shard_module(head, mesh)
+           mesh: jax.sharding.Mesh) -> tuple[TrainState, Graphdefs]:
+    """A fresh train state on `mesh` (`sharding.mesh_for`; one device: a one-device mesh): every parameter is first
+    placed by the logical-axis rules (`sharding.RULES`) and the optimizer state is created under jit, so its
+    moments inherit those shardings."""
+    sharding.shard_module(policy, mesh)
+    sharding.shard_module(head, mesh)
     graphdefs, params, frozen = split_models(policy, head, trainable)
-    opt_state = jax.jit(tx.init)(params)
-    if mesh is not None:  # moments follow their params; step counters come back on one device: replicate them
-        on_mesh = lambda x: isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh  # noqa
-        opt_state = jax.tree.map(lambda x: x if on_mesh(x) else jax.device_put(x, sharding.replicated(mesh)),
-                                 opt_state)
-    scalars = dict(step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32))
-    if mesh is not None:
-        scalars = jax.device_put(scalars, sharding.replicated(mesh))
+    # moments follow their params; step counters come back on one device: replicate them
+    opt_state = sharding.onto_mesh(jax.jit(tx.init)(params), mesh)
+    scalars = jax.device_put(dict(step=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32)),
+                             sharding.replicated(mesh))
     return TrainState(params=params, frozen=frozen, opt_state=opt_state, **scalars), graphdefs
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from vsr1_jax import demo_models
+from vsr1_jax import demo_models, sharding
 from vsr1_jax.ckpt import orbax_io
 from vsr1_jax.data import synthetic as SY
 from vsr1_jax.models.qwen3_vl.vision import VisionBuckets, pack_vision
@@ -145,6 +145,8 @@ class VisionPretrainTask:
         self.state = state_lib.TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen={},
                                           opt_state=jax.jit(self.opt.tx.init)(params),
                                           skipped=jnp.zeros((), jnp.int32))
+        # on the engine's mesh, as its weights are: an uncommitted leaf would make step 2 compile again
+        self.state = sharding.onto_mesh(self.state, embedder.mesh)
         self._step = jax.jit(make_train_step(self.graphdefs, self.opt.tx, embedder.opts, sched), donate_argnums=(0,))
         self._predict = jax.jit(lambda p, b: {h: jnp.argmax(v, -1) for h, v in nnx.merge(self.graphdefs["heads"], p[
             "heads"])(pooled_features(nnx.merge(self.graphdefs["visual"], p["visual"]), b["vision"], b["token_mask"],
