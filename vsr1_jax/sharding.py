@@ -168,12 +168,23 @@ def abstract_params(module, mesh, rules: Mapping = RULES) -> dict:
     return nested
 
 
+def _put(x, s: NamedSharding):
+    """device_put onto `s`. An array committed to this process's devices (a one-device mesh: the weights a process
+    evaluated with) cannot move onto a mesh spanning several processes -- the CPU and GPU clients have no
+    cross-host transfer -- so it goes through the host: every process holds the same value, as `device_put` of a
+    host array onto a global sharding requires."""
+    if (isinstance(x, jax.Array) and not s.is_fully_addressable and x.sharding.is_fully_addressable
+            and x.sharding.device_set != s.device_set):
+        x = np.asarray(x)
+    return jax.device_put(x, s)
+
+
 def shard_module(module, mesh, rules: Mapping = RULES):
     """Place every Param of `module` on the mesh per the rules (in place)."""
     shard = param_shardings(module, mesh, rules)
     flat = _flat_params(module)
     for path, var in flat:
-        var.set_value(jax.device_put(_value(var), shard[tuple(str(p) for p in path)]))
+        var.set_value(_put(_value(var), shard[tuple(str(p) for p in path)]))
     nnx.update(module, nnx.from_flat_state(flat))
     return module
 
@@ -292,5 +303,5 @@ def onto_mesh(tree, mesh):
     first call's outputs, not uncommitted inputs, and does not compile again."""
     def put(x):
         s = getattr(x, "sharding", None)
-        return x if isinstance(s, NamedSharding) and s.mesh == mesh else jax.device_put(x, replicated(mesh))
+        return x if isinstance(s, NamedSharding) and s.mesh == mesh else _put(x, replicated(mesh))
     return jax.tree.map(put, tree)
