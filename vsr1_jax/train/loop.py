@@ -64,6 +64,40 @@ class Task(Protocol):
     # the num_iterations updates of one generation round); saves (and a SIGTERM exit) wait for the next True
 
 
+class SteppedTask:
+    """The plumbing the demo's pretraining stages share (Stage 0v, Stage 0): batch s is a pure function of s, so the
+    host state is the next batch's index; the jitted `self._step` keeps the latest state; after a step its metrics are
+    logged and, every `eval_every` steps (`self.c.eval_every`) and at the last one, `evaluate(state)`'s scalars."""
+    _next = 0
+    _latest = None
+
+    def make_batch(self, step: int) -> dict: ...                    # host arrays of batch `step`
+    def evaluate(self, state) -> dict: ...                          # held-out scalars of a state
+
+    def next_batch(self):
+        step = self._next
+        self._next += 1
+        return jax.tree.map(jax.numpy.asarray, self.make_batch(step))
+
+    def step(self, state, batch):
+        new, metrics = self._step(state, batch)
+        self._latest = new
+        return new, metrics
+
+    def after_step(self, step: int, batch, metrics) -> dict:
+        out = {k: float(v) for k, v in metrics.items()}
+        every = int(self.c.eval_every)
+        if every > 0 and (step + 1) % every == 0 or step + 1 == self.total_steps:
+            out.update(self.evaluate(self._latest))
+        return out
+
+    def host_state(self) -> dict:
+        return {"next": self._next}
+
+    def load_host_state(self, state: dict) -> None:
+        self._next = int(state.get("next", 0))
+
+
 class MetricsWriter:
     """JSON lines + TensorBoard scalars (process 0 only)."""
 

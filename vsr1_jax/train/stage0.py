@@ -190,7 +190,7 @@ def text_batch(embedder: TextVideoEmbedder, texts: Sequence[str], length: int) -
 
 
 # ---- the loop task ---------------------------------------------------------------------------------------------
-class Stage0Task:
+class Stage0Task(loop.SteppedTask):
     """loop.Task of Stage 0 (see the module docstring)."""
 
     def __init__(self, config, embedder: TextVideoEmbedder, *, test_keys: frozenset):
@@ -222,7 +222,6 @@ class Stage0Task:
         self.state = sharding.onto_mesh(self.state, embedder.mesh)
         self._step = jax.jit(make_train_step(self.graphdef, self.opt.tx, embedder.opts, float(c.temperature),
                                              bool(c.symmetric), sched), donate_argnums=(0,))
-        self._latest = None
         self._embed_t = jax.jit(lambda st, b: embed_text_rows(nnx.merge(self.graphdef, st["p"], st["f"]), b["q_ids"],
                                                               b["q_pos"], b["q_mask"], embedder.opts))
         self._embed_v = jax.jit(lambda st, b: embed_video_rows(nnx.merge(self.graphdef, st["p"], st["f"]),
@@ -266,25 +265,6 @@ class Stage0Task:
         return dict(**text_batch(self.embedder, texts, int(self.c.query_length)), **self.features().batch(rows),
                     negative_mask=~same)
 
-    def next_batch(self):
-        step = self._next
-        self._next += 1
-        return jax.tree.map(jnp.asarray, self.make_batch(step))
-
-    _next = 0
-
-    def step(self, state, batch):
-        new, metrics = self._step(state, batch)
-        self._latest = new
-        return new, metrics
-
-    def after_step(self, step: int, batch, metrics) -> dict:
-        out = {k: float(v) for k, v in metrics.items()}
-        every = int(self.c.eval_every)
-        if every > 0 and (step + 1) % every == 0 or step + 1 == self.total_steps:
-            out["val_r1"] = self.val_r1(self._latest)
-        return out
-
     def embed(self, state, texts: Sequence[str], videos: VideoSet, chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
         st = {"p": state.params, "f": state.frozen}
         q = np.concatenate([np.asarray(self._embed_t(st, text_batch(self.embedder, _pad(texts[i:i + chunk], chunk),
@@ -304,11 +284,8 @@ class Stage0Task:
         q, v = self.embed(state, texts, self._val_feats)
         return float(np.mean(np.argmax(q @ v.T, axis=1) == np.arange(len(texts))))
 
-    def host_state(self) -> dict:
-        return {"next": self._next}
-
-    def load_host_state(self, state: dict) -> None:
-        self._next = int(state.get("next", 0))
+    def evaluate(self, state) -> dict:
+        return {"val_r1": self.val_r1(state)}
 
 
 def _pad(texts: Sequence[str], n: int) -> list[str]:

@@ -119,7 +119,7 @@ class _Videos:
         return dict(vision=vb, token_mask=mask, labels=self.labels[np.asarray(rows)])
 
 
-class VisionPretrainTask:
+class VisionPretrainTask(loop.SteppedTask):
     """loop.Task of Stage 0v (see the module docstring)."""
 
     def __init__(self, config, embedder: TextVideoEmbedder, *, test_keys: frozenset):
@@ -151,8 +151,6 @@ class VisionPretrainTask:
         self._predict = jax.jit(lambda p, b: {h: jnp.argmax(v, -1) for h, v in nnx.merge(self.graphdefs["heads"], p[
             "heads"])(pooled_features(nnx.merge(self.graphdefs["visual"], p["visual"]), b["vision"], b["token_mask"],
                                       embedder.opts)).items()})
-        self._latest = None
-        self._next = 0
 
     def videos(self) -> _Videos:
         if self._videos is None:
@@ -172,23 +170,12 @@ class VisionPretrainTask:
         rng = np.random.default_rng([int(self.c.seed), 5, int(step)])
         return rng.choice(len(self.pool), size=self.B, replace=False)
 
-    def next_batch(self):
-        step = self._next
-        self._next += 1
+    def make_batch(self, step: int) -> dict:
         G, HW = self._shape()
-        return jax.tree.map(jnp.asarray, self.videos().batch(self.batch_rows(step), self.vcfg, G, HW))
+        return self.videos().batch(self.batch_rows(step), self.vcfg, G, HW)
 
-    def step(self, state, batch):
-        new, metrics = self._step(state, batch)
-        self._latest = new
-        return new, metrics
-
-    def after_step(self, step: int, batch, metrics) -> dict:
-        out = {k: float(v) for k, v in metrics.items()}
-        every = int(self.c.eval_every)
-        if every > 0 and (step + 1) % every == 0 or step + 1 == self.total_steps:
-            out.update({f"val_{k}": v for k, v in self.val_accuracy(self._latest.params).items()})
-        return out
+    def evaluate(self, state) -> dict:
+        return {f"val_{k}": v for k, v in self.val_accuracy(state.params).items()}
 
     def val_accuracy(self, params) -> dict[str, float]:
         """Accuracy of each head on the held-out train-side videos."""
@@ -204,11 +191,6 @@ class VisionPretrainTask:
                 hits[h] += int((np.asarray(pred[h])[:len(rows)] == v.labels[rows, j]).sum())
         return {h: hits[h] / n for h in HEADS}
 
-    def host_state(self) -> dict:
-        return {"next": self._next}
-
-    def load_host_state(self, state: dict) -> None:
-        self._next = int(state.get("next", 0))
 
 
 def run_vision_pretrain(config, embedder: TextVideoEmbedder) -> dict:
