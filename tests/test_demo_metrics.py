@@ -48,3 +48,29 @@ def test_paired_sqr_only_verification_grounding():
     probed["turns"][0]["sqr_probe_rank"] = 1
     sq = DM.sqr_only(rows[:4] + [probed])
     assert sq["R@1 SQR-only"] == pytest.approx(0.8) and sq["refined among them"] == 3
+
+
+def test_reads_video_against_the_shown_video_and_the_teacher_sentences():
+    """The policy's turn-1 description compared with the events of the video it was shown; the parser inverts the
+    teacher's short sentences (data/synthetic.py) for every colour, shape and direction."""
+    from configs._synthetic import get_synthetic_config
+    from vsr1_jax.data import synthetic as SY
+    cfg = get_synthetic_config()
+    videos = SY.plan_splits(cfg)["test"]
+    v, w = videos[0], videos[1]
+    ev, other = v.events[0], w.events[0]
+    neg = SY.not_matched_reasoning(other, w.background, v, short=True)      # names v's closest event
+    pos = SY.matched_reasoning(ev, v.background, v, short=True)
+    for text in (neg, pos):
+        said = SY.described_event(text)
+        assert said is not None and any(said == {"color": e.color, "shape": e.shape, "direction": e.direction}
+                                         for e in v.events), (text, said)
+    assert SY.described_event("<answer>not_matched</answer>") is None
+    events_of = SY.event_attributes(videos)
+    t = lambda text, doc: dict(turns=[dict(raw_output=text, top1_doc_id=doc)])  # noqa: E731
+    wrong = {"color": next(c for c in cfg.attributes.colors if all(c != e.color for e in v.events))}
+    bad = f"<think> The video shows a {wrong['color']} {ev.shape} moving {SY._DIRECTION[ev.direction]} </think>"
+    rows = [t(pos, v.video_id), t(bad, v.video_id), t("<answer>matched</answer>", v.video_id)]
+    rv = DM.reads_video(rows, SY.described_event, events_of)
+    assert rv["described"] == 2 and rv["color agrees"] == 0.5 and rv["shape agrees"] == 1.0
+    assert rv["direction agrees"] == 1.0

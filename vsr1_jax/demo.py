@@ -21,6 +21,7 @@ from vsr1_jax import distributed, loading, runinfo, viewer
 from vsr1_jax.agent.evaluate import run_eval
 from vsr1_jax.ckpt.read import Models
 from vsr1_jax.demo_models import stage0_dir
+from vsr1_jax.data import synthetic as SY
 from vsr1_jax.eval import demo_metrics as DM
 from vsr1_jax.eval.report import plot_curves, read_detail_jsonl
 from vsr1_jax.train import loop
@@ -43,9 +44,10 @@ def _last_checkpoint(run_dir: str) -> str:
     return os.path.abspath(os.path.join(ckpts, str(steps[-1]))) if steps else os.path.abspath(run_dir)
 
 
-def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False) -> dict:
+def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, events_of: dict | None = None) -> dict:
     """The numbers the demo compares (eval/demo_metrics.py) from one evaluation's detail rows. engine_only: the
-    search engine alone (the original query's retrieval; the policy's columns are left empty)."""
+    search engine alone (the original query's retrieval; the policy's columns are left empty). events_of: the test
+    videos' events (`synthetic.event_attributes`), for the check that the policy describes the video it was shown."""
     if "result_json" not in eval_summary:  # a process other than 0 of a multi-host run: process 0 wrote the files
         return {}
     rows = read_detail_jsonl(eval_summary["detail_jsonl"])
@@ -56,7 +58,7 @@ def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False) -> 
     sq = DM.sqr_only(rows)
     ver = DM.verification(rows)
     g = DM.grounding(rows)
-    return {
+    out = {
         "test queries": len(rows),
         "R@1 original query": pr["R@1 original"],
         "R@5 original query": pr["R@5 original"],
@@ -75,6 +77,12 @@ def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False) -> 
         "accepted turns": g["accepted turns"],
         **DM.rates(rows),
     }
+    if events_of is not None:
+        rv = DM.reads_video(rows, SY.described_event, events_of)
+        out["turn-1 description of the shown video: colour / shape / direction agree"] = (
+            f"{rv['color agrees']:.3f} / {rv['shape agrees']:.3f} / {rv['direction agrees']:.3f} "
+            f"(n={rv['described']})")
+    return out
 
 
 def _table(columns: dict[str, dict]) -> str:
@@ -101,6 +109,7 @@ def run_demo(config) -> dict:
         runinfo.save_config(config, out)
     models = loading.load_models(config)
     stages, curves, times = {}, {}, {}
+    events_of = SY.event_attributes(SY.plan_splits(config.synthetic)["test"])  # what each test video shows
 
     t = time.time()
     ev = run_eval(config, models, output_dir=os.path.join(out, "eval_untrained"),
@@ -110,7 +119,7 @@ def run_demo(config) -> dict:
         rows = loop.read_metrics(stage0_dir(config))
         curves["stage0"] = {"InfoNCE loss": [(r["step"], r["loss"]) for r in rows]}
         curves["stage0_r1"] = {"held-out train-side R@1": [(r["step"], r["val_r1"]) for r in rows if "val_r1" in r]}
-    stages["untrained policy"] = _summary_of(out, ev)
+    stages["untrained policy"] = _summary_of(out, ev, events_of=events_of)
     times["eval untrained"] = time.time() - t
 
     t = time.time()
@@ -124,7 +133,8 @@ def run_demo(config) -> dict:
                                      if "infonce_loss" in r and r.get("infonce_rows", 1) > 0]
     t = time.time()
     stages["after SFT"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_sft"),
-                                                  checkpoint=_last_checkpoint(os.path.join(out, "sft"))))
+                                                  checkpoint=_last_checkpoint(os.path.join(out, "sft"))),
+                                      events_of=events_of)
     times["eval after SFT"] = time.time() - t
 
     if config.demo.grpo:
@@ -141,7 +151,8 @@ def run_demo(config) -> dict:
         grpo_change = (sum(v for _, v in rewards[:q]) / q, sum(v for _, v in rewards[-q:]) / q)
         t = time.time()
         stages["after GRPO"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_grpo"),
-                                                       checkpoint=_last_checkpoint(os.path.join(out, "grpo"))))
+                                                       checkpoint=_last_checkpoint(os.path.join(out, "grpo"))),
+                                           events_of=events_of)
         times["eval after GRPO"] = time.time() - t
 
     if not distributed.is_primary():  # process 0 writes the report

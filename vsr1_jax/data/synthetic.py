@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import math
 import random
+import re
 import shutil
 import sys
 import time
@@ -417,6 +418,26 @@ def not_matched_reasoning(query_event: Event, query_background: str, video: Synt
     return (f"{ask} {_seen(video)} The closest moving candidate, the {best.color} {best.shape}, differs in "
             f"{diff_text}.{still} No {query_event.color} {query_event.shape} moving {qw['direction']} "
             f"{qw['lane']} on a {query_background} background appears, so the video does not match the query.")
+
+
+_DESCRIBED = re.compile(r"(?:The video shows an? |The )(\w+) (\w+) moving (" + "|".join(_DIRECTION.values()) + ")")
+
+
+def described_event(text: str) -> dict[str, str] | None:
+    """The event a reasoning text in the teacher's form says it sees ("The video shows a red circle moving to the
+    left ...", "The red circle moving upward appears ..."): {color, shape, direction}, or None when it says none.
+    Inverse of `_what` for the demo report's check that the policy reads the video it was shown."""
+    m = _DESCRIBED.search(text or "")
+    if m is None:
+        return None
+    back = {v: k for k, v in _DIRECTION.items()}
+    return {"color": m.group(1), "shape": m.group(2), "direction": back[m.group(3)]}
+
+
+def event_attributes(videos: Sequence[SyntheticVideo]) -> dict[str, list[dict[str, str]]]:
+    """video id -> [{color, shape, direction}] of its moving events (what `described_event` is compared with)."""
+    return {v.video_id: [{"color": e.color, "shape": e.shape, "direction": e.direction} for e in v.events]
+            for v in videos}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The demo report's figures from evaluation detail rows (agent/detail_rows.py): retrieval before and after the
 agent with a paired significance test, the SQR-only (oracle-gated) R@1, verification against its majority-class
-baseline, grounding on the videos the policy accepts, refine and turn-2 rates. Pure functions over rows."""
+baseline, grounding on the videos the policy accepts, refine and turn-2 rates, and whether the policy's turn-1
+description matches the video it was shown. Pure functions over rows."""
 from __future__ import annotations
 
 import math
@@ -96,4 +97,22 @@ def rates(rows: Sequence[Row]) -> dict:
             "turn 2 ran": sum(len(r.get("turns") or []) >= 2 for r in rows) / n}
 
 
-__all__ = ["grounding", "mcnemar_exact", "paired_retrieval", "rates", "sqr_only", "verification"]
+def reads_video(rows: Sequence[Row], described, events_of: dict) -> dict:
+    """Does the policy read the video it is shown? For each row whose turn-1 text names an event
+    (`described(text)` -> {color, shape, direction} or None), whether each attribute is that of some event of the
+    turn-1 top-1 video (`events_of[doc_id]`: its events' attribute dicts). A policy that ignores the video agrees
+    at about chance (1 / the number of values); one that reads it, far above."""
+    n, hits = 0, {"color": 0, "shape": 0, "direction": 0}
+    for r in rows:
+        t = (r.get("turns") or [{}])[0]
+        said = described(t.get("raw_output", ""))
+        events = events_of.get(t.get("top1_doc_id"))
+        if said is None or not events:
+            continue
+        n += 1
+        for k in hits:
+            hits[k] += any(e[k] == said[k] for e in events)
+    return {"described": n, **{f"{k} agrees": hits[k] / n if n else 0.0 for k in hits}}
+
+
+__all__ = ["grounding", "mcnemar_exact", "paired_retrieval", "rates", "reads_video", "sqr_only", "verification"]
