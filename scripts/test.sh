@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install into ./.venv and run the whole test suite on the CPU: two pytest workers, one test file each at a time
-# (pytest-xdist --dist loadfile keeps a file's session fixtures in one worker); about 10 minutes on 2 cores.
+# (pytest-xdist --dist loadfile keeps a file's session fixtures in one worker); about 13 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
