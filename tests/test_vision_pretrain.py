@@ -1,6 +1,6 @@
 """Stage 0v of the demo (vsr1_jax/train/vision_pretrain.py): labels from the plan, no test-split tuple in its pool,
-the loss against NumPy on the heads' logits, the jitted step lowers the loss on a fixed batch, and the pretrained tower is
-what the engine (Stage 0's start) and the policy are built with."""
+the loss against NumPy on the heads' logits, the jitted step lowers the loss on a fixed batch, and the pretrained
+tower is what the engine (Stage 0's start) and the policy are built with."""
 import jax
 import numpy as np
 from flax import nnx
@@ -53,7 +53,7 @@ def test_labels_pool_loss_and_training(tmp_path):
     mu = task.vcfg.spatial_merge_size ** 2
     rows = task.batch_rows(0)
     for k, r in enumerate(rows):
-        t, h, w = task.videos().items[int(r)][1]
+        t, h, w = task.videos()[0].items[int(r)][1]
         assert int(np.asarray(batch["token_mask"])[k].sum()) == t * h * w // mu
     # the jitted step trains: 8 updates on this batch lower its loss
     state = task.state

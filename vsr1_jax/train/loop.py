@@ -71,8 +71,13 @@ class SteppedTask:
     _next = 0
     _latest = None
 
-    def make_batch(self, step: int) -> dict: ...                    # host arrays of batch `step`
-    def evaluate(self, state) -> dict: ...                          # held-out scalars of a state
+    def make_batch(self, step: int) -> dict:
+        """Host arrays of batch `step` (a pure function of the step)."""
+        raise NotImplementedError
+
+    def evaluate(self, state) -> dict:
+        """Held-out scalars of a state, logged beside the step's metrics."""
+        raise NotImplementedError
 
     def next_batch(self):
         step = self._next

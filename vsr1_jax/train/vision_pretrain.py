@@ -10,9 +10,9 @@ the vision tower (patch embedding, blocks, mergers) and one linear head per attr
 and lane of the event the video is about, and the background -- trained with the summed cross-entropy of the heads
 on the masked mean and max of the merged features, on procedurally rendered *train-side* videos (`plan_pool` with
 the test split's event tuples excluded; the test split is never read). Its output, the vision tower's parameters
-(`demo_models.vision_dir`: `<stage0 dir>/vision`), is loaded into the untrained engine that Stage 0 starts from and into the policy
-(`demo_models.demo_embedder`, `demo_models.demo_models`); the heads are dropped. Not part of the original (whose vision
-encoder comes pretrained).
+(`demo_models.vision_dir`: `<stage0 dir>/vision`), is loaded into the untrained engine that Stage 0 starts from
+and into the policy (`demo_models.demo_embedder`, `demo_models.demo_models`); the heads are dropped. Not part of
+the original (whose vision encoder comes pretrained).
 
 Batch s is a pure function of (seed, s), so a killed run resumes bit for bit through the generic loop (checkpoints,
 metrics.jsonl, TensorBoard under `<stage0 dir>/vision_run`). Held-out accuracy per attribute every `eval_every`
@@ -75,10 +75,15 @@ def pooled_features(visual, vision_batch, token_mask, opts):
     return jnp.concatenate([mean, mx], axis=-1)
 
 
-def vision_loss(params, batch, *, graphdefs, opts):
+def attribute_logits(params, batch, *, graphdefs, opts) -> dict:
+    """Each head's logits [B, classes] for a batch of videos."""
     visual = nnx.merge(graphdefs["visual"], params["visual"])
     heads = nnx.merge(graphdefs["heads"], params["heads"])
-    logits = heads(pooled_features(visual, batch["vision"], batch["token_mask"], opts))
+    return heads(pooled_features(visual, batch["vision"], batch["token_mask"], opts))
+
+
+def vision_loss(params, batch, *, graphdefs, opts):
+    logits = attribute_logits(params, batch, graphdefs=graphdefs, opts=opts)
     losses = {h: optax.softmax_cross_entropy_with_integer_labels(logits[h], batch["labels"][:, j]).mean()
               for j, h in enumerate(HEADS)}
     acc = {f"acc_{h}": (jnp.argmax(logits[h], -1) == batch["labels"][:, j]).mean() for j, h in enumerate(HEADS)}
@@ -108,8 +113,8 @@ class _Videos:
         self.HW = max(g[1] * g[2] for _, g in self.items)
 
     def batch(self, rows, cfg, G, HW) -> dict:
-        vb = pack_vision([(self.items[int(r)][0].astype(np.float32), self.items[int(r)][1]) for r in rows], cfg, VisionBuckets(items=(len(rows),), groups=(G,),
-                                                                                 patches=(HW,)))
+        items = [(self.items[int(r)][0].astype(np.float32), self.items[int(r)][1]) for r in rows]
+        vb = pack_vision(items, cfg, VisionBuckets(items=(len(rows),), groups=(G,), patches=(HW,)))
         mu = cfg.spatial_merge_size ** 2
         mask = np.zeros((len(rows), G * HW // mu), np.float32)
         for k, r in enumerate(rows):
@@ -130,7 +135,7 @@ class VisionPretrainTask(loop.SteppedTask):
         self.options = attribute_options(self.syn)
         self.pool = SY.plan_pool(self.syn, int(c.pool_videos), seed=(int(c.seed), 3), exclude=test_keys)
         self.val = SY.plan_pool(self.syn, int(c.val_videos), seed=(int(c.seed), 4), exclude=test_keys)
-        self._videos = self._val_videos = None
+        self._videos = None
         model = nnx.merge(embedder.graphdef, embedder.state)
         self.vcfg = model.cfg.vision
         heads = AttributeHeads(self.vcfg.out_hidden_size, {h: len(v) for h, v in self.options.items()},
@@ -148,23 +153,23 @@ class VisionPretrainTask(loop.SteppedTask):
         # on the engine's mesh, as its weights are: an uncommitted leaf would make step 2 compile again
         self.state = sharding.onto_mesh(self.state, embedder.mesh)
         self._step = jax.jit(make_train_step(self.graphdefs, self.opt.tx, embedder.opts, sched), donate_argnums=(0,))
-        self._predict = jax.jit(lambda p, b: {h: jnp.argmax(v, -1) for h, v in nnx.merge(self.graphdefs["heads"], p[
-            "heads"])(pooled_features(nnx.merge(self.graphdefs["visual"], p["visual"]), b["vision"], b["token_mask"],
-                                      embedder.opts)).items()})
+        logits = functools.partial(attribute_logits, graphdefs=self.graphdefs, opts=embedder.opts)
+        self._predict = jax.jit(lambda p, b: {h: jnp.argmax(v, -1) for h, v in logits(p, b).items()})
 
-    def videos(self) -> _Videos:
+    def videos(self) -> tuple[_Videos, _Videos]:
+        """(pool, held-out) videos, rendered and preprocessed on first use (a run restored at its end skips them)."""
         if self._videos is None:
             t = time.perf_counter()
-            self._videos = _Videos(self.embedder, self.pool, self.syn, self.options)
-            log.info("stage 0v: %d pool videos rendered and preprocessed in %.0f s", len(self.pool),
+            self._videos = (_Videos(self.embedder, self.pool, self.syn, self.options),
+                            _Videos(self.embedder, self.val, self.syn, self.options))
+            log.info("stage 0v: %d + %d videos rendered and preprocessed in %.0f s", len(self.pool), len(self.val),
                      time.perf_counter() - t)
         return self._videos
 
-    def _shape(self):
-        v = self.videos()
-        if self._val_videos is None:
-            self._val_videos = _Videos(self.embedder, self.val, self.syn, self.options)
-        return max(v.G, self._val_videos.G), max(v.HW, self._val_videos.HW)
+    def _shape(self) -> tuple[int, int]:
+        """(temporal groups, patches per frame) of every batch: one compiled step and one compiled predict."""
+        pool, val = self.videos()
+        return max(pool.G, val.G), max(pool.HW, val.HW)
 
     def batch_rows(self, step: int) -> np.ndarray:
         rng = np.random.default_rng([int(self.c.seed), 5, int(step)])
@@ -172,7 +177,7 @@ class VisionPretrainTask(loop.SteppedTask):
 
     def make_batch(self, step: int) -> dict:
         G, HW = self._shape()
-        return self.videos().batch(self.batch_rows(step), self.vcfg, G, HW)
+        return self.videos()[0].batch(self.batch_rows(step), self.vcfg, G, HW)
 
     def evaluate(self, state) -> dict:
         return {f"val_{k}": v for k, v in self.val_accuracy(state.params).items()}
@@ -180,7 +185,7 @@ class VisionPretrainTask(loop.SteppedTask):
     def val_accuracy(self, params) -> dict[str, float]:
         """Accuracy of each head on the held-out train-side videos."""
         G, HW = self._shape()
-        v = self._val_videos
+        v = self.videos()[1]
         n = len(v.items)
         hits = {h: 0 for h in HEADS}
         for lo in range(0, n, self.B):
@@ -202,11 +207,11 @@ def run_vision_pretrain(config, embedder: TextVideoEmbedder) -> dict:
                                      log_every=1, desc="stage 0v (vision tower)")
     if stopped:
         return dict(stopped=True, steps=steps)
-    orbax_io.save_params(demo_models.vision_dir(config), jax.tree.map(np.asarray, nnx.to_pure_dict(state.params["visual"])),
-                         overwrite=True)
+    orbax_io.save_params(demo_models.vision_dir(config),
+                         jax.tree.map(np.asarray, nnx.to_pure_dict(state.params["visual"])), overwrite=True)
     return dict(stopped=False, steps=steps, wall_s=time.perf_counter() - t0, dir=out, pool_videos=len(task.pool),
                 val_videos=len(task.val))
 
 
-__all__ = ["AttributeHeads", "HEADS", "VisionPretrainTask", "attribute_options", "labels_of", "make_train_step",
-           "pooled_features", "run_vision_pretrain", "vision_loss"]
+__all__ = ["AttributeHeads", "HEADS", "VisionPretrainTask", "attribute_logits", "attribute_options", "labels_of",
+           "make_train_step", "pooled_features", "run_vision_pretrain", "vision_loss"]
