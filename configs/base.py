@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
     # single-position decode steps: "xla", "pallas" (flash-decoding kernel, vsr1_jax/kernels/decode_attention.py) or
     # "auto" = pallas on NVIDIA GPUs, xla elsewhere (the agent runs unsharded; see RunOptions.decode_attn_impl)
     c.model.decode_attn_impl = "auto"
+    # the decoder layers of single-position decode steps: "xla" or "fused" (five Pallas kernels per layer,
+    # vsr1_jax/kernels/fused_decode.py; one NVIDIA GPU only, XLA elsewhere: RunOptions' decode_layer_path). "xla"
+    # until the GPU measurement through the production decode (benchmarks/decode.py --decode-layer xla,fused) decides
+    c.model.decode_layer_impl = "xla"
     # the decode loop of every generation (evaluation, GRPO rollouts, the build's teacher): "host" dispatches one
     # jitted, donated step per token from Python; "while" runs the whole decode as one jitted lax.while_loop. Same
     # tokens; "host" is the faster on GPUs (H100, 2B, batch 1: 2.26 vs 4.00 ms/step; README "Measured figures")

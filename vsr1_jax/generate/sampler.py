@@ -158,7 +158,9 @@ class Sampler:
         mesh: where the batches run (`sharding.make_mesh`; default: the mesh of the model's weights,
         `sharding.mesh_of`, a one-device mesh for an unplaced model). Batches are split over its data and fsdp axes
         (their size must divide the batch), or with split_batch=False held whole by every device (the agent's
-        batches of any size, on whatever devices the weights it is given live)."""
+        batches of any size, on whatever devices the weights it is given live). The fused decode layer
+        (`opts.decode_layer_impl`) runs only on a mesh of one device; on larger meshes the steps keep the XLA layers
+        (`run_options.decode_layer_path`)."""
         loop = opts.decode_loop if loop is None else loop
         if loop not in ("while", "host"):
             raise ValueError(f"loop={loop!r}: expected 'while' or 'host'")
@@ -190,7 +192,8 @@ class Sampler:
         cache = cache._replace(k=wsc(cache.k, kv), v=wsc(cache.v, kv), valid=wsc(cache.valid, valid))
         x, visual = model.embed(ids, self.opts, vision=vision, image_pixels=image_pixels, image_grids=image_grids,
                                 video_pixels=video_pixels, video_grids=video_grids)
-        out = model.decode(x, positions, mask, opts=self.opts, cache=cache, visual=visual, logits="none")
+        out = model.decode(x, positions, mask, opts=self.opts, cache=cache, visual=visual, logits="none",
+                           devices=self.mesh.size)
         # each row's last prompt token: T - 1 when left-padded (or unpadded), its length - 1 when right-padded
         T = ids.shape[1]
         last = (T - 1 - jnp.argmax(mask[:, ::-1].astype(bool), axis=1))[:, None, None]
@@ -199,7 +202,7 @@ class Sampler:
 
     def _extend_impl(self, state, cache, x, positions, mask):
         model = nnx.merge(self.graphdef, state)
-        return model.decode(x, positions, mask, opts=self.opts, cache=cache, logits="last")
+        return model.decode(x, positions, mask, opts=self.opts, cache=cache, logits="last", devices=self.mesh.size)
 
     def _init_impl(self, cache, logits, next_pos, key, *, sp: SamplingParams):
         B, N, D = logits.shape[0], sp.max_new_tokens, self.cfg.text.hidden_size
@@ -230,7 +233,8 @@ class Sampler:
         slot = s["cache"].index
         x = model.text.embed_tokens(tok[:, None], self.opts.jdtype)
         pos3 = jnp.broadcast_to(s["pos"][None, :, None], (3, B, 1))
-        out = model.decode(x, pos3, live[:, None], opts=self.opts, cache=s["cache"], logits="last")
+        out = model.decode(x, pos3, live[:, None], opts=self.opts, cache=s["cache"], logits="last",
+                           devices=self.mesh.size)
         hit = live & (tok == capture_id)
         return dict(step=step + 1, cache=out.cache, logits=out.logits, pos=s["pos"] + 1, key=key, tokens=tokens,
                     logprobs=logprobs, done=done, lengths=lengths,

@@ -59,14 +59,14 @@ tests/test_fused_decode.py, which stops before Triton's own compiler):
 The same API set as decode_attention.py (plgpu.load/store/dot/CompilerParams, pl.ds/program_id/when/cdiv,
 input_output_aliases) is used, which exists unchanged in jax 0.10.2 and 0.11.x.
 
-Plug-in point (not wired here): the `decoder_layer` function that the house refactor splits out of
-`TextModel.__call__` in models/qwen3_vl/text.py. For a single-position step with a cache on one device, when a run
-option selects it (e.g. `RunOptions.decode_attn_impl == "fused"`), the unrolled layer loop would call
-`fused_decoder_layer_decode(p_stacked, h, cache.k, cache.v, pos=full(B, cache.index), cos, sin, cfg,
-layer=li, bias=where(valid_after_write & (slot <= index), 0, NEG))` with the stacked weights (the kernels index
-layer `li` in place: no per-layer weight slice is materialised), cos/sin of the step computed once for all layers
-(`models/qwen3_vl/fused_ref.decode_cos_sin`) and the cache donated by the step. DeepStack adds nothing in decode
-(no visual tokens). Meshes of several devices and TPUs keep the XLA path.
+Where it runs: `models/qwen3_vl/text.fused_decode_layers` replaces the scan of `decoder_layer` for a single-position
+step with the stacked cache when `RunOptions.decode_layer_impl` ("fused"; config `model.decode_layer_impl`) asks for
+it and `run_options.decode_layer_path` allows it (one NVIDIA GPU; meshes of several devices, TPUs, CPUs and prefill
+keep the XLA path; "fused_interpret" runs the interpreter anywhere, for tests). It calls
+`fused_decoder_layer_decode(stacked weights, h, cache.k, cache.v, pos=full(B, cache.index), cos, sin, cfg,
+layer=li, bias=where(valid_after_write & (slot <= index), 0, NEG))` for li = 0 .. L-1, unrolled: the kernels index
+layer `li` in place (no per-layer weight slice is materialised), cos/sin of the step are computed once for all
+layers, and the cache is donated by the sampler's step. DeepStack adds nothing in decode (no visual tokens).
 """
 from __future__ import annotations
 
@@ -478,7 +478,7 @@ def fused_decoder_layer_decode(params, hidden, cache_k, cache_v, pos, cos, sin, 
     squeeze = hidden.ndim == 3
     x = hidden.reshape(hidden.shape[0], -1)
     B, D = x.shape
-    hd, K, Hq = cfg.head_dim, cfg.num_key_value_heads, cfg.num_attention_heads
+    hd, K = cfg.head_dim, cfg.num_key_value_heads
     if (D, cache_k.shape[2], cache_k.shape[4]) != (cfg.hidden_size, K, hd):
         raise ValueError(f"hidden {hidden.shape} / cache {cache_k.shape} do not fit the config")
     p, wl = stacked(params, layer)

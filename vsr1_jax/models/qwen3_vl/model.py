@@ -96,10 +96,14 @@ class Qwen3VL(nnx.Module):
         return x, Visual(idx, mask, deep.astype(x.dtype))
 
     def decode(self, x, positions, attention_mask=None, *, opts: RunOptions, cache: KVCache | None = None,
-               visual: Visual | None = None, logits: str = "all", kv_extra_slots: int | None = None):
-        """Decoder + head on input embeddings. logits: "all" | "last" | "none". kv_extra_slots: see TextModel."""
+               visual: Visual | None = None, logits: str = "all", kv_extra_slots: int | None = None,
+               devices: int | None = None):
+        """Decoder + head on input embeddings. logits: "all" | "last" | "none". kv_extra_slots: see TextModel.
+        devices: the size of the caller's mesh (None = every device of the process), for the fused decode layer's
+        rule (`run_options.decode_layer_path`)."""
         pre, normed, cache = self.text(x, positions, attention_mask, cache=cache, visual=visual,
                                        attn_impl=opts.attn_impl, decode_attn_impl=opts.decode_attn_impl,
+                                       decode_layer_impl=opts.decode_layer_impl, devices=devices,
                                        remat=opts.remat, kv_extra_slots=kv_extra_slots,
                                        unroll_decode=opts.unroll_decode)
         if logits == "all":

@@ -17,6 +17,7 @@ import numpy as np
 
 ATTN_IMPLS = ("xla", "cudnn")
 DECODE_ATTN_IMPLS = ("xla", "pallas")
+DECODE_LAYER_IMPLS = ("xla", "fused", "fused_interpret")
 
 
 def fused_attention(attn_impl: str) -> bool:
@@ -38,6 +39,11 @@ class RunOptions:
     # a mesh, XLA cannot split the kernel and would gather the whole cache onto each device. Off GPUs it runs
     # through the Pallas interpreter (correct, slow: for tests).
     decode_attn_impl: str = "xla"
+    # the decoder layers of single-position steps: "xla" (`text.decoder_layer`: ~18 XLA kernels per layer) or
+    # "fused" (five Pallas kernels per layer, vsr1_jax/kernels/fused_decode.py, issue 25 item 1) where
+    # `decode_layer_path` allows it (one NVIDIA GPU, unrolled decode steps; XLA elsewhere). "fused_interpret": the
+    # same kernels through the Pallas interpreter on any backend (tests: correct, slow).
+    decode_layer_impl: str = "xla"
     remat: str = "none"             # "none" | "full" | "dots" (decoder layers)
     # single-position steps with a cache unroll the layer loop (inference speed); training differentiates through
     # the SQR rollout's 7 steps, where an unrolled loop multiplies compile time: it keeps the scan rolled
@@ -82,6 +88,46 @@ class RunOptions:
         kw = dict(dtype=model_cfg.dtype, attn_impl=auto(model_cfg.attn_impl, "cudnn" if fused else "xla"),
                   vision_attn_impl=auto(model_cfg.vision_attn_impl, "cudnn" if fused else "xla"),
                   decode_attn_impl=auto(model_cfg.decode_attn_impl, "pallas" if nvidia else "xla"),
+                  decode_layer_impl=model_cfg.get("decode_layer_impl", "xla"),
                   remat=model_cfg.get("remat", "none"), decode_loop=model_cfg.decode_loop)
         kw.update(overrides)
         return cls(**kw)
+
+
+def decode_layer_path(impl: str, cfg, *, T: int, stacked_cache: bool, devices: int | None = None) -> tuple[str, str]:
+    """Where the fused decode layer runs: the rule, stated here only (`TextModel.__call__` asks it on every call;
+    benchmarks/decode.py to say what it timed). cfg: the TextConfig; T: new positions of the call; stacked_cache: the
+    call carries the stacked cache (`text.CacheMode.STACKED`); devices: the size of the caller's mesh (None = every
+    device of this process: the conservative default).
+
+    Returns (path, why): path "fused" (the Pallas kernels lowered through Triton), "interpret" (the same kernels
+    through the Pallas interpreter) or "xla" (`text.decoder_layer` in the layer scan); why: the reason the XLA layer
+    runs although `impl` asked for the fused one ("" otherwise). The fused layer runs only when all of these hold:
+      * impl is "fused" or "fused_interpret";
+      * a single-position step with the stacked cache (T == 1, the unrolled inference decode): prefill and
+        multi-position extends are GEMM-sized, and the rolled single-position steps of training (the SQR rollout,
+        `unroll_decode=False`) are differentiated, which the kernels (no VJP) cannot be;
+      * one device: under a mesh of several, XLA cannot split the kernels and would gather the weights and the
+        cache onto each device;
+      * "fused": an NVIDIA GPU (Triton; TPUs and CPUs keep XLA) and dims Triton's blocks take (head_dim a power of
+        two >= 32: half-head dots of >= 16 columns; hidden and intermediate sizes multiples of 16).
+        "fused_interpret" runs on any backend at any of these dims (tests)."""
+    if impl not in DECODE_LAYER_IMPLS:
+        raise ValueError(f"decode_layer_impl={impl!r}: expected one of {DECODE_LAYER_IMPLS}")
+    if impl == "xla":
+        return "xla", ""
+    if T != 1 or not stacked_cache:
+        return "xla", f"not a single-position step with the stacked cache (T={T})"
+    n = jax.device_count() if devices is None else devices
+    if n != 1:
+        return "xla", f"{n} devices (the fused layer runs on one)"
+    if impl == "fused_interpret":
+        return "interpret", ""
+    dev = jax.devices()[0]
+    if not (dev.platform == "gpu" and "NVIDIA" in dev.device_kind):
+        return "xla", f"not an NVIDIA GPU ({dev.platform}: {dev.device_kind})"
+    hd = cfg.head_dim
+    if hd < 32 or hd & (hd - 1) or cfg.hidden_size % 16 or cfg.intermediate_size % 16:
+        return "xla", (f"dims Triton's blocks do not take (head_dim {hd}: a power of two >= 32; hidden "
+                       f"{cfg.hidden_size}, intermediate {cfg.intermediate_size}: multiples of 16)")
+    return "fused", ""

@@ -4,7 +4,8 @@ M-RoPE, GQA, SwiGLU, and DeepStack visual features added at visual positions aft
 Three pieces, each explicit about what it does:
 
 - `decoder_layer`: one layer, pure: that layer's params + hidden + its view of the KV cache -> hidden + the updated
-  view (and this call's keys/values). The fused decode-layer kernel replaces it for single-position steps.
+  view (and this call's keys/values). `fused_decode_layers` (the Pallas kernels of `kernels.fused_decode`) replaces
+  the scan of it for single-position steps where `run_options.decode_layer_path` says so.
 - `attend`: the attention dispatcher; the path (`AttnPath`) is chosen once per call by `attention_path` from the
   run options, the number of new positions and the cache mode.
 - `TextModel.__call__`: embeddings in, the layers scanned (stacked on a leading axis), DeepStack added after the
@@ -25,10 +26,11 @@ import numpy as np
 from flax import nnx
 
 from vsr1_jax.kernels.decode_attention import NEG, decode_attention
+from vsr1_jax.kernels.fused_decode import fused_decoder_layer_decode
 from vsr1_jax.models.qwen3_vl.config import TextConfig
 from vsr1_jax.models.qwen3_vl.layers import attention, linear, make_param, rms_norm
 from vsr1_jax.models.qwen3_vl.rope import apply_rope, mrope_cos_sin
-from vsr1_jax.models.qwen3_vl.run_options import ATTN_IMPLS, DECODE_ATTN_IMPLS, fused_attention
+from vsr1_jax.models.qwen3_vl.run_options import ATTN_IMPLS, DECODE_ATTN_IMPLS, decode_layer_path, fused_attention
 
 
 def cached_attention(q, k, v, mask):
@@ -193,6 +195,23 @@ def decoder_layer(p: dict, h, cache: LayerCache | None, inputs: AttnInputs, *, c
     return h, cache, (k, v)
 
 
+def fused_decode_layers(layers: dict, h, cache: KVCache, inputs: AttnInputs, cos, sin, *, cfg: TextConfig,
+                        visual: Visual | None, interpret: bool):
+    """Every decoder layer of a single-position step with the stacked cache as the fused Pallas kernels
+    (`kernels.fused_decode.fused_decoder_layer_decode`, five per layer), unrolled: what the scan of `decoder_layer`
+    computes, where `run_options.decode_layer_path` chooses it. layers: the stacked [L, ...] weights (each kernel reads
+    its layer in place: no per-layer slice is materialised); h [B, 1, D]; inputs.bias [B, S]: the step's mask;
+    cos/sin [B, hd] float32 rotary rows of the step (shared by all layers). Every row writes slot `inputs.start`.
+    -> (h [B, 1, D], k cache, v cache) (the caches updated in place where the caller donates them)."""
+    slot = jnp.full((h.shape[0],), inputs.start, jnp.int32)
+    kc, vc = cache.k, cache.v
+    for li in range(cfg.num_hidden_layers):
+        h, kc, vc = fused_decoder_layer_decode(layers, h, kc, vc, slot, cos, sin, cfg, layer=li, bias=inputs.bias,
+                                               interpret=interpret)
+        h = add_deepstack(h, visual, li)
+    return h, kc, vc
+
+
 def add_deepstack(h, visual: Visual | None, li):
     """DeepStack: add tap `li` at the visual positions after decoder layer li (li < n_deepstack; later layers add
     nothing)."""
@@ -240,7 +259,8 @@ class TextModel(nnx.Module):
 
     def __call__(self, x, positions, attention_mask=None, *, cache: KVCache | None = None,
                  visual: Visual | None = None, attn_impl: str = "xla", decode_attn_impl: str = "xla",
-                 remat: str = "none", kv_extra_slots: int | None = None, unroll_decode: bool = True):
+                 decode_layer_impl: str = "xla", devices: int | None = None, remat: str = "none",
+                 kv_extra_slots: int | None = None, unroll_decode: bool = True):
         """x [B, T, D] input embeddings; positions [3, B, T]; attention_mask [B, T] (1 = real token).
 
         Returns (pre_norm [B, T, D] = last decoder layer output, normed [B, T, D], new cache or None).
@@ -248,6 +268,7 @@ class TextModel(nnx.Module):
         Without one, `kv_extra_slots=n` also returns a cache of T + n slots holding this call's keys and values
         (the T tokens valid where attention_mask is set, index T): a differentiable prefix to continue from (the SQR
         rollout in training), built from the scan's per-layer outputs rather than a carried cache.
+        decode_layer_impl / devices (the caller's mesh size): `run_options.decode_layer_path` (the fused layer).
         """
         cfg = self.cfg
         B, T, _ = x.shape
@@ -256,12 +277,14 @@ class TextModel(nnx.Module):
             raise ValueError("kv_extra_slots builds a new cache; it cannot be combined with an input cache")
         mode = cache_mode(cache is not None, T, unroll_decode)
         path = attention_path(attn_impl, decode_attn_impl, T, mode)
+        layer_path, _ = decode_layer_path(decode_layer_impl, cfg, T=T, stacked_cache=mode is CacheMode.STACKED,
+                                          devices=devices)
         if attention_mask is None:
             attention_mask = jnp.ones((B, T), bool)
         attention_mask = attention_mask.astype(bool)
-        cos, sin = mrope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
+        cos32, sin32 = mrope_cos_sin(positions, cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
         # HF casts the tables to the activation dtype before rotating.
-        cos, sin = cos.astype(dtype)[:, :, None, :], sin.astype(dtype)[:, :, None, :]
+        cos, sin = cos32.astype(dtype)[:, :, None, :], sin32.astype(dtype)[:, :, None, :]
         if mode is CacheMode.NONE:
             mask = jnp.tril(jnp.ones((T, T), bool))[None] & attention_mask[:, None, :]
             start = valid = None
@@ -272,12 +295,17 @@ class TextModel(nnx.Module):
             q_abs = start + jnp.arange(T)
             mask = (jnp.arange(S)[None, :] <= q_abs[:, None])[None] & valid[:, None, :]
         inputs = AttnInputs(cos, sin, attention_mask, mask, start)
-        if path is AttnPath.FLASH_DECODE:
+        if path is AttnPath.FLASH_DECODE or layer_path != "xla":
             inputs = inputs._replace(bias=jnp.where(mask[:, 0, :], 0.0, NEG).astype(jnp.float32))   # [B, S]
         elif path is AttnPath.FUSED_CAUSAL:
             inputs = inputs._replace(q_len=jnp.sum(attention_mask, axis=-1).astype(jnp.int32))
         collect_kv = kv_extra_slots is not None
         layers = {k: getattr(self, k)[...] for k in self._LAYER_KEYS}
+        if layer_path != "xla":    # T == 1 with the stacked cache; no kv_extra_slots (that takes no cache)
+            h, kc, vc = fused_decode_layers(layers, x, cache, inputs, cos32[:, 0], sin32[:, 0], cfg=cfg, visual=visual,
+                                            interpret=layer_path == "interpret")
+            normed = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
+            return h, normed, KVCache(kc, vc, valid, start + T)
 
         def body(carry, xs):
             h, kc, vc = carry                   # kc, vc: the stacked cache (STACKED), else None
