@@ -36,9 +36,14 @@ def test_every_benchmark_runs_as_a_module():
 def test_decode_bench_marks_the_production_rows_and_runs_both_hf_baselines(tmp_path):
     from benchmarks import decode
     decode.main(["--preset=tiny", "--batches=2", "--new-tokens=3", "--frames-hw=2,4,4", "--hf=eager,static",
-                 f"--out={tmp_path}"])
+                 "--decode-layer=xla,fused", f"--out={tmp_path}"])
     r = _report(tmp_path, "decode")
     assert "vsr1_jax.generate.sampler.Sampler.generate" in r["code_path"]
+    # the fused decode layer does not apply on a CPU: reported with its reason, not timed (its rows would be XLA's)
+    xla, fused = r["decode_layers"]["xla"], r["decode_layers"]["fused"]
+    assert fused["path"] == "xla" and "NVIDIA" in fused["why"] and not fused["step_ms"]
+    assert "vsr1_jax.models.qwen3_vl.text.decoder_layer" in xla["code_path"] and xla["step_ms"]["2"] > 0
+    assert {x["decode_layer"] for x in r["rows"] if x["impl"] == "ours"} == {"xla"}
     for B in (2,):
         rows = [x for x in r["rows"] if x["batch"] == B]
         prod = [x for x in rows if x["production"]]
