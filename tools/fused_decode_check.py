@@ -1,27 +1,41 @@
 """The fused decode layer (vsr1_jax.kernels.fused_decode) on the GPU at the 2B shapes: agreement with the XLA paths
-and time of the whole 28-layer decoder stack of one step, per kernel, and the bandwidth each achieves.
+and time of the whole decoder stack of one step (28 layers for the 2B), per kernel, and the bandwidth each achieves.
 
     python tools/fused_decode_check.py --out docs/bench/fused_decode_h100_<date>.json [--batches 1,8]
-        [--prompt 2048] [--iters 50] [--sweep]
+        [--prompt 2048] [--iters 50] [--depths 2,8] [--sweep]
 
-For each batch size: random bf16 2B decoder weights (a TextModel, as the production path), a cache of prompt +
-128 slots (prompt slots valid, row b with 37 * (b % 3) left-pad slots masked), the step writing at slot `prompt`.
-  * errors: the fused stack (28 layers of `fused_decoder_layer_decode`) against `TextModel.__call__` (the production
-    decode step's decoder, decode_attn_impl "xla" and "pallas") -- output and written cache rows, max abs and max abs
-    relative to the reference's largest magnitude -- and one layer against `fused_ref.decoder_layer_decode_ref`;
-  * times (jit, warm-up, median of --iters calls each waited for with block_until_ready, cache donated):
-    the fused stack, the model's decoder (both attention impls), the XLA reference stack;
-  * per kernel: the kernel alone over the 28 layers in one jit (inputs of the right shapes, each layer's weights),
-    median / 28 = time per launch, and bytes it must read (its weights; for attention the K/V rows up to the length)
-    / time; the whole stack's bytes (weights + cache rows read) / time against the HBM read bandwidth measured in the
-    same process (benchmarks.common.read_bandwidth);
+Compile time: unrolling all 28 layers of each decoder variant (as production does) is what made the first H100 run
+(2026-12-07) print nothing in 240 s. The stacks are therefore timed at two shallower depths (`--depths`, default 2
+and 8 layers: random decoders of the 2B's layer shapes with that many layers, each unrolled as in production) and
+the full-depth figures extrapolated linearly: per layer = (t(8) - t(2)) / 6, per step = t(2) + per layer x (28 - 2);
+the fixed per-step work (rope tables, mask, final norm, dispatch) is the intercept, not scaled. `--depths 28` (or
+any single depth >= the model's) times the full stack directly. `stack_ms_measured` keeps the measured times.
+
+For each batch size: random bf16 decoder weights (a TextModel, as the production path), a cache of prompt + 128
+slots (prompt slots valid, row b with 37 * (b % 3) left-pad slots masked), the step writing at slot `prompt`.
+  * errors (at the deepest depth timed): the production decoder with the fused layers (`TextModel.__call__` with
+    decode_layer_impl "fused": `text.fused_decode_layers`, five kernels per layer) and with the XLA layers and the
+    flash-decoding attention (decode_attn_impl "pallas"), and the XLA reference stack (layers of
+    `fused_ref.decoder_layer_decode_ref`), against `TextModel.__call__` with the XLA layers and attention -- output
+    and written cache rows, max abs and max abs relative to the reference's largest magnitude -- and one layer of
+    `fused_decoder_layer_decode` against `fused_ref.decoder_layer_decode_ref`;
+  * times (jit, warm-up, median of --iters calls each waited for with block_until_ready, cache donated), each
+    variant compiled once per depth: the fused decoder, the model's decoder (both attention impls), the XLA
+    reference stack;
+  * per kernel: the kernel alone over the layers of each depth in one jit (inputs of the right shapes, each
+    layer's weights), time per launch = the slope between the depths (or median / layers at a single depth), and
+    bytes it must read (its weights; for attention the K/V rows up to the length) / time; the whole stack's bytes
+    (weights + cache rows read, at full depth) / time against the HBM read bandwidth measured in the same process
+    (benchmarks.common.read_bandwidth);
   * --sweep: each kernel's time for a few block settings (Blocks fields) and the best found.
-Writes one JSON to --out and prints it. Works with jax 0.10.x and 0.11.x (no version-specific API).
+Writes one JSON to --out and prints it. Works with jax 0.10.x and 0.11.x (no version-specific API). Off GPUs (a smoke
+run: `JAX_PLATFORMS=cpu python tools/fused_decode_check.py --preset tiny --depths 1,2 --batches 2 --prompt 16
+--iters 2 --out /tmp/x.json`) the kernels run through the Pallas interpreter.
 """
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import json
 import statistics
 import sys
@@ -39,9 +53,11 @@ from benchmarks.common import device_info, read_bandwidth  # noqa: E402
 from vsr1_jax.kernels import fused_decode as F  # noqa: E402
 from vsr1_jax.models.qwen3_vl import fused_ref as R  # noqa: E402
 from vsr1_jax.models.qwen3_vl.config import get_preset  # noqa: E402
+from vsr1_jax.models.qwen3_vl.run_options import decode_layer_path  # noqa: E402
 from vsr1_jax.models.qwen3_vl.text import KVCache, TextModel  # noqa: E402
 
 INTERPRET = jax.default_backend() != "gpu"   # off GPUs (a smoke run of this script) the kernels are interpreted
+FUSED_IMPL = "fused_interpret" if INTERPRET else "fused"   # RunOptions.decode_layer_impl of the fused decoder
 
 
 def err(a, b):
@@ -55,19 +71,27 @@ T0 = time.perf_counter()
 
 def log(msg: str) -> None:
     """Progress on stderr with the seconds since start: the first GPU run (2026-12-07, H100) printed nothing in
-    240 s, so where the time goes (Triton/XLA compiles of the four 28-layer stacks, timing) must show as it runs."""
+    240 s, so where the time goes (compiles, timing) must show as it runs."""
     print(f"[{time.perf_counter() - T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-def run_batch(cfg, B, prompt, iters, sweep, bw):
-    log(f"batch {B}: building the random bf16 decoder and a {prompt + 128}-slot cache")
-    L, K, hd, D, I, Hq = (cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size,
-                          cfg.intermediate_size, cfg.num_attention_heads)
+def extrapolate(ts: dict, L: int):
+    """{depth: seconds} -> (seconds per layer, seconds of the L-layer stack): the line through the two depths (one
+    depth: time / depth per layer, the time itself for the stack, which then is the full one)."""
+    if len(ts) == 1:
+        (n, t), = ts.items()
+        return t / n, t
+    (a, ta), (b, tb) = sorted(ts.items())
+    slope = (tb - ta) / (b - a)
+    return slope, ta + slope * (L - a)
+
+
+def depth_inputs(cfg, B, prompt):
+    """A random bf16 decoder of cfg's depth and a step's inputs (cache, x, positions)."""
+    L, K, hd = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
     S = prompt + 128
     dt = jnp.bfloat16
     model = TextModel(cfg, tie_word_embeddings=True, param_dtype=dt, rngs=nnx.Rngs(0))
-    graph, state = nnx.split(model)
-    params = {k: getattr(model, k)[...] for k in F.LAYER_KEYS}
     rng = np.random.default_rng(B)
     kc = jnp.asarray(rng.standard_normal((L, B, K, S, hd)), dt)
     vc = jnp.asarray(rng.standard_normal((L, B, K, S, hd)), dt)
@@ -76,99 +100,148 @@ def run_batch(cfg, B, prompt, iters, sweep, bw):
     for b in range(B):
         valid[b, : 37 * (b % 3)] = False
     cache = KVCache(kc, vc, jnp.asarray(valid), jnp.asarray(prompt, jnp.int32))
-    x = jnp.asarray(rng.standard_normal((B, 1, D)), dt)
+    x = jnp.asarray(rng.standard_normal((B, 1, cfg.hidden_size)), dt)
     next_pos = jnp.asarray(prompt - 37 * (np.arange(B) % 3), jnp.int32)
-    live = jnp.ones((B,), bool)
-    weight_bytes = sum(int(np.prod(v.shape)) * v.dtype.itemsize for v in params.values())
-    lens = np.full((B,), prompt + 1)
-    kv_bytes = 2 * L * K * hd * 2 * int(lens.sum())          # K and V rows up to each row's length, bf16
-    res = {"B": B, "S": S, "length": prompt + 1, "weight_bytes": weight_bytes, "kv_read_bytes": kv_bytes}
+    return model, cache, x, next_pos
 
-    def model_step(impl):
+
+def variants(cfg, model, cache, B, fused_ok):
+    """name -> jitted step (k cache, v cache, x, positions) -> (k cache, v cache, h [B, 1, D]), caches donated."""
+    graph, state = nnx.split(model)
+    params = {k: getattr(model, k)[...] for k in F.LAYER_KEYS}
+    live = jnp.ones((B,), bool)
+    S = cache.k.shape[3]
+
+    def model_step(attn, layer):
         def f(kc, vc, x, pos):
             m = nnx.merge(graph, state)
-            c = cache._replace(k=kc, v=vc)
             pos3 = jnp.broadcast_to(pos[None, :, None], (3, B, 1))
-            h, _, new = m(x, pos3, live[:, None], cache=c, decode_attn_impl=impl)
+            h, _, new = m(x, pos3, live[:, None], cache=cache._replace(k=kc, v=vc), decode_attn_impl=attn,
+                          decode_layer_impl=layer, devices=1)
             return new.k, new.v, h
         return jax.jit(f, donate_argnums=(0, 1))
 
-    def inputs(kc, vc, pos):
+    def reference_stack(kc, vc, x, pos):
         index = cache.index
         slot = jnp.full((B,), index, jnp.int32)
         v = jax.lax.dynamic_update_slice(cache.valid, live[:, None], (0, index))
         bias = jnp.where(v & (jnp.arange(S)[None] <= index), 0.0, F.NEG).astype(jnp.float32)
         cos, sin = R.decode_cos_sin(pos, cfg)
-        return slot, bias, cos, sin
+        y = x[:, 0]
+        for li in range(cfg.num_hidden_layers):
+            y, kc, vc = R.decoder_layer_decode_ref(params, y, kc, vc, slot, cos, sin, cfg, layer=li, bias=bias)
+        return kc, vc, y[:, None]
 
-    def stack(layer_fn, blocks=None):
-        def f(kc, vc, x, pos):
-            slot, bias, cos, sin = inputs(kc, vc, pos)
-            y = x[:, 0]
-            for li in range(L):
-                kw = {} if blocks is None else {"blocks": blocks}
-                y, kc, vc = layer_fn(params, y, kc, vc, slot, cos, sin, cfg, layer=li, bias=bias, **kw)
-            return kc, vc, y[:, None]
-        return jax.jit(f, donate_argnums=(0, 1))
+    out = {"fused": model_step("xla", FUSED_IMPL)} if fused_ok else {}
+    out.update(model_xla=model_step("xla", "xla"), model_pallas=model_step("pallas", "xla"),
+               xla_reference=jax.jit(reference_stack, donate_argnums=(0, 1)))
+    return out, params
 
-    fresh = lambda: (jnp.copy(kc), jnp.copy(vc))  # noqa: E731
-    fused = stack(functools.partial(F.fused_decoder_layer_decode, interpret=INTERPRET), F.Blocks())
-    outs = {}
-    for name, fn in (("fused", fused), ("model_xla", model_step("xla")), ("model_pallas", model_step("pallas")),
-                     ("xla_reference", stack(R.decoder_layer_decode_ref))):
+
+def run_depth(cfg, B, prompt, iters, fused_ok, check):
+    """Times (seconds) of every variant at cfg's depth, each compiled once; with check, their errors too."""
+    n = cfg.num_hidden_layers
+    log(f"batch {B}, {n} layers: building the random bf16 decoder and a {prompt + 128}-slot cache")
+    model, cache, x, next_pos = depth_inputs(cfg, B, prompt)
+    fns, params = variants(cfg, model, cache, B, fused_ok)
+    fresh = lambda: (jnp.copy(cache.k), jnp.copy(cache.v))  # noqa: E731
+    res, outs, times = {}, {}, {}
+    for name, fn in fns.items():
+        log(f"batch {B}, {n} layers: {name}: compile + first call")
         k0, v0 = fresh()
-        log(f"batch {B}: {name}: compile + first call")
         nk, nv, h = jax.block_until_ready(fn(k0, v0, x, next_pos))
-        outs[name] = (nk[:, :, :, prompt], nv[:, :, :, prompt], h)   # the written slot of every layer/row/head
-        del nk, nv
-    ref = outs["model_xla"]
-    res["errors_vs_model_xla"] = {
-        n: {"out": err(o[2], ref[2]), "cache_k_rows": err(o[0], ref[0]), "cache_v_rows": err(o[1], ref[1])}
-        for n, o in outs.items() if n != "model_xla"}
-    del outs
-    # one layer, fused vs its XLA reference (same inputs)
-    slot, bias, cos, sin = jax.jit(inputs)(kc, vc, next_pos)
-    li = min(5, L - 1)
-    one_f = jax.jit(lambda *a: F.fused_decoder_layer_decode(*a, cfg, layer=li, bias=bias, interpret=INTERPRET))
-    one_r = jax.jit(lambda *a: R.decoder_layer_decode_ref(*a, cfg, layer=li, bias=bias))
-    a = (params, x[:, 0], kc, vc, slot, cos, sin)
-    of, orf = one_f(*a), one_r(*a)
-    res[f"layer{li}_fused_vs_reference"] = {"out": err(of[0], orf[0]), "cache_k_rows": err(
-        of[1][li, :, :, prompt], orf[1][li, :, :, prompt]), "cache_v_rows": err(of[2][li, :, :, prompt],
-                                                                                orf[2][li, :, :, prompt])}
-    del of, orf
+        if check:
+            outs[name] = (nk[:, :, :, prompt], nv[:, :, :, prompt], h)   # the written slot of every layer/row/head
+        log(f"batch {B}, {n} layers: {name}: timing {iters} calls")
+        times[name] = _median_donated(lambda kc, vc, fn=fn: fn(kc, vc, x, next_pos), nk, nv, iters, copy=False)
+    if check:
+        ref = outs["model_xla"]
+        res["errors_vs_model_xla"] = {
+            k: {"out": err(o[2], ref[2]), "cache_k_rows": err(o[0], ref[0]), "cache_v_rows": err(o[1], ref[1])}
+            for k, o in outs.items() if k != "model_xla"}
+        del outs
+        # one layer, fused vs its XLA reference (same inputs)
+        S = cache.k.shape[3]
+        slot = jnp.full((B,), prompt, jnp.int32)
+        v = cache.valid.at[:, prompt].set(True)
+        bias = jnp.where(v & (jnp.arange(S)[None] <= prompt), 0.0, F.NEG).astype(jnp.float32)
+        cos, sin = R.decode_cos_sin(next_pos, cfg)
+        li = min(5, n - 1)
+        one_f = jax.jit(lambda *a: F.fused_decoder_layer_decode(*a, cfg, layer=li, bias=bias, interpret=INTERPRET))
+        one_r = jax.jit(lambda *a: R.decoder_layer_decode_ref(*a, cfg, layer=li, bias=bias))
+        a = (params, x[:, 0], cache.k, cache.v, slot, cos, sin)
+        if fused_ok:
+            of, orf = one_f(*a), one_r(*a)
+            res[f"layer{li}_fused_vs_reference"] = {
+                "out": err(of[0], orf[0]), "cache_k_rows": err(of[1][li, :, :, prompt], orf[1][li, :, :, prompt]),
+                "cache_v_rows": err(of[2][li, :, :, prompt], orf[2][li, :, :, prompt])}
+            del of, orf
+    return res, times, (params, cache, x, next_pos)
 
-    times = {}
-    for name, fn in (("fused", fused), ("model_xla", model_step("xla")), ("model_pallas", model_step("pallas")),
-                     ("xla_reference", stack(R.decoder_layer_decode_ref))):
-        k0, v0 = fresh()
-        log(f"batch {B}: {name}: timing {iters} calls")
-        g = lambda kv, fn=fn: fn(kv[0], kv[1], x, next_pos)  # noqa: E731
-        ts = []
-        kv = (k0, v0)
-        for i in range(3 + iters):
-            t = time.perf_counter()
-            out = jax.block_until_ready(g(kv))
-            if i >= 3:
-                ts.append(time.perf_counter() - t)
-            kv = out[:2]
-        times[name] = statistics.median(ts)
-        del kv, out
-    res["stack_ms"] = {n: t * 1e3 for n, t in times.items()}
+
+def run_batch(cfg, B, prompt, iters, depths, sweep, bw):
+    L, K, hd = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
+    fused_path, why = decode_layer_path(FUSED_IMPL, cfg, T=1, stacked_cache=True, devices=1)
+    fused_ok = fused_path != "xla"
+    if not fused_ok:
+        log(f"the fused decode layer does not apply here ({why}): only the XLA variants are timed")
+    weight_bytes = L * sum(_layer_bytes(cfg).values())
+    kv_bytes = 2 * L * K * hd * 2 * B * (prompt + 1)          # K and V rows up to each row's length, bf16
+    res = {"B": B, "S": prompt + 128, "length": prompt + 1, "weight_bytes": weight_bytes, "kv_read_bytes": kv_bytes,
+           "layers": L, "depths_timed": list(depths), "fused_path": fused_path, "fused_not_applied_why": why}
+    measured, kern, held = {}, {}, {}
+    for n in depths:
+        cn = dataclasses.replace(cfg, num_hidden_layers=n)
+        r, times, (params, cache, x, pos) = run_depth(cn, B, prompt, iters, fused_ok, check=n == max(depths))
+        res.update(r)
+        measured[n] = times
+        log(f"batch {B}, {n} layers: stack ms {({k: round(t * 1e3, 3) for k, t in times.items()})}; per-kernel next")
+        if fused_ok:
+            held[n] = (cn, params, cache.k, cache.v, x[:, 0], pos)
+            kern[n] = per_kernel(*held[n], B, prompt, iters, F.Blocks())
+        if not sweep:
+            held.pop(n, None)
+        del params, cache
+    res["stack_ms_measured"] = {n: {k: t * 1e3 for k, t in ts.items()} for n, ts in measured.items()}
+    times = {k: extrapolate({n: measured[n][k] for n in depths}, L)[1] for k in measured[depths[0]]}
+    res["stack_ms"] = {k: t * 1e3 for k, t in times.items()}
     total = weight_bytes + kv_bytes
-    res["stack_bandwidth_TBps"] = {n: total / t / 1e12 for n, t in times.items()}
+    res["stack_bandwidth_TBps"] = {k: total / t / 1e12 for k, t in times.items()}
     if bw:
-        res["stack_fraction_of_read_bw"] = {n: total / t / bw for n, t in times.items()}
-
-    log(f"batch {B}: stack ms {res['stack_ms']}; per-kernel timings next")
-    res["kernels"] = per_kernel(cfg, params, kc, vc, x[:, 0], next_pos, B, S, prompt, iters, F.Blocks(), bw)
-    if sweep:
-        res["sweep"] = run_sweep(cfg, params, kc, vc, x[:, 0], next_pos, B, S, prompt, iters, bw)
+        res["stack_fraction_of_read_bw"] = {k: total / t / bw for k, t in times.items()}
+    if fused_ok:
+        res["kernels"] = kernel_figures(kern, depths, bw)
+    if sweep and fused_ok:
+        res["sweep"] = run_sweep(held, B, prompt, iters, bw)
     return res
 
 
-def per_kernel(cfg, params, kc, vc, x, pos, B, S, prompt, iters, blocks, bw, only=None):
-    """Each kernel alone over the L layers in one jit; time per launch and bandwidth of the bytes it reads."""
+def _layer_bytes(cfg):
+    """Bytes of one layer's weights per LAYER_KEYS name (bf16)."""
+    D, I, Hq, K, hd = (cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                       cfg.head_dim)
+    shapes = dict(input_norm=(D,), q_kernel=(D, Hq * hd), k_kernel=(D, K * hd), v_kernel=(D, K * hd),
+                  o_kernel=(Hq * hd, D), q_norm=(hd,), k_norm=(hd,), post_norm=(D,), gate_kernel=(D, I),
+                  up_kernel=(D, I), down_kernel=(I, D))
+    return {k: 2 * int(np.prod(s)) for k, s in shapes.items()}
+
+
+def kernel_figures(kern, depths, bw):
+    """{depth: {kernel: (seconds for the depth's layers, bytes per layer)}} -> per kernel: time per launch (the
+    slope between the depths), bytes per layer, bandwidth."""
+    out = {}
+    for name in kern[depths[0]]:
+        t, _ = extrapolate({n: kern[n][name][0] for n in depths}, 1)
+        nbytes = kern[depths[0]][name][1]
+        out[name] = {"us_per_layer": t * 1e6, "bytes_per_layer": nbytes, "TBps": nbytes / t / 1e12}
+        if bw:
+            out[name]["fraction_of_read_bw"] = nbytes / t / bw
+    return out
+
+
+def per_kernel(cfg, params, kc, vc, x, pos, B, prompt, iters, blocks, only=None):
+    """Each kernel alone over cfg's L layers in one jit (unrolled). -> {kernel: (seconds for the L launches, bytes
+    it must read per launch)}."""
     L, K, hd, Hq = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.num_attention_heads
     eps = cfg.rms_norm_eps
     nb = lambda *ks: sum(int(np.prod(params[k].shape[1:])) * params[k].dtype.itemsize for k in ks)  # noqa: E731
@@ -217,15 +290,14 @@ def per_kernel(cfg, params, kc, vc, x, pos, B, S, prompt, iters, blocks, bw, onl
     for name, (fn, nbytes) in kernels.items():
         if only and not name.startswith(only):
             continue
-        t = _median_donated(jax.jit(fn, donate_argnums=(0, 1)), kc, vc, iters) / L
-        out[name] = {"us_per_layer": t * 1e6, "bytes_per_layer": nbytes, "TBps": nbytes / t / 1e12}
-        if bw:
-            out[name]["fraction_of_read_bw"] = nbytes / t / bw
+        out[name] = (_median_donated(jax.jit(fn, donate_argnums=(0, 1)), kc, vc, iters), nbytes)
     return out
 
 
-def _median_donated(f, kc, vc, iters, warmup=3):
-    kv = (jnp.copy(kc), jnp.copy(vc))
+def _median_donated(f, kc, vc, iters, warmup=3, copy=True):
+    """Median seconds of f(k cache, v cache) -> (k cache, v cache, ...), each call fed the caches the last one
+    returned (donated; copy=False donates kc/vc themselves)."""
+    kv = (jnp.copy(kc), jnp.copy(vc)) if copy else (kc, vc)
     ts = []
     for i in range(warmup + iters):
         t = time.perf_counter()
@@ -236,7 +308,9 @@ def _median_donated(f, kc, vc, iters, warmup=3):
     return statistics.median(ts)
 
 
-def run_sweep(cfg, params, kc, vc, x, pos, B, S, prompt, iters, bw):
+def run_sweep(held, B, prompt, iters, bw):
+    """held: {depth: (cfg, params, k cache, v cache, x, positions)} of the timed depths."""
+    depths = sorted(held)
     base = F.Blocks()
     grid = {"qkv": [base._replace(qkv_splits=s, num_warps=w) for s in (1, 2, 4) for w in (4, 8)],
             "attention": [base._replace(attn_splits=n, attn_block_k=k) for n in (0, 4, 16) for k in (32, 64, 128)],
@@ -250,8 +324,8 @@ def run_sweep(cfg, params, kc, vc, x, pos, B, S, prompt, iters, bw):
         rows = []
         for blk in cands:
             try:
-                r = per_kernel(cfg, params, kc, vc, x, pos, B, S, prompt, max(10, iters // 3), blk, bw, only=name)
-                rows.append({"blocks": blk._asdict(), **next(iter(r.values()))})
+                kern = {n: per_kernel(*held[n], B, prompt, max(10, iters // 3), blk, only=name) for n in depths}
+                rows.append({"blocks": blk._asdict(), **next(iter(kernel_figures(kern, depths, bw).values()))})
             except Exception as e:  # noqa: BLE001 -- a block setting Triton refuses is a result, not a failure
                 rows.append({"blocks": blk._asdict(), "error": f"{type(e).__name__}: {str(e)[:300]}"})
         ok = [r for r in rows if "us_per_layer" in r]
@@ -267,14 +341,21 @@ def main(argv=None):
     ap.add_argument("--prompt", type=int, default=2048, help="cache slots already written (the step attends to "
                                                              "prompt + 1)")
     ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--depths", default="2,8",
+                    help="decoder depths timed (one or two, comma list): the full stack's figures are extrapolated "
+                         "linearly from them; a single depth >= the model's layers times the full stack")
     ap.add_argument("--sweep", action="store_true")
     args = ap.parse_args(argv)
     cfg = get_preset(args.preset).text
+    L = cfg.num_hidden_layers
+    depths = sorted({min(int(d), L) for d in args.depths.split(",") if d})
+    if not 1 <= len(depths) <= 2 or depths[0] < 1:
+        raise SystemExit(f"--depths {args.depths!r}: one or two positive depths")
     bw = read_bandwidth() if jax.default_backend() == "gpu" else None
     report = {"device": device_info(), "preset": args.preset, "read_bandwidth_Bps": bw, "blocks": F.Blocks()._asdict(),
-              "kernels_per_layer": 5, "batches": []}
+              "kernels_per_layer": 5, "depths_timed": depths, "batches": []}
     for B in map(int, args.batches.split(",")):
-        report["batches"].append(run_batch(cfg, B, args.prompt, args.iters, args.sweep, bw))
+        report["batches"].append(run_batch(cfg, B, args.prompt, args.iters, depths, args.sweep, bw))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
         print(json.dumps(report["batches"][-1]), flush=True)
