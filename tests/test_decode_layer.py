@@ -2,6 +2,7 @@
 with the fused kernels (through the Pallas interpreter on CPU) against the XLA layers, and the rule of where the fused
 layer runs (`run_options.decode_layer_path`)."""
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL
 from vsr1_jax.models.qwen3_vl.run_options import RunOptions, decode_layer_path
-from vsr1_jax.models.qwen3_vl.text import KVCache
+from vsr1_jax.models.qwen3_vl.text import KVCache, TextModel
 
 CFG = get_preset("tiny")   # head_dim 16: the interpreter takes it (Triton would not: the rule sends it to XLA)
 
@@ -79,7 +80,10 @@ def test_fused_path_runs_only_where_the_rule_says():
     assert not kernels(1, devices=2)               # a mesh of several devices
 
 
-def test_decode_layer_rule():
+GPU = type("Dev", (), {"platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"})()
+
+
+def test_decode_layer_rule(monkeypatch):
     tiny, big = CFG.text, get_preset("qwen3_vl_2b").text
     rule = lambda impl, cfg=big, T=1, stacked=True, devices=1: decode_layer_path(  # noqa: E731
         impl, cfg, T=T, stacked_cache=stacked, devices=devices)[0]
@@ -90,17 +94,39 @@ def test_decode_layer_rule():
     assert rule("fused_interpret", devices=4) == "xla"
     with pytest.raises(ValueError, match="decode_layer_impl"):
         rule("triton")
-    gpu = type("Dev", (), {"platform": "gpu", "device_kind": "NVIDIA H100 80GB HBM3"})()
-    real = jax.devices
-    try:
-        jax.devices = lambda *a: [gpu]
-        assert rule("fused") == "fused"
-        path, why = decode_layer_path("fused", tiny, T=1, stacked_cache=True, devices=1)
-        assert path == "xla" and "head_dim 16" in why          # hd/2 = 8 columns: below Triton's 16
-        assert rule("fused", dataclasses.replace(big, head_dim=96)) == "xla"
-        assert rule("fused", devices=2) == "xla"
-    finally:
-        jax.devices = real
+    monkeypatch.setattr(jax, "devices", lambda *a: [GPU])
+    assert rule("fused") == "fused"
+    path, why = decode_layer_path("fused", tiny, T=1, stacked_cache=True, devices=1)
+    assert path == "xla" and "head_dim 16" in why          # hd/2 = 8 columns: below Triton's 16
+    assert rule("fused", dataclasses.replace(big, head_dim=96)) == "xla"
+    assert rule("fused", devices=2) == "xla"
+
+
+def test_production_decoder_lowers_to_the_triton_kernels_at_2b_layer_shapes(monkeypatch):
+    """TextModel's decode step with decode_layer_impl "fused" on an NVIDIA GPU (pretended: jax.export lowers it for
+    CUDA on the CPU, Pallas -> Triton IR) runs the five kernels per layer, at the 2B's layer shapes (2 layers)."""
+    from jax import export   # noqa: PLC0415  (only this test exports)
+    cfg = dataclasses.replace(get_preset("qwen3_vl_2b").text, num_hidden_layers=2)
+    model = nnx.eval_shape(lambda: TextModel(cfg, tie_word_embeddings=True, param_dtype=jnp.bfloat16,
+                                             rngs=nnx.Rngs(0)))
+    graph, state = nnx.split(model)
+    B, S, bf = 8, 2176, jnp.bfloat16
+    sd = jax.ShapeDtypeStruct
+
+    def step(state, kc, vc, valid, x, pos):
+        cache = KVCache(kc, vc, valid, jnp.asarray(2048, jnp.int32))
+        pos3 = jnp.broadcast_to(pos[None, :, None], (3, B, 1))
+        h, _, new = nnx.merge(graph, state)(x, pos3, jnp.ones((B, 1), bool), cache=cache, decode_layer_impl="fused",
+                                            devices=1)
+        return new.k, new.v, h
+
+    monkeypatch.setattr(jax, "devices", lambda *a: [GPU])
+    kv = sd((2, B, cfg.num_key_value_heads, S, cfg.head_dim), bf)
+    exp = export.export(jax.jit(step), platforms=["cuda"],
+                        disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(
+        state, kv, kv, sd((B, S), bool), sd((B, 1, cfg.hidden_size), bf), sd((B,), jnp.int32))
+    names = re.findall(r'name = "(vsr1_\w+)"', exp.mlir_module())
+    assert names == ["vsr1_qkv", "vsr1_attention", "vsr1_oproj", "vsr1_gate_up", "vsr1_down"] * 2
 
 
 def test_config_default_is_xla():
