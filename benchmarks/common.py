@@ -411,17 +411,25 @@ def decode_row(step_s: float, cfg: Qwen3VLConfig, rows: int, mean_len: float, ce
 
 
 # ---- inputs and models --------------------------------------------------------------------------------------------
+def random_text_ids(rng: np.random.RandomState, n: int, cfg: Qwen3VLConfig) -> list[int]:
+    """n random text token ids below min(5000, vocab / 2), none of them a vision token id (with
+    `tiny_token_config`'s ids, which lie in that range, a drawn image placeholder would be a vision run without a
+    grid: the 2026-12-07 H100 run of `benchmarks.sft --part hf` failed so)."""
+    hi = min(5000, cfg.text.vocab_size // 2)
+    special = {cfg.image_token_id, cfg.video_token_id, cfg.vision_start_token_id, cfg.vision_end_token_id}
+    return [1 if int(i) in special else int(i) for i in rng.randint(1, hi, size=n)]
+
+
 def video_prompt(cfg: Qwen3VLConfig, groups: int, h: int, w: int, text_before=64, text_after=32, seed=0):
     """Token ids laid out like a processed video prompt (timestamp, vision_start, pads, vision_end per 2-frame
     group) and random pixel rows. h, w in patches (multiples of 2)."""
     rng = np.random.RandomState(seed)
     per = h * w // cfg.vision.merge_unit
-    hi = min(5000, cfg.text.vocab_size // 2)
-    ids = list(rng.randint(1, hi, size=text_before))
+    ids = random_text_ids(rng, text_before, cfg)
     for _ in range(groups):
-        ids += [int(rng.randint(1, hi)), cfg.vision_start_token_id] + [cfg.video_token_id] * per + [
+        ids += random_text_ids(rng, 1, cfg) + [cfg.vision_start_token_id] + [cfg.video_token_id] * per + [
             cfg.vision_end_token_id]
-    ids += list(rng.randint(1, hi, size=text_after))
+    ids += random_text_ids(rng, text_after, cfg)
     grid = (groups, h, w)
     px = rng.randn(groups * h * w, cfg.vision.patch_dim).astype(np.float32)
     return np.asarray([ids], np.int32), grid, px

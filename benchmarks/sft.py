@@ -172,13 +172,12 @@ def hf_sft_step(res: dict, cfg, grid, answer: int, head) -> None:
     ids, grid, px = C.video_prompt(cfg, *grid, seed=6)
     refine = 151669 if cfg.text.vocab_size > 151669 else cfg.text.vocab_size - 1
     rng = np.random.RandomState(6)
-    hi = min(5000, cfg.text.vocab_size // 2)
-    ans = list(rng.randint(1, hi, size=max(answer - 3, 1))) + [refine, 7, 198]
+    ans = C.random_text_ids(rng, max(answer - 3, 1), cfg) + [refine, 7, 198]
     full = np.concatenate([ids[0], ans]).astype(np.int64)
     T = len(full)
     pos, _ = get_rope_index(full[None], image_token_id=cfg.image_token_id, video_token_id=cfg.video_token_id,
                             video_grid_thw=[grid])
-    emb_ids = rng.randint(1, hi, size=40)
+    emb_ids = np.asarray(C.random_text_ids(rng, 40, cfg))
     K, D = 24, head.append_kernel.shape[1]
     cand = rng.randn(K + 1, D).astype(np.float32)
     cand /= np.linalg.norm(cand, axis=-1, keepdims=True)
