@@ -124,4 +124,22 @@ def get_config() -> ml_collections.ConfigDict:
     c.demo.vision.eval_every = 100
     c.demo.vision.checkpoint = ml_collections.ConfigDict(
         {"every_steps": 200, "every_fraction": 0.0, "keep": 2, "async_save": False})
+    # Stage 0c (vsr1_jax/train/caption_pretrain.py), after Stage 0: the tiny policy learns to say what a video shows
+    # (causal-LM loss on captions of rendered train-side videos), as the real policy comes a pretrained VLM; Stage 1
+    # starts from it. Not part of the original; off here, on in configs/toy.py. Needs demo.stage0.enabled.
+    c.demo.caption = ml_collections.ConfigDict()
+    c.demo.caption.enabled = False
+    c.demo.caption.seed = 0              # pool plan (other streams than Stages 0 and 0v's) and batch order
+    c.demo.caption.pool_videos = 2048    # train-side videos (no test event tuple), rendered per batch
+    c.demo.caption.val_videos = 128      # held-out train-side videos: caption loss and attribute accuracy
+    c.demo.caption.steps = 400
+    c.demo.caption.batch_size = 16
+    c.demo.caption.learning_rate = 3e-3  # AdamW, linear decay after the warmup (Stage 1's toy rate)
+    c.demo.caption.warmup_steps = 20
+    c.demo.caption.weight_decay = 0.0    # Stage 1's (sft.weight_decay)
+    c.demo.caption.max_tokens = 384      # every row is padded to this many tokens (one compiled step)
+    c.demo.caption.max_caption_tokens = 128   # ... and its caption to this many label tokens
+    c.demo.caption.eval_every = 100
+    c.demo.caption.checkpoint = ml_collections.ConfigDict(
+        {"every_steps": 200, "every_fraction": 0.0, "keep": 2, "async_save": False})
     return c

@@ -30,6 +30,7 @@ def test_training_checkpoint_loads_with_its_weights(tmp_path):
     then applied to fresh demo models: every weight is the saved one, trainable or frozen."""
     c = get_config()
     c.demo.vision.enabled = False   # the random policy (no Stage-0v tower to load here)
+    c.demo.caption.enabled = False  # (nor a Stage-0c policy)
     emb = demo_models.tiny_embedder(c.demo.embedder_seed)
     models = demo_models.demo_models(c, emb)
     state, graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, optax.sgd(0.1),

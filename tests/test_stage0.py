@@ -26,6 +26,7 @@ def tiny_config(tmp_path):
     st.pool_videos, st.val_videos, st.batch_size, st.steps, st.eval_every = 8, 4, 4, 3, 0
     st.same_background_batches = False  # 4 twins cannot fill a batch on each background
     c.demo.vision.enabled = False  # Stage 0 alone here (Stage 0v: tests/test_vision_pretrain.py)
+    c.demo.caption.enabled = False  # (Stage 0c: tests/test_caption_pretrain.py)
     return c
 
 

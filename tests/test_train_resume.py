@@ -31,6 +31,7 @@ def _cmd(mode, data_root, out):
               "--config.synthetic.progress=False"]
     if mode == "stage0":  # the demo's search engine: 8-video batches from a 16-video pool
         return common + ["--config.demo.stage0.enabled=True", "--config.demo.vision.enabled=False",
+                         "--config.demo.caption.enabled=False",
                          f"--config.demo.stage0.steps={STEPS}",
                          "--config.demo.stage0.pool_videos=16",
                          "--config.demo.stage0.val_videos=4", "--config.demo.stage0.batch_size=8",

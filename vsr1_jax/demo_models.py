@@ -62,6 +62,17 @@ def load_vision(config, model: Qwen3VL) -> Qwen3VL:
     return model
 
 
+def caption_dir(config) -> str:
+    """Where Stage 0c (vsr1_jax/train/caption_pretrain.py) writes the captioning policy: `<stage0 dir>/caption`."""
+    return os.path.join(stage0_dir(config), "caption")
+
+
+def pretrained_policy(config) -> bool:
+    """Whether the demo's policy starts from Stage 0c's captioning policy: `config.demo.caption.enabled` with Stage 0
+    on (Stage 0c runs after the engine is trained)."""
+    return bool(config.demo.caption.enabled and config.demo.stage0.enabled)
+
+
 def demo_embedder(config, opts: RunOptions | None = None, mesh=None, *, untrained: bool = False,
                   vision: bool = True) -> TextVideoEmbedder:
     """The demo's search engine: `tiny_embedder` with the demo's seed and video settings, holding the Stage-0
@@ -85,14 +96,22 @@ def demo_embedder(config, opts: RunOptions | None = None, mesh=None, *, untraine
     return TextVideoEmbedder(model, emb.tokenizer, video_cfg=config.demo.embed_video.to_dict(), opts=opts, mesh=mesh)
 
 
-def demo_models(config, embedder: TextVideoEmbedder) -> Models:
-    """The tiny random policy and SQR head of the demo, with `embedder`'s model as the query embedder. With
+def demo_models(config, embedder: TextVideoEmbedder, *, captioned: bool = True) -> Models:
+    """The tiny policy and SQR head of the demo, with `embedder`'s model as the query embedder. With
     `config.demo.vision.enabled` the policy's vision tower is Stage 0v's pretrained one (the engine's starting point),
-    as the real policy and engine both read videos through a pretrained Qwen3-VL vision encoder."""
+    as the real policy and engine both read videos through a pretrained Qwen3-VL vision encoder; with
+    `config.demo.caption.enabled` the whole policy is Stage 0c's captioning one (unless captioned=False: the policy
+    Stage 0c starts from), as the real policy is a pretrained VLM. The SQR head is random."""
     tok = build_tiny_tokenizer()
     policy = Qwen3VL(get_preset("tiny"), rngs=nnx.Rngs(config.demo.policy_seed))
     if pretrained_vision(config):
         load_vision(config, policy)
+    if captioned and pretrained_policy(config):
+        path = caption_dir(config)
+        if not os.path.isdir(path):
+            raise SetupError(f"{path} not found: Stage 0c trains the demo's policy to describe videos first (any "
+                             "--config.mode with configs/toy.py runs it), or pass --config.demo.caption.enabled=False")
+        nnx.update(policy, nnx.State(orbax_io.restore_params(path, target=nnx.to_pure_dict(nnx.state(policy)))))
     D = embedder.dim
     head = S.SQRHead(S.SQRConfig(policy_hidden=policy.cfg.text.hidden_size, retrieval_dim=D, embedder_hidden=D,
                                  zero_init_refine=config.demo.zero_init_refine), rngs=nnx.Rngs(config.demo.policy_seed))

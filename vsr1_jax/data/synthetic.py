@@ -275,7 +275,7 @@ def plan_pool(cfg, num_videos: int, *, seed: Sequence[int], exclude: frozenset =
 
 def pool_query(item: PoolItem, template: int) -> str:
     """Query text `QUERY_TEMPLATES[template]` of a pool item's event."""
-    return QUERY_TEMPLATES[int(template)].format(background=item.video.background, **_words(item.event))
+    return QUERY_TEMPLATES[int(template)].format(background=item.video.background, **event_words(item.event))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -354,13 +354,15 @@ def _lane_words(ev: Event | Mapping[str, str]) -> str:
     return table.get(get("lane"), get("lane"))
 
 
-def _words(ev: Event) -> dict[str, str]:
+def event_words(ev: Event) -> dict[str, str]:
+    """The words the texts use for an event's colour, shape, direction ("to the left") and lane ("along the top")."""
     return {"color": ev.color, "shape": ev.shape, "direction": _DIRECTION.get(ev.direction, ev.direction),
             "lane": _lane_words(ev)}
 
 
+
 def _what(ev: Event) -> str:
-    w = _words(ev)
+    w = event_words(ev)
     return f"a {w['color']} {w['shape']} moving {w['direction']} {w['lane']}"
 
 
@@ -368,7 +370,9 @@ def _when(ev: Event) -> str:
     return f"from {P.format_seconds(ev.start)} to {P.format_seconds(ev.end)} seconds"
 
 
-def _seen(video: SyntheticVideo) -> str:
+def caption(video: SyntheticVideo) -> str:
+    """What a video shows, in one or two sentences: the background, each moving shape (colour, shape, direction,
+    lane, seconds) and the still distractor. Stage 0c's captions and the full teacher reasoning's description."""
     parts = [f"{_what(ev)} {_when(ev)}" for ev in video.events]
     text = f"The video has a {video.background} background and shows " + " and ".join(parts) + "."
     if video.distractor is not None:
@@ -378,19 +382,22 @@ def _seen(video: SyntheticVideo) -> str:
 
 def matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo, short: bool = False) -> str:
     """Teacher-style reasoning for a video that contains the queried event: what is seen, and when. short: one
-    sentence (the demo's tiny policy learns it in minutes; the full text is ~290 tiny-tokenizer tokens)."""
-    if short:
-        return f"The {query_event.color} {query_event.shape} moving {_words(query_event)['direction']} appears " \
-               f"{_when(query_event)}."
+    sentence that describes the queried event as seen, then says it matches (the demo's tiny policy learns it in
+    minutes; the full text is ~290 tiny-tokenizer tokens). Matched and not-matched short sentences start alike ("The
+    video shows a <colour> <shape> moving <direction> <lane> from .. to .. seconds;"), so the verdict comes after the
+    description, not at the second word."""
+    if short:   # what is seen first, then the verdict: the sentence reads the video before it decides
+        return f"The video shows {_what(query_event)} {_when(query_event)}; it matches the query."
     ask = f"The query asks for {_what(query_event)} on a {query_background} background."
-    return (f"{ask} {_seen(video)} The {query_event.color} {query_event.shape} has the queried colour, shape, "
+    return (f"{ask} {caption(video)} The {query_event.color} {query_event.shape} has the queried colour, shape, "
             f"direction and position on the queried background, so the scene matches {_when(query_event)}.")
 
 
 def not_matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo,
                           short: bool = False) -> str:
     """Teacher-style reasoning for a video without the queried event: what is seen and which attributes differ.
-    short: one sentence naming the closest candidate and what differs."""
+    short: one sentence describing the closest candidate (as `matched_reasoning`'s does the match), then what
+    differs."""
     ask = f"The query asks for {_what(query_event)} on a {query_background} background."
     want = _key(query_event, query_background)
 
@@ -399,7 +406,7 @@ def not_matched_reasoning(query_event: Event, query_background: str, video: Synt
 
     best = max(video.events, key=agree)  # the closest candidate in the video
     diffs = []
-    qw, bw = _words(query_event), _words(best)
+    qw, bw = event_words(query_event), event_words(best)
     for name, label in (("color", "colour"), ("shape", "shape"), ("direction", "direction"), ("lane", "position")):
         if getattr(best, name) != getattr(query_event, name):
             diffs.append(f"{label} ({bw[name]}, not {qw[name]})")
@@ -410,12 +417,12 @@ def not_matched_reasoning(query_event: Event, query_background: str, video: Synt
     diff_text = diffs[0] if len(diffs) == 1 else ", ".join(diffs[:-1]) + " and " + diffs[-1]
     if short:
         labels = [x.split(" (")[0] for x in diffs]
-        return f"The video shows {_what(best)}; its {' and '.join(labels)} differ from the query."
+        return f"The video shows {_what(best)} {_when(best)}; its {' and '.join(labels)} differ from the query."
     still = ""
     d = video.distractor
     if d is not None and (d.color, d.shape) == (query_event.color, query_event.shape):
         still = f" The {d.color} {d.shape} in the video stays still; it does not move {qw['direction']}."
-    return (f"{ask} {_seen(video)} The closest moving candidate, the {best.color} {best.shape}, differs in "
+    return (f"{ask} {caption(video)} The closest moving candidate, the {best.color} {best.shape}, differs in "
             f"{diff_text}.{still} No {query_event.color} {query_event.shape} moving {qw['direction']} "
             f"{qw['lane']} on a {query_background} background appears, so the video does not match the query.")
 
@@ -485,7 +492,7 @@ def _queries_for(videos: list[SyntheticVideo], per_event: int, rng: np.random.Ge
     for video in videos:
         for ev in video.events:
             for k in rng.permutation(len(QUERY_TEMPLATES))[:per_event]:
-                text = QUERY_TEMPLATES[int(k)].format(background=video.background, **_words(ev))
+                text = QUERY_TEMPLATES[int(k)].format(background=video.background, **event_words(ev))
                 out.append(_Query(desc_id=first_desc_id + len(out), video=video, event=ev, text=text,
                                   cog_desc=f"a {ev.shape} moves {_DIRECTION[ev.direction]}",
                                   score=round(float(rng.uniform(0.6, 1.0)), 4)))
@@ -705,6 +712,6 @@ def build_synthetic_dataset(root, dataset: str, cfg, *, embedder: Embedder,
 
 
 __all__ = ["Distractor", "Embedder", "Event", "FIXED_EXTRACT_UTC", "PoolItem", "QUERY_TEMPLATES", "SyntheticBuild",
-           "SyntheticVideo", "build_synthetic_dataset", "event_center", "event_key", "matched_reasoning",
-           "not_matched_reasoning", "plan_pool", "plan_split", "plan_splits", "pool_query", "render_video",
-           "split_keys"]
+           "SyntheticVideo", "build_synthetic_dataset", "caption", "described_event", "event_attributes",
+           "event_center", "event_key", "event_words", "matched_reasoning", "not_matched_reasoning", "plan_pool",
+           "plan_split", "plan_splits", "pool_query", "render_video", "split_keys"]

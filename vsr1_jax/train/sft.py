@@ -71,8 +71,8 @@ class SFTExamples:
 
     def __call__(self, rec: Mapping) -> dict:
         where = f"train_oneturn.json item {rec.get('index')} (qid {rec.get('qid')!r})"
-        try:
-            frames = load_npy_video(rec["video_path"])
+        try:   # a record may carry its frames (Stage 0c renders them per batch) instead of an npy path
+            frames = rec["frames"] if "frames" in rec else load_npy_video(rec["video_path"])
         except (FileNotFoundError, ValueError) as e:
             return {"skip": "video_unreadable", "skip_detail": f"{where}: {e}", **_ids_of(rec)}
         meta = None if self.video_meta is None else self.video_meta.get(rec["video_id"])

@@ -47,7 +47,7 @@ from vsr1_jax.models.qwen3_vl.vision import VisionBuckets, pack_vision
 from vsr1_jax.retrieval.encoder import TextVideoEmbedder
 from vsr1_jax.train import loop, optim
 from vsr1_jax.train import state as state_lib
-from vsr1_jax.train import vision_pretrain
+from vsr1_jax.train import caption_pretrain, vision_pretrain
 
 log = logging.getLogger(__name__)
 
@@ -350,6 +350,13 @@ def ensure_engine(config) -> dict | None:
             raise SystemExit(f"stopped during Stage 0 at step {s['steps']}/{config.demo.stage0.steps}: run the same "
                              "command to resume")
         summary.update(steps=s["steps"], wall_s=s["wall_s"])
+    if demo_models.pretrained_policy(config) and not os.path.isdir(demo_models.caption_dir(config)):
+        models = demo_models.demo_models(config, demo_models.demo_embedder(config), captioned=False)
+        cap = caption_pretrain.run_caption_pretrain(config, models)
+        if cap["stopped"]:
+            raise SystemExit(f"stopped during Stage 0c at step {cap['steps']}/{config.demo.caption.steps}: run the "
+                             "same command to resume")
+        summary.update(caption_steps=cap["steps"], caption_wall_s=cap["wall_s"])
     return summary
 
 
