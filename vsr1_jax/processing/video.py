@@ -211,16 +211,14 @@ def preprocess_video(frames: np.ndarray, phase_cfg: Any, timestamps_mode: str = 
     """The policy's video input from npy frames [T, H, W, 3] (S §6.2, E §2.1, G §1.1 step 3).
 
     phase_cfg: `get_video_config().sft | .grpo | .eval` (or any mapping) with `min_pixels`, `max_pixels` (the
-      item's per-frame cap), `total_pixels`, optionally `fps` (timestamps, default 1.0) and
-      `patch_size`/`temporal_patch_size`/`merge_size`.
+      item's per-frame cap), `total_pixels` and optionally `fps` (timestamps, default 1.0). The patch sizes are the
+      Qwen3-VL processor's constants (PATCH_SIZE, TEMPORAL_PATCH_SIZE, MERGE_SIZE), not phase settings.
     timestamps_mode: "index" (default; the original: fps 1, indices 0..T-1 -> 0.5, 2.5, ...) or "meta" (real
       seconds from `meta_row`, see `meta_timestamps`).
     Steps: pad to even T -> `resized_video_size` -> `resize_like_qwen_vl_utils` -> `rescale_normalize` -> `patchify`.
     """
     frames = _as_frames(frames)
-    patch = int(cfg_get(phase_cfg, "patch_size", PATCH_SIZE))
-    tps = int(cfg_get(phase_cfg, "temporal_patch_size", TEMPORAL_PATCH_SIZE))
-    merge = int(cfg_get(phase_cfg, "merge_size", MERGE_SIZE))
+    patch, tps, merge = PATCH_SIZE, TEMPORAL_PATCH_SIZE, MERGE_SIZE
     t0 = frames.shape[0]
     frames = pad_to_even(frames)
     h, w = resized_video_size(frames.shape[0], frames.shape[1], frames.shape[2],
