@@ -71,6 +71,7 @@ class EpisodeConfig:
     timestamps_mode: str = "index"    # the original's fps=1, indices 0..T-1 convention
     batch_size: int = 16              # rows generated together (same video grid)
     max_prompt_length: int = 20384    # MODEL_MAX_LENGTH: a longer prompt skips the query (`prompt_too_long`)
+    prompt_limit_field: str = "eval.model_max_length"   # the config field of max_prompt_length (messages)
     length_bucket: int = 64           # prompts are padded to a multiple of this (few compiled shapes)
     # "eval": [system, user('Query: "q"\nRetrieved video: <video>')] (EVAL L934-966);
     # "grpo": [system, user(q), user('<information>\nRetrieved video: <video>\n</information>')] (grpo.md §1.1).
@@ -92,7 +93,7 @@ class EpisodeConfig:
     def from_config(cls, config, mode: str = "eval") -> "EpisodeConfig":
         """The episode settings of `config` for evaluation (`config.eval`) or GRPO rollouts (`config.grpo`)."""
         check_supported(config.eval, "eval")
-        common = dict(max_prompt_length=config.eval.model_max_length, embedder_max_length=config.eval.query_embedder_max_length,
+        common = dict(embedder_max_length=config.eval.query_embedder_max_length,
                       instruction=config.eval.query_embedder_input_prefix, refine_token=config.eval.refine_token,
                       num_latents=config.eval.refine_token_count,
                       outer_vision_tokens=config.prompts.outer_vision_tokens,
@@ -102,10 +103,14 @@ class EpisodeConfig:
             # unchanged; detail rows carry it as sqr_probe_rank)
             probe = bool(config.demo.enabled and config.demo.get("sqr_probe", False))
             return cls(max_turn=config.eval.max_turn, max_new_tokens=config.eval.max_new_tokens,
+                       max_prompt_length=config.eval.model_max_length, prompt_limit_field="eval.model_max_length",
                        batch_size=config.agent.batch_size, prompt_style="eval", refine_matched=probe, **common)
         if mode == "grpo":
             g = config.grpo
+            # the GRPO prompt limit (grpo.md §3.1): a longer prompt would not fit the scoring batch's buckets
             return cls(max_turn=g.max_turns, max_new_tokens=config.data.grpo.max_completion_length,
+                       max_prompt_length=config.data.grpo.max_prompt_length,
+                       prompt_limit_field="data.grpo.max_prompt_length",
                        batch_size=g.rollout_batch_size, prompt_style="grpo", refine_matched=True,
                        vision_buckets=VisionBuckets(items=None, groups=tuple(g.vision_group_buckets),
                                                     patches=tuple(g.vision_patch_buckets)), **common)
@@ -304,8 +309,8 @@ class EpisodeEngine:
                     t.active, t.stop_reason = False, "video_file_missing"
                 continue
             if len(ids) > cfg.max_prompt_length:
-                log.warning("query %s: the prompt has %d tokens > max_prompt_length %d (config.eval."
-                            "model_max_length); skipped", members[0].query["qid"], len(ids), cfg.max_prompt_length)
+                log.warning("query %s: the prompt has %d tokens > %d (config.%s); skipped", members[0].query["qid"],
+                            len(ids), cfg.max_prompt_length, cfg.prompt_limit_field)
                 self.stats["prompt_too_long"] += len(members)
                 for t in members:
                     t.active, t.stop_reason = False, "prompt_too_long"

@@ -127,10 +127,12 @@ class PreparedPaths:
 
     @property
     def hard_negatives(self) -> Path:
+        """{qid: [doc_id, ...]}: Stage 1's hard negatives (E §3.7; S §5)."""
         return self.dataset_dir / "train" / "hard_negatives.json"
 
     @property
     def sft_oneturn(self) -> Path:
+        """Stage 1's items (convert_match_grounding_to_oneturn.py L324-344; E §3.8; S §8 "Data")."""
         return self.dataset_dir / "sft_data" / "train_oneturn.json"
 
     @property
@@ -139,10 +141,12 @@ class PreparedPaths:
 
     @property
     def grpo_rows(self) -> Path:
+        """Stage 2's rows (G §5)."""
         return self.dataset_dir / "grpo_data" / "train.minimal_top1.jsonl"
 
     @property
     def grpo_stats(self) -> Path:
+        """The GRPO builder's counts (BM:162-186, BM:354-368; G §5); written by the build, not read by training."""
         return self.dataset_dir / "grpo_data" / "stats.minimal_top1.json"
 
     def video_npy_exists(self, split: str, video_id: str) -> bool:

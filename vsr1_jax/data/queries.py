@@ -293,13 +293,15 @@ def filter_known_ids(ids: Sequence[str], docid2row: Mapping[str, int], exclude: 
 
 def sft_records(paths: PreparedPaths, *, docid2row: Mapping[str, int] | None = None,
                 hard_negatives: Mapping[str, Sequence[str]] | None = None,
-                require_npy: bool = True, dropped: list | None = None) -> tuple[list[dict], Counter]:
+                require_npy: bool = True, only_neg: bool = False,
+                dropped: list | None = None) -> tuple[list[dict], Counter]:
     """train_oneturn.json → pipeline records + drop counts.
 
     A record: index (position in the array), qid, query, messages, video_id (top-1 shown), pos_video_id,
     gold_label, pair_id, video_path, hard_negative_ids (from hard_negatives.json; the positive, duplicates and
     unknown ids removed) and, with docid2row, pos_row / video_row.
-    Dropped (counted): items whose top-1 npy is missing (`video_file_missing`). Counted, kept: GT not in the
+    Dropped (counted): with `only_neg` (config.data.sft.only_neg; VS L126-129), the items whose gold label is not
+    "neg" (`only_neg_skipped`); items whose top-1 npy is missing (`video_file_missing`). Counted, kept: GT not in the
     corpus (`pos_doc_missing`: the InfoNCE term then has no positive, TRN L1336-1344). `dropped`: a list that
     receives one dict per dropped item (file, item, qid, reason, detail).
     """
@@ -311,6 +313,9 @@ def sft_records(paths: PreparedPaths, *, docid2row: Mapping[str, int] | None = N
     counts: Counter = Counter()
     out = []
     for index, it in enumerate(items):
+        if only_neg and it.meta.gold_label != "neg":
+            counts["only_neg_skipped"] += 1
+            continue
         vid = it.video_id
         npy = paths.video_npy("train", vid)
         if require_npy and not npy.is_file():

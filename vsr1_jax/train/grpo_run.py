@@ -13,6 +13,7 @@ and ground again) and every turn's sampled tokens are scored with the trajectory
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -42,6 +43,47 @@ from vsr1_jax.train.scoring import scoring_batch, scoring_sizes
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class GRPOData:
+    """`config.data.grpo` read once and checked (configs/_data.py cites each value). The build reads the builder
+    fields (hard_negative_depth, augment_*, drop_missing_video_npy) from the same section."""
+    num_generations: int
+    per_device_batch_size: int
+    generation_batch_size: int
+    num_epochs: int
+    max_prompt_length: int
+    max_completion_length: int
+    prompt_buckets: tuple[int, ...]
+    hard_negative_topk: int
+    hard_negative_depth: int
+    augment_match_to_balance: bool
+    target_match_ratio: float
+    augment_seed: int
+    drop_missing_video_npy: bool
+
+    @classmethod
+    def from_config(cls, config) -> "GRPOData":
+        d = config.data.grpo
+        out = cls(num_generations=int(d.num_generations), per_device_batch_size=int(d.per_device_batch_size),
+                  generation_batch_size=int(d.generation_batch_size), num_epochs=int(d.num_epochs),
+                  max_prompt_length=int(d.max_prompt_length), max_completion_length=int(d.max_completion_length),
+                  prompt_buckets=tuple(int(x) for x in d.prompt_buckets),
+                  hard_negative_topk=int(d.hard_negative_topk), hard_negative_depth=int(d.hard_negative_depth),
+                  augment_match_to_balance=bool(d.augment_match_to_balance),
+                  target_match_ratio=float(d.target_match_ratio), augment_seed=int(d.augment_seed),
+                  drop_missing_video_npy=bool(d.drop_missing_video_npy))
+        if out.num_generations < 1 or out.generation_batch_size % out.num_generations:
+            raise ValueError(f"config.data.grpo.generation_batch_size {out.generation_batch_size} is not a multiple "
+                             f"of config.data.grpo.num_generations {out.num_generations}")
+        return out
+
+    @property
+    def scoring_prompt_buckets(self) -> tuple[int, ...]:
+        """The prompt lengths the scoring batch compiles for: `prompt_buckets` up to `max_prompt_length`, which is
+        the last (a rolled-out prompt is never longer: the rollouts skip those)."""
+        return tuple(sorted({b for b in self.prompt_buckets if b < self.max_prompt_length})) + (self.max_prompt_length,)
+
+
 # ---- host: trajectories -> rewards (the scoring batch: train/scoring.py) ---------------------------------------
 def reward_samples(trajs: list[Trajectory], records: list[dict], group: int, vectors) -> list[R.RewardSample]:
     """The final turn of each trajectory as the rewards see it (grpo.md §4). `vectors(rec, traj)` gives
@@ -65,9 +107,9 @@ class GRPOTask:
     def __init__(self, config, models: Models, *, mesh: jax.sharding.Mesh):
         """mesh: the run's (`sharding.mesh_for(config.mesh)`): the scored batch is split over its data-parallel
         axes; rollouts run on it too, or with several processes on each process's first device."""
-        c, d, g = config, config.data.grpo, config.grpo
-        self.config, self.mesh = config, mesh
-        paths = PreparedPaths(c.data_root, c.dataset)
+        c, d, g = config, GRPOData.from_config(config), config.grpo
+        self.config, self.mesh, self.data = config, mesh, d
+        self.paths = paths = PreparedPaths(c.data_root, c.dataset)
         split = c.data.train_split
         corpus = load_corpus(paths, split)
         queries = load_queries(paths, split)
@@ -169,6 +211,21 @@ class GRPOTask:
         nv = self.corpus.matrix[[self.corpus.docid2row[x] for x in negs]] if negs else None
         return q_orig, pos, nv
 
+    def _drop_skipped(self, recs, trajs):
+        """The round without the prompts the engine skipped (a prompt longer than config.data.grpo.max_prompt_length:
+        the whole group has no turn), each named in skipped.jsonl; (recs, trajs, how many were dropped)."""
+        G = self.G
+        keep = [i for i in range(len(recs)) if all(t.turns for t in trajs[i * G:(i + 1) * G])]
+        for i in sorted(set(range(len(recs))) - set(keep)):
+            r = recs[i]
+            self.skipped.append(dict(file=str(self.paths.grpo_rows), problem_id=int(r["problem_id"]), qid=r["qid"],
+                                     reason=trajs[i * G].stop_reason, detail=f"round {self.round}: not rolled out"))
+        if not keep:
+            raise ValueError(f"no prompt of GRPO round {self.round} could be rolled out on process "
+                             f"{jax.process_index()} (reasons: {sorted({t.stop_reason for t in trajs})}); raise "
+                             "config.data.grpo.max_prompt_length or lower the GRPO pixel budget (config.video.grpo)")
+        return [recs[i] for i in keep], [t for i in keep for t in trajs[i * G:(i + 1) * G]], len(recs) - len(keep)
+
     def _device(self, batch):
         return sharding.global_batch(self.mesh, batch, self.m, self.rows[0], self.merge)
 
@@ -199,6 +256,7 @@ class GRPOTask:
         gen0 = self.engine.stats["generated_tokens"]
         trajs = self.engine.run(queries, qvecs, self.sp, group=self.G, first_docs=[r["retrieved_video"] for r in recs],
                                 params=distributed.local_tree(nnx.state(policy)), **self._keys(len(recs), lo))
+        recs, trajs, too_long = self._drop_skipped(recs, trajs)
         rollout_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         samples = reward_samples(trajs, recs, self.G, self._vectors)
@@ -206,7 +264,7 @@ class GRPOTask:
         adv, zero_std = grpo.group_advantages(scores["total"], self.G)
         g = self.config.grpo
         seq = np.asarray([i for i, t in enumerate(trajs) for _ in t.turns])
-        cm = np.zeros((len(seq), self.config.data.grpo.max_completion_length), bool)
+        cm = np.zeros((len(seq), self.data.max_completion_length), bool)
         for r, turn in enumerate(turn for t in trajs for turn in t.turns):
             cm[r, :len(turn.sampled_ids)] = True
         answers = [parse_answer_reward(tr.turns[-1].text) for tr in trajs]
@@ -216,21 +274,21 @@ class GRPOTask:
                     truncated=[t.truncated for tr in trajs for t in tr.turns],
                     refine=[tr.turns[-1].has_refine for tr in trajs],
                     answered=[a in ("matched", "not_matched") for a in answers],
-                    turns=[len(tr.turns) for tr in trajs], rollout_s=rollout_s,
+                    turns=[len(tr.turns) for tr in trajs], rollout_s=rollout_s, too_long=too_long,
                     tokens=self.engine.stats["generated_tokens"] - gen0)
         rewards_s = time.perf_counter() - t1
         parts = distributed.allgather_objects(mine)
         t1 = time.perf_counter()
         batch = scoring_batch(trajs, adv, cfg=policy.cfg, pad_id=self.engine.ids.pad, micro_batches=self.A,
                               rows_per_micro=self.m_local,
-                              prompt_buckets=tuple(self.config.data.grpo.prompt_buckets),
-                              completion_length=self.config.data.grpo.max_completion_length,
+                              prompt_buckets=self.data.scoring_prompt_buckets,
+                              completion_length=self.data.max_completion_length,
                               group_buckets=tuple(g.vision_group_buckets),
                               patch_buckets=tuple(g.vision_patch_buckets), loss_type=g.loss_type,
                               min_sizes=np.max([p["sizes"] for p in parts], axis=0),
                               totals=tuple(np.sum([p["totals"] for p in parts], axis=0)),
-                              device_rows=self.config.data.grpo.per_device_batch_size,
-                              device_batches=self.A * self.m // self.config.data.grpo.per_device_batch_size)
+                              device_rows=self.data.per_device_batch_size,
+                              device_batches=self.A * self.m // self.data.per_device_batch_size)
         dev = self._device(batch)
         batch_s = time.perf_counter() - t1
         if self._jit_score is None:
@@ -253,6 +311,7 @@ class GRPOTask:
                     refine_rate=float(np.mean(cat("refine"))),
                     accept_reject_accuracy=float(np.mean(total["answer"] > 0)),
                     answered_rate=float(np.mean(cat("answered"))), turns_mean=float(np.mean(cat("turns"))),
+                    prompts_too_long=sum(p["too_long"] for p in parts),
                     rollout_s=rollout_s, rewards_s=rewards_s, batch_s=batch_s, score_s=score_s,
                     rollout_tokens_per_s=sum(p["tokens"] for p in parts) / max(rollout_s, 1e-9))
         return dev, host
@@ -333,4 +392,4 @@ def main_grpo(config) -> dict:
     return summary
 
 
-__all__ = ["GRPOTask", "main_grpo", "reward_samples", "run_grpo"]
+__all__ = ["GRPOData", "GRPOTask", "main_grpo", "reward_samples", "run_grpo"]

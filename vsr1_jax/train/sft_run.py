@@ -5,6 +5,7 @@ the host, the jitted step on the mesh, and the loop (train/loop.py) with checkpo
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import Counter
@@ -30,13 +31,43 @@ from vsr1_jax.train.negatives import NegativeSampler
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class SFTData:
+    """`config.data.sft` read once and checked (configs/_data.py cites each value)."""
+    per_device_batch_size: int
+    gradient_accumulation_steps: int
+    shuffle: bool
+    only_neg: bool
+    model_max_length: int
+    buckets: tuple[int, ...]
+    negative_pool_size: int
+    hard_negative_refresh_steps: int
+    random_negative_seed: int
+    ambiguous_negative_margin: float
+
+    @classmethod
+    def from_config(cls, config) -> "SFTData":
+        d = config.data.sft
+        out = cls(per_device_batch_size=int(d.per_device_batch_size),
+                  gradient_accumulation_steps=int(d.gradient_accumulation_steps), shuffle=bool(d.shuffle),
+                  only_neg=bool(d.only_neg), model_max_length=int(d.model_max_length),
+                  buckets=tuple(int(x) for x in d.buckets), negative_pool_size=int(d.negative_pool_size),
+                  hard_negative_refresh_steps=int(d.hard_negative_refresh_steps),
+                  random_negative_seed=int(d.random_negative_seed),
+                  ambiguous_negative_margin=float(d.ambiguous_negative_margin))
+        if max(out.buckets) > out.model_max_length:
+            raise ValueError(f"config.data.sft.buckets {out.buckets} go past config.data.sft.model_max_length "
+                             f"{out.model_max_length} (the original's training length): lower the buckets")
+        return out
+
+
 class SFTTask:
     """Everything of Stage 1 that is not the generic loop (see loop.Task)."""
 
     def __init__(self, config, models: Models, *, mesh: jax.sharding.Mesh):
         """mesh: the run's (`sharding.mesh_for(config.mesh)`): the batch is split over its data-parallel axes."""
-        c, d = config, config.data.sft
-        self.config, self.mesh = config, mesh
+        c, d = config, SFTData.from_config(config)
+        self.config, self.mesh, self.data = config, mesh, d
         paths = PreparedPaths(c.data_root, c.dataset)
         split = c.data.train_split
         corpus = load_corpus(paths, split)
@@ -47,7 +78,7 @@ class SFTTask:
                                          seed=d.random_negative_seed, ambiguous_margin=d.ambiguous_negative_margin,
                                          filter_ambiguous=c.sft.filter_ambiguous_negatives)
         self.skipped = []   # rows the loop writes to skipped.jsonl: dropped items now, unusable examples per step
-        records, counts = sft_records(paths, docid2row=corpus.docid2row, dropped=self.skipped)
+        records, counts = sft_records(paths, docid2row=corpus.docid2row, only_neg=d.only_neg, dropped=self.skipped)
         if not records:
             raise PreparedDataError(f"{paths.sft_oneturn}: no usable SFT items ({dict(counts)})")
         self.counts = Counter({f"data_{k}": v for k, v in counts.items()})
@@ -177,7 +208,7 @@ class SFTTask:
         out = {k: float(distributed.host_array(v)) for k, v in metrics.items()}
         refreshed = 0
         # the original refreshes from the second optimizer step on (global_step > 0), every step (VS L141)
-        every = self.config.data.sft.hard_negative_refresh_steps
+        every = self.data.hard_negative_refresh_steps
         if every > 0 and step > 0 and step % every == 0:
             sel = host["_refresh"]
             qids = [host["_qid"][a][b] for a in range(self.A) for b in range(self.B) if sel[a, b]]
