@@ -257,7 +257,7 @@ def test_data_config_defaults_drive_the_pipelines(tmp_path):
         assert PL.bucket_length(b[-1], b) == b[-1]
     tiny = write_tiny_dataset(tmp_path)
     ds, spec, _ = PL.grpo_dataset(tiny["paths"], map_fn=fake_tokenize, batch_size=c.grpo.generation_batch_size,
-                                  repeat_each=c.grpo.repeat_each, seed=full.eval.seed, num_epochs=c.grpo.num_epochs,
+                                  repeat_each=c.grpo.num_generations, seed=full.eval.seed, num_epochs=c.grpo.num_epochs,
                                   hard_negative_k=c.grpo.hard_negative_topk, process_index=0, process_count=1)
     batch = ds[0]
     assert len(batch) == 8 and len({ex["qid"] for ex in batch}) == 1  # 1 prompt × G rollouts per round
