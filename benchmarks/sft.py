@@ -146,7 +146,6 @@ def _hf_refine_modules(head, device):
 def trace_steps(fn, out: str, name: str, steps: int = 1) -> dict:
     """Run `fn` `steps` times under the JAX profiler; copy the perfetto trace to `out` and return its summary
     (tools/trace_summary.py: kernels, busy vs idle GPU time, time by kernel kind)."""
-    import shutil  # noqa: PLC0415
     tdir = tempfile.mkdtemp(prefix=f"trace_{name}_")
     with jax.profiler.trace(tdir, create_perfetto_trace=True):
         for _ in range(steps):

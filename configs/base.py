@@ -122,6 +122,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.demo.vision.warmup_steps = 20
     c.demo.vision.weight_decay = 0.05
     c.demo.vision.eval_every = 100
+    # per-token heads too (the shape, direction and colour of the object whose centre is in a merged token's cell, and
+    # whether one is): binds each attribute to its object, which the pooled heads cannot (a still distractor or a
+    # second event makes "the shape of the video" ambiguous); what a policy reading tokens needs
+    c.demo.vision.dense = False
+    c.demo.vision.dense_weight = 1.0
     c.demo.vision.checkpoint = ml_collections.ConfigDict(
         {"every_steps": 200, "every_fraction": 0.0, "keep": 2, "async_save": False})
     # Stage 0c (vsr1_jax/train/caption_pretrain.py), after Stage 0: the tiny policy learns to say what a video shows

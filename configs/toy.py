@@ -36,6 +36,7 @@ def get_config():
     c.demo.embed_video.max_frames = 8   # the engine samples 8 frames (4 temporal groups): half the video tokens
     c.demo.sqr_probe = True
     c.demo.vision.enabled = True        # Stage 0v: the vision tower pretrained on the world's attributes first
+    c.demo.vision.dense = True          # ... per token too, so that the policy can read what each object is doing
     c.demo.caption.enabled = True       # Stage 0c: the policy learns to describe videos before Stage 1
     c.demo.stage0.enabled = True
     c.demo.stage0.pool_videos = 1024

@@ -92,3 +92,48 @@ def test_engine_and_policy_start_from_the_pretrained_tower(tmp_path):
     c.demo.stage0.dir = str(tmp_path / "elsewhere")
     with pytest.raises(SetupError, match="demo.vision.enabled=False"):
         DM.demo_models(c, rand)
+
+
+def test_dense_token_labels_sit_on_the_objects(tmp_path):
+    """The per-token labels name the object drawn in the token's cell: a labelled token's pixels are not the plain
+    background, an unlabelled one whose cell no object touches is (the frames and token order of the engine's view),
+    and the dense heads add their cross-entropy to the loss and train."""
+    c = vision_config(tmp_path)
+    c.demo.vision.dense = True
+    c.demo.vision.learning_rate, c.demo.vision.warmup_steps = 1e-2, 0
+    task = V.VisionPretrainTask(c, DM.demo_embedder(c, untrained=True, vision=False),
+                                test_keys=frozenset(SY.split_keys(c.synthetic, "test")))
+    pool = task.videos()[0]
+    mu = task.vcfg.spatial_merge_size ** 2
+    checked, plain, unlabelled = 0, 0, 0
+    for item, (rows, grid), labels in zip(task.pool, pool.items, pool.token_labels):
+        t, h, w = grid
+        px = rows.astype(np.float32).reshape(t, h // 2, w // 2, mu, -1)   # merged-token order: 2x2 blocks
+        per_group = (h // 2) * (w // 2)
+        assert labels.shape == (t * (pool.HW // mu), 4)
+        for g in range(t):
+            for k in range(per_group):
+                lab = labels[g * (pool.HW // mu) + k]
+                patch = px[g, k // (w // 2), k % (w // 2)]
+                if lab[3] == 1:
+                    assert float(patch.std()) > 1e-3, (item.video.video_id, g, k)   # an object is drawn there
+                    checked += 1
+                    assert lab[2] in range(len(V.attribute_options(c.synthetic)["color"]))
+                else:
+                    unlabelled += 1
+                    plain += float(patch.std()) < 1e-3
+    # most cells without an object's centre show only background (a shape's edge may reach into some): a wrong
+    # token order or frame mapping would put the labels on plain cells and fail the assertion above
+    assert checked > 0 and plain > 0.5 * unlabelled, (checked, plain, unlabelled)
+    batch = task.next_batch()
+    p = task.state.params
+    pooled_only = {k: v for k, v in p.items() if k != "dense"}
+    loss, acc = V.vision_loss(p, batch, graphdefs=task.graphdefs, opts=task.embedder.opts)
+    base, _ = V.vision_loss(pooled_only, batch, graphdefs=task.graphdefs, opts=task.embedder.opts)
+    assert float(loss) > float(base) and "acc_dense_shape" in acc
+    state = task.state
+    for _ in range(8):
+        state, _ = task.step(state, batch)
+    last = float(V.vision_loss(state.params, batch, graphdefs=task.graphdefs, opts=task.embedder.opts)[0])
+    assert last < 0.8 * float(loss), (float(loss), last)
+    assert set(task.val_accuracy(state.params)) >= {"dense_shape", "dense_direction", "dense_color"}

@@ -35,7 +35,8 @@ from vsr1_jax import demo_models, sharding
 from vsr1_jax.ckpt import orbax_io
 from vsr1_jax.data import synthetic as SY
 from vsr1_jax.models.qwen3_vl.vision import VisionBuckets, pack_vision
-from vsr1_jax.retrieval.encoder import TextVideoEmbedder
+from vsr1_jax.processing.video import cfg_get
+from vsr1_jax.retrieval.encoder import DEFAULT_VIDEO_CFG, TextVideoEmbedder
 from vsr1_jax.train import loop, optim
 from vsr1_jax.train import state as state_lib
 
@@ -66,6 +67,75 @@ class AttributeHeads(nnx.Module):
         return {h: self.heads[h](pooled) for h in HEADS}
 
 
+DENSE = ("shape", "direction", "color")   # per-token heads (with `dense`): the object a merged token shows
+
+
+def dense_sizes(options: dict[str, list[str]]) -> dict[str, int]:
+    """Classes of the per-token heads: the shape, the direction (+ "still": the distractor), the colour, and
+    "present" (an object's centre in the token's cell, or not)."""
+    return {"shape": len(options["shape"]), "direction": len(options["direction"]) + 1,
+            "color": len(options["color"]), "present": 2}
+
+
+def token_labels(video: SY.SyntheticVideo, grid, syn, options: dict[str, list[str]], max_frames: int,
+                 rows: int) -> np.ndarray:
+    """int32 [rows, 4]: for each merged token of the engine's view of `video` (`grid` (t, h, w) in patches, `rows`
+    merged rows per frame group in the batch layout), the (shape, direction, colour, present) of the object whose
+    centre lies in the token's cell in either frame of its group, -1 where no object's does (present 0). Moving
+    events win over the still distractor (they are drawn over it). Frames as `TextVideoEmbedder` samples them: at
+    most `max_frames` by linspace, padded to even; merged tokens row-major over the (h/2, w/2) grid of each group."""
+    t, h, w = (int(x) for x in grid)
+    T = video.num_frames
+    frames = np.linspace(0, T - 1, max_frames).astype(int) if T > max_frames else np.arange(T)
+    if len(frames) % 2:
+        frames = np.append(frames, frames[-1])
+    mh, mw = h // 2, w // 2
+    ch, cw = float(syn.video.height) / mh, float(syn.video.width) / mw
+    out = np.full((t * rows, 4), -1, np.int32)
+    out[:, 3] = 0
+    for g in range(t):
+        for k in range(mh * mw):
+            r, c = divmod(k, mw)
+            inside = lambda x, y: r * ch <= y < (r + 1) * ch and c * cw <= x < (c + 1) * cw  # noqa: E731
+            label = None
+            for f in frames[2 * g: 2 * g + 2]:
+                for ev in video.events:
+                    if ev.start <= f <= ev.end and inside(*SY.event_center(ev, int(f), syn)):
+                        label = (ev.shape, options["direction"].index(ev.direction), ev.color)
+                        break
+                if label is not None:
+                    break
+            d = video.distractor
+            if label is None and d is not None and inside(d.cx, d.cy):
+                label = (d.shape, len(options["direction"]), d.color)
+            if label is not None:
+                out[g * rows + k] = (options["shape"].index(label[0]), label[1], options["color"].index(label[2]), 1)
+    return out
+
+
+class DenseHeads(nnx.Module):
+    """One linear classifier per `dense_sizes` head over each merged token's features."""
+
+    def __init__(self, dim: int, sizes: dict[str, int], *, rngs: nnx.Rngs):
+        self.heads = nnx.Dict({h: nnx.Linear(dim, n, rngs=rngs) for h, n in sizes.items()})
+
+    def __call__(self, merged):
+        return {h: head(merged) for h, head in self.heads.items()}
+
+
+def merged_features(visual, vision_batch, opts):
+    merged, _ = visual.encode_batch(vision_batch, dtype=opts.jdtype, attn_impl=opts.vision_attn_impl, remat=False)
+    return merged
+
+
+def pool(merged, token_mask):
+    """[B, 2D] masked mean and max of each video's merged features (token_mask [B, R] marks real rows)."""
+    m = token_mask[..., None].astype(merged.dtype)
+    mean = (merged * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+    mx = jnp.max(jnp.where(m > 0, merged, jnp.finfo(merged.dtype).min), axis=1)
+    return jnp.concatenate([mean, mx], axis=-1)
+
+
 def pooled_features(visual, vision_batch, token_mask, opts):
     """[B, 2D] masked mean and max of each video's merged vision features (token_mask [B, R] marks real rows)."""
     merged, _ = visual.encode_batch(vision_batch, dtype=opts.jdtype, attn_impl=opts.vision_attn_impl, remat=False)
@@ -76,22 +146,45 @@ def pooled_features(visual, vision_batch, token_mask, opts):
 
 
 def attribute_logits(params, batch, *, graphdefs, opts) -> dict:
-    """Each head's logits [B, classes] for a batch of videos."""
+    """Each head's logits [B, classes] for a batch of videos; with dense heads also theirs, [B, R, classes], under
+    "dense_<head>"."""
     visual = nnx.merge(graphdefs["visual"], params["visual"])
     heads = nnx.merge(graphdefs["heads"], params["heads"])
-    return heads(pooled_features(visual, batch["vision"], batch["token_mask"], opts))
+    merged = merged_features(visual, batch["vision"], opts)
+    out = heads(pool(merged, batch["token_mask"]))
+    if "dense" in params:
+        out.update({f"dense_{h}": v for h, v in nnx.merge(graphdefs["dense"], params["dense"])(merged).items()})
+    return out
 
 
-def vision_loss(params, batch, *, graphdefs, opts):
+def _masked_ce(logits, labels, mask):
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+    hit = (jnp.argmax(logits, -1) == labels)
+    n = jnp.maximum(mask.sum(), 1.0)
+    return (ce * mask).sum() / n, (hit * mask).sum() / n
+
+
+def vision_loss(params, batch, *, graphdefs, opts, dense_weight: float = 1.0):
+    """The pooled heads' summed cross-entropy; with dense heads plus dense_weight x (their summed cross-entropy: the
+    attribute heads over the tokens that show an object, "present" over every real token)."""
     logits = attribute_logits(params, batch, graphdefs=graphdefs, opts=opts)
     losses = {h: optax.softmax_cross_entropy_with_integer_labels(logits[h], batch["labels"][:, j]).mean()
               for j, h in enumerate(HEADS)}
     acc = {f"acc_{h}": (jnp.argmax(logits[h], -1) == batch["labels"][:, j]).mean() for j, h in enumerate(HEADS)}
-    return sum(losses.values()), acc
+    loss = sum(losses.values())
+    if "dense" in params:
+        real = batch["token_mask"].astype(jnp.float32)
+        tl = batch["token_labels"]
+        obj = real * (tl[..., 3] == 1)
+        for j, h in enumerate(DENSE + ("present",)):
+            l, a = _masked_ce(logits[f"dense_{h}"], tl[..., j], real if h == "present" else obj)
+            loss = loss + dense_weight * l
+            acc[f"acc_dense_{h}"] = a
+    return loss, acc
 
 
-def make_train_step(graphdefs, tx, opts, lr_fn):
-    loss_fn = functools.partial(vision_loss, graphdefs=graphdefs, opts=opts)
+def make_train_step(graphdefs, tx, opts, lr_fn, dense_weight: float = 1.0):
+    loss_fn = functools.partial(vision_loss, graphdefs=graphdefs, opts=opts, dense_weight=dense_weight)
 
     def train_step(state: state_lib.TrainState, batch):
         (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
@@ -104,13 +197,19 @@ def make_train_step(graphdefs, tx, opts, lr_fn):
 class _Videos:
     """Pixel rows and grids of a list of pool items (the engine's own preprocessing), packed per batch."""
 
-    def __init__(self, embedder: TextVideoEmbedder, items, syn, options):
+    def __init__(self, embedder: TextVideoEmbedder, items, syn, options, dense: bool = False):
         prepared = embedder.prepare_videos([SY.render_video(p.video, syn) for p in items])
         # float16 on the host (half the memory of a large pool); packed back to float32 per batch
         self.items = [(vi.pixel_rows.astype(np.float16), tuple(int(x) for x in vi.grid_thw)) for _, vi in prepared]
         self.labels = np.asarray([labels_of(p, options) for p in items], np.int32)
         self.G = max(g[0] for _, g in self.items)
         self.HW = max(g[1] * g[2] for _, g in self.items)
+        self.token_labels = None
+        if dense:   # per group, the merged rows of the largest grid (the batch layout of `batch`)
+            mu = embedder.cfg.vision.spatial_merge_size ** 2
+            max_frames = int(cfg_get(embedder.video_cfg, "max_frames", DEFAULT_VIDEO_CFG["max_frames"]))
+            self.token_labels = [token_labels(p.video, g, syn, options, max_frames, self.HW // mu)
+                                 for p, (_, g) in zip(items, self.items)]
 
     def batch(self, rows, cfg, G, HW) -> dict:
         items = [(self.items[int(r)][0].astype(np.float32), self.items[int(r)][1]) for r in rows]
@@ -121,7 +220,15 @@ class _Videos:
             t, h, w = self.items[int(r)][1]
             for g in range(t):
                 mask[k, g * HW // mu: g * HW // mu + h * w // mu] = 1.0
-        return dict(vision=vb, token_mask=mask, labels=self.labels[np.asarray(rows)])
+        out = dict(vision=vb, token_mask=mask, labels=self.labels[np.asarray(rows)])
+        if self.token_labels is not None:
+            tl = np.full((len(rows), G * HW // mu, 4), -1, np.int32)
+            tl[..., 3] = 0
+            for k, r in enumerate(rows):
+                lab = self.token_labels[int(r)]
+                tl[k, :len(lab)] = lab
+            out["token_labels"] = tl
+        return out
 
 
 class VisionPretrainTask(loop.SteppedTask):
@@ -144,6 +251,11 @@ class VisionPretrainTask(loop.SteppedTask):
         gh, ph = nnx.split(heads)
         self.graphdefs = {"visual": gv, "heads": gh}
         params = {"visual": jax.tree.map(jnp.copy, pv), "heads": ph}   # the step donates; pv is the engine's
+        self.dense = bool(c.dense)
+        if self.dense:
+            gd, pd = nnx.split(DenseHeads(self.vcfg.out_hidden_size, dense_sizes(self.options),
+                                          rngs=nnx.Rngs(int(c.seed) + 1)))
+            self.graphdefs["dense"], params["dense"] = gd, pd
         sched = optim.linear_decay(float(c.learning_rate), self.total_steps, int(c.warmup_steps))
         self.opt = optim.adamw_groups({"vision": sched}, lambda p: "vision", weight_decay=float(c.weight_decay),
                                       decay_mask=optim.grpo_decays, clip=1.0)
@@ -152,7 +264,8 @@ class VisionPretrainTask(loop.SteppedTask):
                                           skipped=jnp.zeros((), jnp.int32))
         # on the engine's mesh, as its weights are: an uncommitted leaf would make step 2 compile again
         self.state = sharding.onto_mesh(self.state, embedder.mesh)
-        self._step = jax.jit(make_train_step(self.graphdefs, self.opt.tx, embedder.opts, sched), donate_argnums=(0,))
+        self._step = jax.jit(make_train_step(self.graphdefs, self.opt.tx, embedder.opts, sched,
+                                             float(c.dense_weight)), donate_argnums=(0,))
         logits = functools.partial(attribute_logits, graphdefs=self.graphdefs, opts=embedder.opts)
         self._predict = jax.jit(lambda p, b: {h: jnp.argmax(v, -1) for h, v in logits(p, b).items()})
 
@@ -160,8 +273,8 @@ class VisionPretrainTask(loop.SteppedTask):
         """(pool, held-out) videos, rendered and preprocessed on first use (a run restored at its end skips them)."""
         if self._videos is None:
             t = time.perf_counter()
-            self._videos = (_Videos(self.embedder, self.pool, self.syn, self.options),
-                            _Videos(self.embedder, self.val, self.syn, self.options))
+            self._videos = (_Videos(self.embedder, self.pool, self.syn, self.options, self.dense),
+                            _Videos(self.embedder, self.val, self.syn, self.options, self.dense))
             log.info("stage 0v: %d + %d videos rendered and preprocessed in %.0f s", len(self.pool), len(self.val),
                      time.perf_counter() - t)
         return self._videos
@@ -188,13 +301,24 @@ class VisionPretrainTask(loop.SteppedTask):
         v = self.videos()[1]
         n = len(v.items)
         hits = {h: 0 for h in HEADS}
+        dense_hits, dense_n = {h: 0 for h in DENSE}, 0
         for lo in range(0, n, self.B):
             rows = np.arange(lo, min(lo + self.B, n))
             padded = np.concatenate([rows, np.full(self.B - len(rows), rows[-1])])
-            pred = self._predict(params, jax.tree.map(jnp.asarray, v.batch(padded, self.vcfg, G, HW)))
+            batch = v.batch(padded, self.vcfg, G, HW)
+            pred = self._predict(params, jax.tree.map(jnp.asarray, batch))
             for j, h in enumerate(HEADS):
                 hits[h] += int((np.asarray(pred[h])[:len(rows)] == v.labels[rows, j]).sum())
-        return {h: hits[h] / n for h in HEADS}
+            if self.dense:   # over the tokens that show an object
+                tl = batch["token_labels"][:len(rows)]
+                obj = (tl[..., 3] == 1) & (batch["token_mask"][:len(rows)] > 0)
+                dense_n += int(obj.sum())
+                for j, h in enumerate(DENSE):
+                    dense_hits[h] += int(((np.asarray(pred[f"dense_{h}"])[:len(rows)] == tl[..., j]) & obj).sum())
+        out = {h: hits[h] / n for h in HEADS}
+        if self.dense:
+            out.update({f"dense_{h}": dense_hits[h] / max(dense_n, 1) for h in DENSE})
+        return out
 
 
 
@@ -213,5 +337,5 @@ def run_vision_pretrain(config, embedder: TextVideoEmbedder) -> dict:
                 val_videos=len(task.val))
 
 
-__all__ = ["AttributeHeads", "HEADS", "VisionPretrainTask", "attribute_logits", "attribute_options", "labels_of",
+__all__ = ["AttributeHeads", "DENSE", "DenseHeads", "HEADS", "dense_sizes", "token_labels", "VisionPretrainTask", "attribute_logits", "attribute_options", "labels_of",
            "make_train_step", "pooled_features", "run_vision_pretrain", "vision_loss"]
