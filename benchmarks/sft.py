@@ -30,6 +30,7 @@ from vsr1_jax import sharding
 from vsr1_jax.models import sqr as S
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
+from vsr1_jax.processing.resize import PATCH_SIZE, TEMPORAL_PATCH_SIZE
 from vsr1_jax.profiling import summarize
 from vsr1_jax.train import sft as sft_lib
 from vsr1_jax.train.sft_run import SFTTask
@@ -89,7 +90,7 @@ def run(args, report: C.Report) -> None:
     step_s = statistics.median(r["step_s"] for r in timed)
     T, La = timed[-1]["tokens"], timed[-1]["label_tokens"]
     f, h, w = args.frames_hw   # the overrides keep the video at this size: the grid follows
-    ps, tp = config.video.patch_size, config.video.temporal_patch_size
+    ps, tp = PATCH_SIZE, TEMPORAL_PATCH_SIZE   # the processor's (config.video no longer carries them)
     grid = (f // tp, h // ps, w // ps)
     flops = C.train_flops(cfg, int(T), grid, La)
     report.update(step_s=step_s, tokens_per_s=T / step_s, tokens=T, label_tokens=La, grid=list(grid),

@@ -20,6 +20,7 @@ from vsr1_jax.train import vision_pretrain as V
 def vision_config(tmp_path, steps=3):
     c = tiny_config(tmp_path)
     c.demo.vision.enabled = True
+    c.demo.vision.dense = False   # the pooled heads alone (the per-token heads: test_dense_token_labels_sit_...)
     v = c.demo.vision
     v.pool_videos, v.val_videos, v.batch_size, v.steps, v.eval_every = 8, 4, 4, steps, 0
     return c
