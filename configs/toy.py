@@ -33,6 +33,11 @@ def get_config():
     c.synthetic.train.num_videos = 96
     c.synthetic.test.num_videos = 96
     c.synthetic.video.shape_size = 20   # 20 px shapes in 64 px frames: colour and shape reach several vision tokens
+    # 8-frame videos: the engine (at most 8 frames, linspace) and the policy (every frame) then see the same frame
+    # pairs per temporal patch, so the motion the tower learns on the engine's view is the motion the policy reads (16
+    # frames gave the policy pairs half as far apart: its turn-1 direction agreed with the video at chance, 0.26; with
+    # 8, 0.57 -- issue 23 run of 2026-12-07)
+    c.synthetic.video.max_frames = 8
     c.demo.embed_video.max_frames = 8   # the engine samples 8 frames (4 temporal groups): half the video tokens
     c.demo.sqr_probe = True
     c.demo.vision.enabled = True        # Stage 0v: the vision tower pretrained on the world's attributes first
