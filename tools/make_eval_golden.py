@@ -55,6 +55,7 @@ def golden_config():
     c.synthetic.difficulty.disjoint_splits = False
     c.synthetic.video.shape_size = 12
     c.demo.embed_video.max_frames = 64
+    c.synthetic.video.max_frames = 16   # the world's 8-16 frames then (configs/toy.py now renders 8)
     return c
 
 
