@@ -11,8 +11,10 @@ The package itself never imports `configs/` (setup.py does not ship it; tools/ch
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
+import typing
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -52,3 +54,16 @@ def sibling(anchor: str | os.PathLike, name: str) -> ModuleType:
 def default_config() -> str | None:
     """The repo's configs/toy.py when the package runs from its repo checkout, else None."""
     return str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None
+
+
+def read_section(cls, section):
+    """An instance of the frozen dataclass `cls` with each field read from the config section of the same name
+    and cast to its annotated type (`tuple[T, ...]` field: a tuple of T): a section read once, at the boundary."""
+    hints = typing.get_type_hints(cls)
+
+    def cast(kind, value):
+        if typing.get_origin(kind) is tuple:
+            return tuple(typing.get_args(kind)[0](x) for x in value)
+        return kind(value)
+
+    return cls(**{f.name: cast(hints[f.name], section[f.name]) for f in dataclasses.fields(cls)})

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -177,18 +176,15 @@ class CaptionTask(loop.SteppedTask):
 
 def run_caption_pretrain(config, models) -> dict:
     """Train (or resume) Stage 0c on `models.policy` and write the policy's parameters to `caption_dir(config)`."""
-    out = os.path.join(demo_models.stage0_dir(config), "caption_run")
     task = CaptionTask(config, models, test_keys=frozenset(SY.split_keys(config.synthetic, "test")))
-    t0 = time.perf_counter()
-    state, steps, stopped = loop.run(task, task.state, out_dir=out, ckpt_cfg=config.demo.caption.checkpoint,
-                                     log_every=1, desc="stage 0c (policy captions)")
-    if stopped:
-        return dict(stopped=True, steps=steps)
-    policy, _ = task.graphdefs.modules(state.params, state.frozen)
-    orbax_io.save_params(demo_models.caption_dir(config),
-                         jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(policy))), overwrite=True)
-    return dict(stopped=False, steps=steps, wall_s=time.perf_counter() - t0, dir=out, pool_videos=len(task.pool),
-                val_videos=len(task.val))
+
+    def save(state):
+        policy, _ = task.graphdefs.modules(state.params, state.frozen)
+        orbax_io.save_params(demo_models.caption_dir(config),
+                             jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(policy))), overwrite=True)
+
+    return loop.run_pretraining(task, out_dir=os.path.join(demo_models.stage0_dir(config), "caption_run"),
+                                ckpt_cfg=config.demo.caption.checkpoint, desc="stage 0c (policy captions)", save=save)
 
 
 __all__ = ["ATTRIBUTES", "CaptionTask", "PROMPT", "attribute_spans", "caption_loss", "make_predict",

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from vsr1_jax import distributed, loading, sharding
+from vsr1_jax.config_files import read_section
 from vsr1_jax.agent.evaluate import video_source_for
 from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine, Trajectory
 from vsr1_jax.ckpt.hf_export import export_train_state
@@ -63,15 +64,7 @@ class GRPOData:
 
     @classmethod
     def from_config(cls, config) -> "GRPOData":
-        d = config.data.grpo
-        out = cls(num_generations=int(d.num_generations), per_device_batch_size=int(d.per_device_batch_size),
-                  generation_batch_size=int(d.generation_batch_size), num_epochs=int(d.num_epochs),
-                  max_prompt_length=int(d.max_prompt_length), max_completion_length=int(d.max_completion_length),
-                  prompt_buckets=tuple(int(x) for x in d.prompt_buckets),
-                  hard_negative_topk=int(d.hard_negative_topk), hard_negative_depth=int(d.hard_negative_depth),
-                  augment_match_to_balance=bool(d.augment_match_to_balance),
-                  target_match_ratio=float(d.target_match_ratio), augment_seed=int(d.augment_seed),
-                  drop_missing_video_npy=bool(d.drop_missing_video_npy))
+        out = read_section(cls, config.data.grpo)
         if out.num_generations < 1 or out.generation_batch_size % out.num_generations:
             raise ValueError(f"config.data.grpo.generation_batch_size {out.generation_batch_size} is not a multiple "
                              f"of config.data.grpo.num_generations {out.num_generations}")

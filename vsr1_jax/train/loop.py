@@ -103,6 +103,18 @@ class SteppedTask:
         self._next = int(state.get("next", 0))
 
 
+def run_pretraining(task: SteppedTask, *, out_dir: str, ckpt_cfg, desc: str, save) -> dict:
+    """Train (or resume) one of the demo's pretraining stages to its end and hand the final state to `save`; the
+    summary the stages report (stopped early by a signal: {stopped, steps} only, nothing saved)."""
+    t0 = time.perf_counter()
+    state, steps, stopped = run(task, task.state, out_dir=out_dir, ckpt_cfg=ckpt_cfg, log_every=1, desc=desc)
+    if stopped:
+        return dict(stopped=True, steps=steps)
+    save(state)
+    return dict(stopped=False, steps=steps, wall_s=time.perf_counter() - t0, dir=out_dir,
+                pool_videos=len(task.pool), val_videos=len(task.val))
+
+
 class MetricsWriter:
     """JSON lines + TensorBoard scalars (process 0 only)."""
 

@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 
 from vsr1_jax import distributed, loading, sharding
+from vsr1_jax.config_files import read_section
 from vsr1_jax.ckpt.hf_export import export_train_state
 from vsr1_jax.ckpt.read import CONVERT_HINT, Models
 from vsr1_jax.data.files import read_hard_negatives, read_video_meta
@@ -47,14 +48,7 @@ class SFTData:
 
     @classmethod
     def from_config(cls, config) -> "SFTData":
-        d = config.data.sft
-        out = cls(per_device_batch_size=int(d.per_device_batch_size),
-                  gradient_accumulation_steps=int(d.gradient_accumulation_steps), shuffle=bool(d.shuffle),
-                  only_neg=bool(d.only_neg), model_max_length=int(d.model_max_length),
-                  buckets=tuple(int(x) for x in d.buckets), negative_pool_size=int(d.negative_pool_size),
-                  hard_negative_refresh_steps=int(d.hard_negative_refresh_steps),
-                  random_negative_seed=int(d.random_negative_seed),
-                  ambiguous_negative_margin=float(d.ambiguous_negative_margin))
+        out = read_section(cls, config.data.sft)
         if max(out.buckets) > out.model_max_length:
             raise ValueError(f"config.data.sft.buckets {out.buckets} go past config.data.sft.model_max_length "
                              f"{out.model_max_length} (the original's training length): lower the buckets")

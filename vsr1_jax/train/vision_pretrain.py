@@ -138,11 +138,7 @@ def pool(merged, token_mask):
 
 def pooled_features(visual, vision_batch, token_mask, opts):
     """[B, 2D] masked mean and max of each video's merged vision features (token_mask [B, R] marks real rows)."""
-    merged, _ = visual.encode_batch(vision_batch, dtype=opts.jdtype, attn_impl=opts.vision_attn_impl, remat=False)
-    m = token_mask[..., None].astype(merged.dtype)
-    mean = (merged * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
-    mx = jnp.max(jnp.where(m > 0, merged, jnp.finfo(merged.dtype).min), axis=1)
-    return jnp.concatenate([mean, mx], axis=-1)
+    return pool(merged_features(visual, vision_batch, opts), token_mask)
 
 
 def attribute_logits(params, batch, *, graphdefs, opts) -> dict:
@@ -324,18 +320,14 @@ class VisionPretrainTask(loop.SteppedTask):
 
 def run_vision_pretrain(config, embedder: TextVideoEmbedder) -> dict:
     """Train (or resume) Stage 0v and write the vision tower's parameters to `vision_dir(config)`."""
-    out = os.path.join(demo_models.stage0_dir(config), "vision_run")
     task = VisionPretrainTask(config, embedder, test_keys=frozenset(SY.split_keys(config.synthetic, "test")))
-    t0 = time.perf_counter()
-    state, steps, stopped = loop.run(task, task.state, out_dir=out, ckpt_cfg=config.demo.vision.checkpoint,
-                                     log_every=1, desc="stage 0v (vision tower)")
-    if stopped:
-        return dict(stopped=True, steps=steps)
-    orbax_io.save_params(demo_models.vision_dir(config),
-                         jax.tree.map(np.asarray, nnx.to_pure_dict(state.params["visual"])), overwrite=True)
-    return dict(stopped=False, steps=steps, wall_s=time.perf_counter() - t0, dir=out, pool_videos=len(task.pool),
-                val_videos=len(task.val))
+    return loop.run_pretraining(
+        task, out_dir=os.path.join(demo_models.stage0_dir(config), "vision_run"),
+        ckpt_cfg=config.demo.vision.checkpoint, desc="stage 0v (vision tower)",
+        save=lambda state: orbax_io.save_params(demo_models.vision_dir(config), jax.tree.map(
+            np.asarray, nnx.to_pure_dict(state.params["visual"])), overwrite=True))
 
 
-__all__ = ["AttributeHeads", "DENSE", "DenseHeads", "HEADS", "dense_sizes", "token_labels", "VisionPretrainTask", "attribute_logits", "attribute_options", "labels_of",
+__all__ = ["AttributeHeads", "DENSE", "DenseHeads", "HEADS", "VisionPretrainTask", "attribute_logits",
+           "attribute_options", "dense_sizes", "labels_of", "token_labels",
            "make_train_step", "pooled_features", "run_vision_pretrain", "vision_loss"]
