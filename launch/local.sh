@@ -60,9 +60,11 @@ if [[ -z "$port" ]]; then
 fi
 [[ -n "$log_dir" ]] && mkdir -p "$log_dir"
 
-pids=()
+# The children are the shell's background jobs (`jobs -p`), not a list appended after each start: a signal that
+# arrives between a child's start and that append would otherwise leave the child running.
 stop_all() {  # SIGTERM every child still running, wait for them, SIGKILL what is left after the grace period
   local grace="${VSR1_KILL_GRACE:-60}" pid t
+  local pids=($(jobs -p))
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
   for (( t = 0; t < grace * 10; t++ )); do
     local alive=0
@@ -73,7 +75,7 @@ stop_all() {  # SIGTERM every child still running, wait for them, SIGKILL what i
   for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null; done
 }
-on_signal() { echo "launch/local.sh: stopping ${#pids[@]} processes" >&2; stop_all; exit 130; }
+on_signal() { echo "launch/local.sh: stopping $(jobs -p | wc -l) processes" >&2; stop_all; exit 130; }
 trap on_signal INT TERM
 trap 'stop_all' EXIT
 
@@ -92,7 +94,6 @@ for (( i = 0; i < nproc; i++ )); do
     fi
     exec "$python_bin" -m "$module" "$@"
   ) &
-  pids+=($!)
 done
 
 status=0
