@@ -87,8 +87,9 @@ def get_synthetic_config() -> ml_collections.ConfigDict:
     c.grpo.target_match_ratio = data.grpo.target_match_ratio  # 1.0
     c.grpo.augment_seed = data.grpo.augment_seed  # 42
 
-    # SFT reasoning text: "full" (teacher-style, several sentences) or "short" (one sentence: what the tiny demo
-    # policy can learn in a few hundred CPU steps)
+    # SFT reasoning text: "full" (teacher-style, several sentences), "short" (one sentence: what the tiny demo
+    # policy can learn in a few hundred CPU steps) or "compare" (the short description, then each attribute as seen
+    # against the query's, then the verdict)
     c.reasoning = "full"
     c.progress = True  # print one line per build step (and every `progress_every` videos) to stderr
     c.progress_every = 16

@@ -60,6 +60,9 @@ def results(tmp_path_factory):
         "convert": ["-m", "vsr1_jax.convert", "hf-to-orbax", str(t / "missing"), str(t / "dst")],
         "bench": ["-m", "benchmarks.sft", "--preset=tiny", "--set", "sft.learning_rat=1e-3", f"--out={t}"],
         "help": ["-m", "vsr1_jax.main", "--help"],
+        # a demo world too small for its train split: refused by the plan before Stage 0 starts
+        "world": ["-m", "vsr1_jax.main", "--config=configs/toy.py", "--config.synthetic.train.num_videos=400",
+                  f"--config.data_root={t / 'world'}", f"--config.output_dir={t / 'world_out'}"],
     }
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     procs = {k: subprocess.Popen([sys.executable, *map(str, v)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
@@ -89,6 +92,7 @@ def _one_error_line(result):
     ("dimension", ["query_embeddings.test.npy vs", "segment_embeds.npy", "6-d", "4-d"]),    # names both files
     ("checkpoint_file", ["--config.checkpoint=", "weights.safetensors is a file", "training checkpoint"]),
     ("convert", ["no such folder"]),                                                       # ConvertError
+    ("world", ["config.synthetic.train.num_videos=400 (seed 0)", "lower config.synthetic.train.num_videos"]),
     ("bench", ["sft.learning_rat=1e-3", "configs/base.py has no field", 'did you mean "learning_rate"']),
 ])
 def test_one_line_error(results, case, needles):

@@ -124,7 +124,7 @@ def test_refuses_non_empty_dir_and_too_small_attribute_space(tmp_path):
     cfg.attributes.shapes, cfg.attributes.directions, cfg.attributes.lanes = ("circle",), ("left",), ("middle",)
     cfg.attributes.backgrounds = {"black": (0, 0, 0)}
     cfg.attributes.colors = {"red": (255, 0, 0), "blue": (0, 0, 255)}  # 2 unique events at most
-    with pytest.raises(ValueError, match="unique events"):
+    with pytest.raises(S.WorldTooSmallError, match=r"config.synthetic.train.num_videos=\d+ .*unique events"):
         S.plan_split(cfg, "train")
 
 
@@ -308,3 +308,34 @@ def test_text_video_embedder_on_tiny_random_model():
     assert threads and threading.main_thread().name not in threads   # the pool did the preparation
     np.testing.assert_array_equal(serial[0], serial[2])
     assert np.abs(serial[0] - serial[1]).max() > 1e-3
+
+
+def test_compare_reasoning_checks_each_attribute_and_fits_the_toy_budget():
+    """The "compare" teacher text (configs/toy.py): every check pairs the shown event's value with the query's and
+    says yes exactly when they are equal, the checks stop at the first "no", and the verdict is "matches" exactly
+    after five yes (which holds only for the video that contains the queried event); the describer regex reads it;
+    with the answer tags it fits the toy's 160 label positions."""
+    from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
+    tok = build_tiny_tokenizer()
+    cfg = get_synthetic_config()
+    videos = S.plan_splits(cfg)["test"]
+    longest = 0
+    for v in videos[:24]:
+        for w in videos[:24]:
+            ev = w.events[0]
+            contains = S._key(ev, w.background) in {S._key(e, v.background) for e in v.events}
+            text = (S.matched_reasoning(ev, w.background, v, style="compare") if contains
+                    else S.not_matched_reasoning(ev, w.background, v, style="compare"))
+            checks = re.search(r"vs query: (.*); so it", text).group(1).split(", ")
+            assert all(c.split()[2] == ("yes" if c.split()[0] == c.split()[1] else "no") for c in checks), text
+            assert all(c.endswith("yes") for c in checks[:-1]), text   # the checks stop at the first "no"
+            assert text.endswith("so it matches.") == contains == (len(checks) == 5 and checks[-1].endswith("yes"))
+            said = S.described_event(text)
+            assert said is not None and any(said == {"color": e.color, "shape": e.shape, "direction": e.direction}
+                                            for e in v.events), text
+            target = (P.assistant_target(P.MATCHED, text, ev.start, ev.end) if contains
+                      else P.assistant_target(P.NOT_MATCHED, text))
+            longest = max(longest, len(tok(target)["input_ids"]))
+    assert longest < 160, longest   # configs/toy.py: label bucket and max new tokens 160, <|im_end|> included
+    with pytest.raises(ValueError, match="config.synthetic.reasoning='brief'"):
+        S._sft(*[None] * 10, {"reasoning": "brief"}, print)

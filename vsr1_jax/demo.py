@@ -17,13 +17,24 @@ import logging
 import os
 import time
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
 from vsr1_jax import distributed, loading, runinfo, viewer
 from vsr1_jax.agent.evaluate import run_eval
+from vsr1_jax.agent.rollout import EpisodeConfig, refined_query
 from vsr1_jax.ckpt.read import Models
 from vsr1_jax.demo_models import stage0_dir
+from vsr1_jax.data import queries as Q
 from vsr1_jax.data import synthetic as SY
+from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.eval import demo_metrics as DM
 from vsr1_jax.eval.report import plot_curves, read_detail_jsonl
+from vsr1_jax.models import sqr as S
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions
+from vsr1_jax.processing import chat
 from vsr1_jax.train import loop
 from vsr1_jax.train.grpo_run import run_grpo
 from vsr1_jax.train.sft_run import run_sft
@@ -44,10 +55,23 @@ def _last_checkpoint(run_dir: str) -> str:
     return os.path.abspath(os.path.join(ckpts, str(steps[-1]))) if steps else os.path.abspath(run_dir)
 
 
-def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, events_of: dict | None = None) -> dict:
+def _check_truth(videos: dict):
+    """row -> `synthetic.checked_values` of its query, GT video and turn-1 video (None when one is unknown)."""
+    def truth(r):
+        shown = ((r.get("turns") or [{}])[0]).get("top1_doc_id")
+        if r.get("gt_pos_doc_id") not in videos or shown not in videos:
+            return None
+        return SY.checked_values(r.get("query", ""), videos[r["gt_pos_doc_id"]], videos[shown])
+    return truth
+
+
+def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, events_of: dict | None = None,
+                sqr_control=None, videos: dict | None = None) -> dict:
     """The numbers the demo compares (eval/demo_metrics.py) from one evaluation's detail rows. engine_only: the
     search engine alone (the original query's retrieval; the policy's columns are left empty). events_of: the test
-    videos' events (`synthetic.event_attributes`), for the check that the policy describes the video it was shown."""
+    videos' events (`synthetic.event_attributes`), for the check that the policy describes the video it was shown.
+    sqr_control: rows -> `sqr_random_control`'s chance levels, shown beside SQR-only. videos: the test videos by id
+    (`synthetic.plan_splits`), for the check-by-check reading of "compare"-style texts."""
     if "result_json" not in eval_summary:  # a process other than 0 of a multi-host run: process 0 wrote the files
         return {}
     rows = read_detail_jsonl(eval_summary["detail_jsonl"])
@@ -56,6 +80,7 @@ def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, eve
         return {"test queries": len(rows), "R@1 original query": pr["R@1 original"],
                 "R@5 original query": pr["R@5 original"]}
     sq = DM.sqr_only(rows)
+    ctl = sqr_control(rows) if sqr_control is not None else {}
     ver = DM.verification(rows)
     g = DM.grounding(rows)
     out = {
@@ -70,6 +95,10 @@ def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, eve
         "R@1 SQR-only (refined query where top-1 is wrong)": sq["R@1 SQR-only"],
         "SQR-only: wrong top-1 rows refined": f"{sq['refined among them']} / {sq['wrong top-1 rows']}",
         "SQR-only: p (McNemar exact)": sq["p (McNemar exact)"],
+        "R@1 SQR-only, random latents (chance level, mean of 5 draws)": ctl.get("SQR-only R@1"),
+        "R@1 refined query on every row: policy's latents / random latents": (
+            f"{sq['R@1 refined, all rows']:.3f} / {ctl['refined R@1, all rows']:.3f}"
+            if ctl.get("refined R@1, all rows") is not None else None),
         "VER turn 1 (accept/reject accuracy)": ver["VER turn 1"],
         "VER majority-class baseline": ver["VER majority baseline"],
         "mIoU on accepted videos (0 if wrong video)": g["mIoU accepted"],
@@ -82,7 +111,54 @@ def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, eve
         out["turn-1 description of the shown video: colour / shape / direction agree"] = (
             f"{rv['color agrees']:.3f} / {rv['shape agrees']:.3f} / {rv['direction agrees']:.3f} "
             f"(n={rv['described']})")
+        fc = DM.follows_checks(rows, SY.parse_checks)
+        if fc["checked"]:
+            out["turn-1 checks: yes iff values equal / verdict follows checks / answer follows verdict"] = (
+                f"{fc['yes iff equal']:.3f} / {fc['verdict follows checks']:.3f} / {fc['answer follows verdict']:.3f} "
+                f"(n={fc['checked']})")
+        if videos is not None:
+            rc = DM.reads_checks(rows, SY.parse_checks, _check_truth(videos))
+            for side, what in (("seen", "the shown video's"), ("query", "the query's")):
+                out[f"turn-1 checks: {what} value right, colour / shape / direction / position / background"] = (
+                    " / ".join(f"{rc[f'{k} {side}']:.2f}" for k in DM.CHECKED)
+                    + f" (n={' / '.join(str(rc[f'{k} checks']) for k in DM.CHECKED)})")
     return out
+
+
+def sqr_random_control(config, models: Models, rows, draws: int = 5, seed: int = 0) -> dict:
+    """The chance level of the refined query: every row's query refined with random latents instead of the policy's
+    (per draw and row, standard-normal latents through the trained append projector into the frozen embedder, as the
+    policy's go; the projector's LayerNorm puts every latent at the same norm). SQR-only uses the refined query only
+    where the top-1 is wrong, so it counts fixes and never harms: any perturbation of the query lifts it. A policy's
+    latents carry information only where its SQR-only R@1 is above the random one, and where its refined query on
+    every row ("refined R@1, all rows") is above the random one's.
+    Returns the mean over the draws of both R@1s; None for both with several processes (only process 0 writes the
+    report, and the embedder's weights live on every process's devices)."""
+    if jax.process_count() > 1:
+        log.warning("the random-latent control of SQR-only is computed by single-process runs only; the report of "
+                    "this %d-process run leaves it empty", jax.process_count())
+        return {"SQR-only R@1": None, "refined R@1, all rows": None, "draws": 0}
+    corpus, _ = Q.load_retrieval(PreparedPaths(config.data_root, config.dataset), "test")
+    rows = [r for r in rows if r.get("gt_pos_doc_id") in corpus.docid2row]
+    if not rows:
+        return {"SQR-only R@1": None, "refined R@1, all rows": None, "draws": 0}
+    ec = EpisodeConfig.from_config(config, "eval")
+    toks = [chat.embedder_query_ids(models.embed_tokenizer, r["query"], ec.instruction, ec.embedder_max_length)
+            for r in rows]
+    arrays = [jnp.asarray(a) for a in S.splice_layout(toks, ec.num_latents, ec.splice_tail, pad_id=0)]
+    graphdefs = (nnx.graphdef(models.embedder), nnx.graphdef(models.head))
+    emb_params, head_params = nnx.state(models.embedder), nnx.state(models.head)
+    gt = np.array([corpus.docid2row[r["gt_pos_doc_id"]] for r in rows])
+    right = np.array([r.get("orig_rank") == 1 for r in rows])
+    rng, sqr_only, every = np.random.default_rng(seed), [], []
+    for _ in range(draws):
+        Z = jnp.asarray(rng.standard_normal((len(rows), ec.num_latents, models.head.cfg.retrieval_dim)), jnp.float32)
+        q = np.asarray(refined_query(graphdefs, emb_params, head_params, Z, *arrays,
+                                     opts=RunOptions.from_config(config.model)), np.float32)
+        hit = (q @ corpus.matrix.T).argmax(1) == gt
+        sqr_only.append(float((right | hit).mean()))
+        every.append(float(hit.mean()))
+    return {"SQR-only R@1": float(np.mean(sqr_only)), "refined R@1, all rows": float(np.mean(every)), "draws": draws}
 
 
 def _table(columns: dict[str, dict]) -> str:
@@ -109,7 +185,11 @@ def run_demo(config) -> dict:
         runinfo.save_config(config, out)
     models = loading.load_models(config)
     stages, curves, times = {}, {}, {}
-    events_of = SY.event_attributes(SY.plan_splits(config.synthetic)["test"])  # what each test video shows
+    videos = {v.video_id: v for v in SY.plan_splits(config.synthetic)["test"]}
+    events_of = SY.event_attributes(list(videos.values()))  # what each test video shows
+
+    def control(rows):   # with the models of the column being summarised
+        return sqr_random_control(config, models, rows)
 
     t = time.time()
     ev = run_eval(config, models, output_dir=os.path.join(out, "eval_untrained"),
@@ -119,7 +199,7 @@ def run_demo(config) -> dict:
         rows = loop.read_metrics(stage0_dir(config))
         curves["stage0"] = {"InfoNCE loss": [(r["step"], r["loss"]) for r in rows]}
         curves["stage0_r1"] = {"held-out train-side R@1": [(r["step"], r["val_r1"]) for r in rows if "val_r1" in r]}
-    stages["untrained policy"] = _summary_of(out, ev, events_of=events_of)
+    stages["untrained policy"] = _summary_of(out, ev, events_of=events_of, sqr_control=control, videos=videos)
     times["eval untrained"] = time.time() - t
 
     t = time.time()
@@ -134,7 +214,7 @@ def run_demo(config) -> dict:
     t = time.time()
     stages["after SFT"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_sft"),
                                                   checkpoint=_last_checkpoint(os.path.join(out, "sft"))),
-                                      events_of=events_of)
+                                      events_of=events_of, sqr_control=control, videos=videos)
     times["eval after SFT"] = time.time() - t
 
     if config.demo.grpo:
@@ -152,7 +232,7 @@ def run_demo(config) -> dict:
         t = time.time()
         stages["after GRPO"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_grpo"),
                                                        checkpoint=_last_checkpoint(os.path.join(out, "grpo"))),
-                                           events_of=events_of)
+                                           events_of=events_of, sqr_control=control, videos=videos)
         times["eval after GRPO"] = time.time() - t
 
     if not distributed.is_primary():  # process 0 writes the report

@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from vsr1_jax import config_files, demo, distributed, errors
 from vsr1_jax.agent.evaluate import run_eval
+from vsr1_jax.data.synthetic import plan_splits
 from vsr1_jax.prepare import run_build
 from vsr1_jax.train.grpo_run import main_grpo
 from vsr1_jax.train.sft_run import main_sft
@@ -146,6 +147,8 @@ def main(argv):
             raise errors.ConfigOverrideError(str(e)) from e
         if config.mode == "build" and jax.process_count() > 1:
             raise errors.ConfigOverrideError("--config.mode=build runs in one process; start it without launch/")
+        if config.demo.enabled:   # the synthetic world's plan (milliseconds): a world too small fails here, not
+            plan_splits(config.synthetic)   # after the minutes of Stage 0
         if config.mode not in ("build", "stage0"):
             ensure_engine(config)  # the demo's search engine (a no-op unless demo.stage0.enabled)
         summary = run(config)

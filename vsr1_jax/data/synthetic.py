@@ -42,6 +42,7 @@ from vsr1_jax.data.build.pipeline import Embedder
 from vsr1_jax.data.paths import SPLITS, PreparedPaths
 from vsr1_jax.data.records import QueryMetaRow, RawAnnotationRow, VideoEmbedMeta, VideoNpyMeta
 from vsr1_jax.data.validate import ValidationReport, validate_dataset
+from vsr1_jax.errors import UserError
 from vsr1_jax.processing import prompts as P
 
 
@@ -96,6 +97,10 @@ class SyntheticVideo:
     @property
     def duration(self) -> float:
         return float(self.num_frames)  # 1 fps: T frames cover T seconds
+
+
+class WorldTooSmallError(UserError, ValueError):
+    """A split asks for more videos than the world's attribute combinations can fill with unique events."""
 
 
 def _key(ev: Event | Mapping[str, str], background: str) -> tuple:
@@ -160,8 +165,12 @@ def plan_split(cfg, split: str, exclude: frozenset = frozenset()) -> list[Synthe
             taken_colors = {e.color for e in events}  # one colour per event in a video: pixels identify the event
             free = [c for c in combos if _key(c, background) not in used and c["color"] not in taken_colors]
             if not free:
-                raise ValueError(f"split {split!r} needs more unique events than the {capacity} attribute "
-                                 "combinations allow; add attribute values or make fewer videos")
+                left = " less the test split's" if exclude else ""
+                raise WorldTooSmallError(
+                    f"config.synthetic.{split}.num_videos={int(split_cfg.num_videos)} (seed {int(cfg.seed)}): "
+                    f"the {split} split ran out of unique events at video {i + 1} (the {capacity} attribute "
+                    f"combinations{left}); lower config.synthetic.{split}.num_videos, try another "
+                    "config.synthetic.seed or add values under config.synthetic.attributes")
             same_bg = [e for e, bg in made if bg == background]
             near = []
             if same_bg and rng.random() < cfg.difficulty.overlap_prob:
@@ -380,13 +389,80 @@ def caption(video: SyntheticVideo) -> str:
     return text
 
 
-def matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo, short: bool = False) -> str:
-    """Teacher-style reasoning for a video that contains the queried event: what is seen, and when. short: one
-    sentence that describes the queried event as seen, then says it matches (the demo's tiny policy learns it in
+REASONING_STYLES = ("full", "short", "compare")
+# the one-word values the "compare" style checks, attribute by attribute
+_LANE_WORD_H = {"first": "top", "middle": "middle", "last": "bottom"}
+_LANE_WORD_V = {"first": "left", "middle": "center", "last": "right"}
+
+
+def _check_words(ev: Event, background: str) -> list[tuple[str, str]]:
+    lane = (_LANE_WORD_H if ev.direction in ("left", "right") else _LANE_WORD_V).get(ev.lane, ev.lane)
+    return [("colour", ev.color), ("shape", ev.shape), ("direction", ev.direction), ("position", lane),
+            ("background", background)]
+
+
+def _compared(seen: Event, video: SyntheticVideo, query_event: Event, query_background: str) -> str:
+    """The "compare" style: the query's five values (colour, shape, direction, position, background), what is
+    seen, then the attributes one by one, each value as seen beside the query's and whether they agree ("vs query:
+    red red yes, circle square no"), up to the first that disagrees; then the verdict: "matches" after five
+    agreements, "does not match" right after a disagreement. The system prompt asks the model to "compare the query
+    requirements with visible evidence step by step" (sqr_and_sft.md §3). Each check puts the two values it compares
+    next to each other and the verdict follows the last check, so a 2-layer policy's verdict can follow its own
+    reading (with every check written, the toy policy's verdict disagreed with its own five checks 40% of the time);
+    the query's values come first, so that a check copies them from that list rather than repeating the value it
+    has just read from the video (without the list, the toy policy wrote "red red yes" for a blue query). Issue 23,
+    2026-12-07."""
+    checks = []
+    for (_, a), (_, b) in zip(_check_words(seen, video.background), _check_words(query_event, query_background)):
+        checks.append(f"{a} {b} {'yes' if a == b else 'no'}")
+        if a != b:
+            break
+    same = checks[-1].endswith("yes")
+    asked = " ".join(b for _, b in _check_words(query_event, query_background))
+    w = event_words(seen)   # the lane is one of the checks: the description leaves it out (token budget)
+    return (f"The query asks for: {asked}. The video shows a {w['color']} {w['shape']} moving {w['direction']} "
+            f"{_when(seen)}; vs query: " + ", ".join(checks) + ("; so it matches." if same else "; so it does not match."))
+
+
+_CHECKS = re.compile(r"vs query: (.*?); so it (does not match|matches)")
+
+
+def parse_checks(text: str) -> tuple[list[tuple[str, str, bool]], bool] | None:
+    """The checks and the verdict of a "compare"-style text (`_compared`): ([(seen, query, yes)], says "matches"),
+    or None when the text has no well-formed checks. For the demo report's check that the verdict follows them."""
+    m = _CHECKS.search(text or "")
+    if m is None:
+        return None
+    checks = [c.split() for c in m.group(1).split(", ")]
+    if not 1 <= len(checks) <= 5 or any(len(c) != 3 or c[2] not in ("yes", "no") for c in checks):
+        return None
+    return [(a, b, yes == "yes") for a, b, yes in checks], m.group(2) == "matches"
+
+
+def checked_values(query: str, gt_video: SyntheticVideo, shown: SyntheticVideo) -> tuple[list[str], list[str]] | None:
+    """The values a "compare" text should check for `query` (whose event is in `gt_video`) when `shown` is the video
+    on screen: ([the closest event of `shown`'s five values], [the query's five values]), in check order (colour,
+    shape, direction, position, background); None if no event of `gt_video` has this query text."""
+    ev = next((e for e in gt_video.events for tpl in QUERY_TEMPLATES
+               if tpl.format(background=gt_video.background, **event_words(e)) == query), None)
+    if ev is None:
+        return None
+    want = _key(ev, gt_video.background)
+    best = max(shown.events, key=lambda e: sum(a == b for a, b in zip(_key(e, shown.background), want)))
+    return ([w for _, w in _check_words(best, shown.background)],
+            [w for _, w in _check_words(ev, gt_video.background)])
+
+
+def matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo, style: str = "full") -> str:
+    """Teacher-style reasoning for a video that contains the queried event: what is seen, and when. style "short":
+    one sentence that describes the queried event as seen, then says it matches (the demo's tiny policy learns it in
     minutes; the full text is ~290 tiny-tokenizer tokens). Matched and not-matched short sentences start alike ("The
     video shows a <colour> <shape> moving <direction> <lane> from .. to .. seconds;"), so the verdict comes after the
-    description, not at the second word."""
-    if short:   # what is seen first, then the verdict: the sentence reads the video before it decides
+    description, not at the second word. "compare": the short description, then a check per attribute
+    (`_compared`)."""
+    if style == "compare":
+        return _compared(query_event, video, query_event, query_background)
+    if style == "short":   # what is seen first, then the verdict: the sentence reads the video before it decides
         return f"The video shows {_what(query_event)} {_when(query_event)}; it matches the query."
     ask = f"The query asks for {_what(query_event)} on a {query_background} background."
     return (f"{ask} {caption(video)} The {query_event.color} {query_event.shape} has the queried colour, shape, "
@@ -394,10 +470,10 @@ def matched_reasoning(query_event: Event, query_background: str, video: Syntheti
 
 
 def not_matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo,
-                          short: bool = False) -> str:
+                          style: str = "full") -> str:
     """Teacher-style reasoning for a video without the queried event: what is seen and which attributes differ.
-    short: one sentence describing the closest candidate (as `matched_reasoning`'s does the match), then what
-    differs."""
+    style "short": one sentence describing the closest candidate (as `matched_reasoning`'s does the match), then
+    what differs; "compare": the closest candidate checked attribute by attribute (`_compared`)."""
     ask = f"The query asks for {_what(query_event)} on a {query_background} background."
     want = _key(query_event, query_background)
 
@@ -415,7 +491,9 @@ def not_matched_reasoning(query_event: Event, query_background: str, video: Synt
     if not diffs:  # impossible by construction: event tuples are unique in a split
         raise AssertionError(f"video {video.video_id} contains the queried event; it cannot be a negative")
     diff_text = diffs[0] if len(diffs) == 1 else ", ".join(diffs[:-1]) + " and " + diffs[-1]
-    if short:
+    if style == "compare":
+        return _compared(best, video, query_event, query_background)
+    if style == "short":
         labels = [x.split(" (")[0] for x in diffs]
         return f"The video shows {_what(best)} {_when(best)}; its {' and '.join(labels)} differ from the query."
     still = ""
@@ -587,12 +665,12 @@ def _write_split(paths: PreparedPaths, split: str, videos: list[SyntheticVideo],
     return l2_normalize_rows(q_emb), l2_normalize_rows(v_emb), meta, docid2row
 
 
-def _teacher_text(m: QueryMetaRow, shown: str, q2event, video_by_id, short: bool = False) -> str:
+def _teacher_text(m: QueryMetaRow, shown: str, q2event, video_by_id, style: str = "full") -> str:
     """The templated "teacher" answer in the original prompts' output format ("Reasoning: ...", GM L31-63)."""
     video, ev = q2event[m.qid]
     shown_video = video_by_id[shown]
-    text = (matched_reasoning(ev, video.background, shown_video, short) if shown == m.pos_doc_id
-            else not_matched_reasoning(ev, video.background, shown_video, short))
+    text = (matched_reasoning(ev, video.background, shown_video, style) if shown == m.pos_doc_id
+            else not_matched_reasoning(ev, video.background, shown_video, style))
     return f"Reasoning: {text}"
 
 
@@ -601,6 +679,9 @@ def _sft(paths, raw_rows, meta, q2event, scores, order, doc_ids, docid2row, vide
     """The original's top-1 pool (build_top1_pool.py, `build.select.top1_pool`), a templated teacher parsed as the
     original parses its model (`build.teacher.output_row`) and the one-turn conversion (`build.oneturn`); plus the
     synthetic-only GT-video positives (configs/_synthetic.py `sft.augment_match_to_balance`)."""
+    style = cfg.get("reasoning", "full")
+    if style not in REASONING_STYLES:
+        raise ValueError(f"config.synthetic.reasoning={style!r}: use one of {', '.join(REASONING_STYLES)}")
     meta_json = [m.to_json() for m in meta]
     doc_meta = {r.doc_id: r.to_json() for r in embed_meta}
     top1 = order[:, 0]
@@ -629,7 +710,7 @@ def _sft(paths, raw_rows, meta, q2event, scores, order, doc_ids, docid2row, vide
             added.append(row)
     by_qid = {m.qid: m for m in meta}
     reasoning_rows = [TE.output_row(r, _teacher_text(by_qid[r["qid"]], r["top1_doc_id"], q2event, video_by_id,
-                                                            cfg.get("reasoning", "full") == "short"),
+                                                            style),
                                     None, "stop") for r in pool + added]
     items, _ = OT.convert_rows(reasoning_rows, exclude_finish_reasons=tuple(cfg.build.sft_exclude_finish_reasons))
     log(f"sft: {len(items)} items ({n_match} top-1 matches, {len(misses)} misses, "
@@ -713,5 +794,6 @@ def build_synthetic_dataset(root, dataset: str, cfg, *, embedder: Embedder,
 
 __all__ = ["Distractor", "Embedder", "Event", "FIXED_EXTRACT_UTC", "PoolItem", "QUERY_TEMPLATES", "SyntheticBuild",
            "SyntheticVideo", "build_synthetic_dataset", "caption", "described_event", "event_attributes",
-           "event_center", "event_key", "event_words", "matched_reasoning", "not_matched_reasoning", "plan_pool",
-           "plan_split", "plan_splits", "pool_query", "render_video", "split_keys"]
+           "checked_values", "event_center", "event_key", "event_words", "matched_reasoning", "not_matched_reasoning",
+           "parse_checks", "plan_pool", "plan_split", "plan_splits", "pool_query", "render_video", "split_keys",
+           "WorldTooSmallError"]

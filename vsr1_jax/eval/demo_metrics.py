@@ -43,16 +43,19 @@ def sqr_only(rows: Sequence[Row]) -> dict:
     counts as a hit if its original top-1 is right, or if it is wrong and its turn-1 refined query ranks the GT video
     first: the refinement the episode applied (policy_rank), or, for a row that accepted its wrong video, the probe's
     (sqr_probe_rank, config.demo.sqr_probe). `refined among them` = wrong-top-1 rows that have a refined query (the
-    others, without <REFINE>, keep their miss); the p-value is the paired test against the original query."""
-    hits = b = c = covered = wrong = 0
+    others, without <REFINE>, keep their miss); the p-value is the paired test against the original query.
+    `R@1 refined, all rows`: the turn-1 refined query's R@1 over every row (a row without one counts as a miss),
+    which, unlike SQR-only, also counts the right top-1s that the refinement loses."""
+    hits = b = c = covered = wrong = every = 0
     for r in rows:
         orig = _rank_ok(r.get("orig_rank"), 1)
         t1 = (r.get("turns") or [{}])[0]
+        rank = t1.get("policy_rank") if t1.get("refine_applied") else t1.get("sqr_probe_rank")
+        every += rank is not None and _rank_ok(rank, 1)
         if orig:
             hits += 1
             continue
         wrong += 1
-        rank = t1.get("policy_rank") if t1.get("refine_applied") else t1.get("sqr_probe_rank")
         if rank is not None:
             covered += 1
             if _rank_ok(rank, 1):
@@ -60,7 +63,7 @@ def sqr_only(rows: Sequence[Row]) -> dict:
                 c += 1
     n = max(len(rows), 1)
     return {"R@1 SQR-only": hits / n, "wrong top-1 rows": wrong, "refined among them": covered,
-            "p (McNemar exact)": mcnemar_exact(b, c)}
+            "p (McNemar exact)": mcnemar_exact(b, c), "R@1 refined, all rows": every / n}
 
 
 def verification(rows: Sequence[Row]) -> dict:
@@ -115,4 +118,56 @@ def reads_video(rows: Sequence[Row], described, events_of: dict) -> dict:
     return {"described": n, **{f"{k} agrees": hits[k] / n if n else 0.0 for k in hits}}
 
 
-__all__ = ["grounding", "mcnemar_exact", "paired_retrieval", "rates", "reads_video", "sqr_only", "verification"]
+def follows_checks(rows: Sequence[Row], parse) -> dict:
+    """Does the turn-1 verdict follow the policy's own attribute checks? `parse(text)` -> (checks, says_match) or
+    None, checks = [(seen value, query value, said yes)] (the "compare" teacher style, `synthetic.parse_checks`).
+    Counts the rows whose checks say yes exactly when the two values are equal, whose written verdict is "matches"
+    after five yes or "does not match" right after a no, and whose <answer> is that verdict. Where these are near 1
+    and VER is not, the errors are in reading the video or the query, not in deciding from what was read."""
+    n = values = verdict = answer = 0
+    for r in rows:
+        t = (r.get("turns") or [{}])[0]
+        parsed = parse(t.get("raw_output") or "")
+        if parsed is None:
+            continue
+        checks, says = parsed
+        n += 1
+        values += all(yes == (seen == asked) for seen, asked, yes in checks)
+        # the checks stop at the first "no": "matches" after five yes, "does not match" right after a no
+        verdict += (len(checks) == 5 and all(yes for _, _, yes in checks)) if says else not checks[-1][2]
+        answer += says == (t.get("answer") == "matched")
+    f = (lambda k: k / n if n else 0.0)
+    return {"checked": n, "yes iff equal": f(values), "verdict follows checks": f(verdict),
+            "answer follows verdict": f(answer)}
+
+
+CHECKED = ("colour", "shape", "direction", "position", "background")
+
+
+def reads_checks(rows: Sequence[Row], parse, truth) -> dict:
+    """How well the policy's turn-1 checks read the video and the query, value by value. `parse(text)` as in
+    `follows_checks`; `truth(row)` -> (the five values the shown video has, the five the query asks for) or None
+    (`synthetic.checked_values`). For each check the policy wrote (they stop at the first "no"), whether its seen
+    value is the video's and its query value the query's: `<name> seen` / `<name> query` fractions and counts."""
+    seen = dict.fromkeys(CHECKED, 0)
+    asked = dict.fromkeys(CHECKED, 0)
+    n = dict.fromkeys(CHECKED, 0)
+    for r in rows:
+        t = (r.get("turns") or [{}])[0]
+        parsed, want = parse(t.get("raw_output") or ""), truth(r)
+        if parsed is None or want is None:
+            continue
+        for name, (s, a, _), s_true, a_true in zip(CHECKED, parsed[0], *want):
+            n[name] += 1
+            seen[name] += s == s_true
+            asked[name] += a == a_true
+    out = {}
+    for name in CHECKED:
+        out[f"{name} seen"] = seen[name] / n[name] if n[name] else 0.0
+        out[f"{name} query"] = asked[name] / n[name] if n[name] else 0.0
+        out[f"{name} checks"] = n[name]
+    return out
+
+
+__all__ = ["CHECKED", "follows_checks", "grounding", "mcnemar_exact", "paired_retrieval", "rates", "reads_checks",
+           "reads_video", "sqr_only", "verification"]
