@@ -150,7 +150,8 @@ def test_batched_equals_one_at_a_time(setup):
 
 
 def test_demo_run_writes_outputs(tmp_path):
-    """The toy config end to end (synthetic corpus built on first use), shrunk for the test."""
+    """The toy config end to end (synthetic corpus built on first use), shrunk for the test; then the demo report's
+    random-latent control on that corpus."""
     from configs.toy import get_config
     from vsr1_jax.agent.evaluate import run_eval
     c = get_config()
@@ -172,6 +173,41 @@ def test_demo_run_writes_outputs(tmp_path):
                                                                             c.split)
     page, counts = viewer.write_page(summary["output_dir"])
     assert counts["shown"] == min(24, summary["queries"]) and counts["videos"] > 0 and counts["missing"] == 0
+    _check_sqr_random_control(c)
+
+
+def _check_sqr_random_control(c):
+    """demo.sqr_random_control on the built toy corpus: per row, standard-normal latents through the SQR head's
+    append projector into the frozen embedder (models.sqr.q_final on its own splice layout), searched over the test
+    corpus; SQR-only keeps every right top-1 (so it is never below the original R@1), "all rows" counts the refined
+    query everywhere."""
+    import jax.numpy as jnp
+    from vsr1_jax import loading
+    from vsr1_jax.data.paths import PreparedPaths
+    from vsr1_jax.data.queries import load_retrieval
+    from vsr1_jax.demo import sqr_random_control
+    from vsr1_jax.models import sqr as S
+    from vsr1_jax.models.qwen3_vl.run_options import RunOptions
+    from vsr1_jax.processing import chat
+    models = loading.load_models(c)
+    corpus, queries = load_retrieval(PreparedPaths(c.data_root, c.dataset), "test")
+    orig_top = (queries.matrix @ corpus.matrix.T).argmax(1)
+    rows = [dict(query=m.query, gt_pos_doc_id=m.pos_doc_id, orig_rank=1 if corpus.doc_ids[t] == m.pos_doc_id else 2)
+            for m, t in zip(queries.meta, orig_top)]
+    got = sqr_random_control(c, models, rows, draws=1, seed=3)
+    # the same computation written out: the generator's first draw, the splice, q_final, argmax over the corpus
+    n_lat, D = c.eval.refine_token_count, models.head.cfg.retrieval_dim
+    Z = np.random.default_rng(3).standard_normal((len(rows), n_lat, D))
+    toks = [chat.embedder_query_ids(models.embed_tokenizer, r["query"], c.eval.query_embedder_input_prefix,
+                                    c.eval.query_embedder_max_length) for r in rows]
+    ids, is_lat, lat_idx, mask = S.splice_layout(toks, n_lat, 6)
+    q = np.asarray(S.q_final(models.embedder, models.head, jnp.asarray(Z, jnp.float32), jnp.asarray(ids),
+                             jnp.asarray(is_lat), jnp.asarray(lat_idx), jnp.asarray(mask),
+                             opts=RunOptions.from_config(c.model)))
+    hit = np.array([corpus.doc_ids[i] == r["gt_pos_doc_id"] for i, r in zip((q @ corpus.matrix.T).argmax(1), rows)])
+    right = np.array([r["orig_rank"] == 1 for r in rows])
+    assert got["refined R@1, all rows"] == pytest.approx(hit.mean())
+    assert got["SQR-only R@1"] == pytest.approx((hit | right).mean()) and got["SQR-only R@1"] >= right.mean()
 
 
 def test_missing_checkpoint_is_named(tmp_path):
@@ -203,41 +239,3 @@ def test_released_checkpoint_loads_into_agent_models(tmp_path):
     emb_ref = fx["embedder"].state_dict()["model.language_model.embed_tokens.weight"].numpy()
     np.testing.assert_array_equal(np.asarray(embedder.text.embed[...]), emb_ref)
 
-
-def test_sqr_random_control_is_the_refined_query_of_random_latents(tmp_path):
-    """demo.sqr_random_control: per row, standard-normal latents through the SQR head's append projector into the
-    frozen embedder (models.sqr.q_final on its own splice layout), searched over the test corpus; SQR-only keeps every
-    right top-1 (so it is never below the original R@1), "all rows" counts the refined query everywhere."""
-    import jax.numpy as jnp
-    from configs.toy import get_config
-    from vsr1_jax import loading
-    from vsr1_jax.data.paths import PreparedPaths
-    from vsr1_jax.data.queries import load_retrieval
-    from vsr1_jax.demo import sqr_random_control
-    from vsr1_jax.models import sqr as S
-    from vsr1_jax.models.qwen3_vl.run_options import RunOptions
-    from vsr1_jax.processing import chat
-    c = get_config()
-    c.data_root = str(tmp_path / "data")
-    c.synthetic.train.num_videos, c.synthetic.test.num_videos = 4, 6
-    c.synthetic.progress = False
-    c.demo.stage0.enabled = False
-    models = loading.load_models(c)
-    corpus, queries = load_retrieval(PreparedPaths(c.data_root, c.dataset), "test")
-    orig_top = (queries.matrix @ corpus.matrix.T).argmax(1)
-    rows = [dict(query=m.query, gt_pos_doc_id=m.pos_doc_id, orig_rank=1 if corpus.doc_ids[t] == m.pos_doc_id else 2)
-            for m, t in zip(queries.meta, orig_top)]
-    got = sqr_random_control(c, models, rows, draws=1, seed=3)
-    # the same computation written out: the generator's first draw, the splice, q_final, argmax over the corpus
-    n_lat, D = c.eval.refine_token_count, models.head.cfg.retrieval_dim
-    Z = np.random.default_rng(3).standard_normal((len(rows), n_lat, D))
-    toks = [chat.embedder_query_ids(models.embed_tokenizer, r["query"], c.eval.query_embedder_input_prefix,
-                                    c.eval.query_embedder_max_length) for r in rows]
-    ids, is_lat, lat_idx, mask = S.splice_layout(toks, n_lat, 6)
-    q = np.asarray(S.q_final(models.embedder, models.head, jnp.asarray(Z, jnp.float32), jnp.asarray(ids),
-                             jnp.asarray(is_lat), jnp.asarray(lat_idx), jnp.asarray(mask),
-                             opts=RunOptions.from_config(c.model)))
-    hit = np.array([corpus.doc_ids[i] == r["gt_pos_doc_id"] for i, r in zip((q @ corpus.matrix.T).argmax(1), rows)])
-    right = np.array([r["orig_rank"] == 1 for r in rows])
-    assert got["refined R@1, all rows"] == pytest.approx(hit.mean())
-    assert got["SQR-only R@1"] == pytest.approx((hit | right).mean()) and got["SQR-only R@1"] >= right.mean()
