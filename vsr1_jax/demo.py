@@ -116,8 +116,8 @@ def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, eve
             out["turn-1 checks: yes iff values equal / verdict follows checks / answer follows verdict"] = (
                 f"{fc['yes iff equal']:.3f} / {fc['verdict follows checks']:.3f} / {fc['answer follows verdict']:.3f} "
                 f"(n={fc['checked']})")
-        if videos is not None:
-            rc = DM.reads_checks(rows, SY.parse_checks, _check_truth(videos))
+        rc = DM.reads_checks(rows, SY.parse_checks, _check_truth(videos)) if videos is not None else {}
+        if any(rc.get(f"{k} checks") for k in DM.CHECKED):   # a policy that writes no checks gets "–"
             for side, what in (("seen", "the shown video's"), ("query", "the query's")):
                 out[f"turn-1 checks: {what} value right, colour / shape / direction / position / background"] = (
                     " / ".join(f"{rc[f'{k} {side}']:.2f}" for k in DM.CHECKED)

@@ -1,0 +1,153 @@
+"""What can latents spliced into the demo's frozen search engine do for retrieval? (issue 23's diagnosis)
+
+    JAX_PLATFORMS=cpu python tools/sqr_capacity.py outputs/toy      # a demo run's output_dir (its data/ is read)
+
+On the engine and corpus of a demo run (configs/toy.py with data_root=<run>/data), three refinements of the
+original query through the same splice as the SQR head's (8 latent slots before the embedder prompt's last 6
+tokens, `models.sqr.splice_layout`; the frozen embedder pools the last position):
+  A. capacity: free vectors at the 8 slots, optimised per wrong-top-1 test row on its own InfoNCE over the test
+     corpus (uses the answer: how far the splice can move a query at all);
+  B. a query-independent set of 8 latents through a fresh append projector (LayerNorm + identity Linear, as the SQR
+     head's), trained on the train split's rows against the train corpus, then applied to the test split;
+  C. latents from an MLP of the original query vector and the top-1 video vector (what the policy sees, in
+     compressed form), trained and tested the same way.
+For B and C it prints the test split's R@1 of the refined query on every row and SQR-only (the refined query only
+where the top-1 is wrong) beside the original R@1.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from vsr1_jax import config_files, loading  # noqa: E402
+from vsr1_jax.data.paths import PreparedPaths  # noqa: E402
+from vsr1_jax.data.queries import load_retrieval  # noqa: E402
+from vsr1_jax.models import sqr as S  # noqa: E402
+from vsr1_jax.models.embedder import embed_inputs_embeds  # noqa: E402
+from vsr1_jax.models.qwen3_vl.run_options import RunOptions  # noqa: E402
+from vsr1_jax.processing import chat  # noqa: E402
+
+TAU = 0.1   # the original's InfoNCE temperature (sqr_and_sft.md §5)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="a demo run's output_dir (its data/ holds the corpus and the Stage-0 engine)")
+    ap.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "toy.py"))
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--train-rows", choices=("all", "wrong"), default="all",
+                    help="B and C train on every train row or on the wrong-top-1 rows only")
+    args = ap.parse_args(argv)
+    config = config_files.load(args.config).get_config()
+    config.data_root, config.output_dir = os.path.join(args.run, "data"), args.run
+    models = loading.load_models(config)
+    opts = RunOptions.from_config(config.model)
+    D, He, n_lat = models.head.cfg.retrieval_dim, models.head.cfg.embedder_hidden, config.eval.refine_token_count
+    paths = PreparedPaths(config.data_root, config.dataset)
+
+    def split(name):
+        corpus, queries = load_retrieval(paths, name)
+        toks = [chat.embedder_query_ids(models.embed_tokenizer, m.query, config.eval.query_embedder_input_prefix,
+                                        config.eval.query_embedder_max_length) for m in queries.meta]
+        s = dict(V=corpus.matrix, Q=queries.matrix, gt=np.array([corpus.docid2row[m.pos_doc_id] for m in queries.meta]),
+                 layout=S.splice_layout(toks, n_lat, 6, pad_id=0), n=len(queries.meta))
+        s["top1"] = (s["Q"] @ s["V"].T).argmax(1)
+        print(f"{name}: {s['n']} queries, {len(s['V'])} videos, R@1 of the original query "
+              f"{(s['top1'] == s['gt']).mean():.3f}")
+        return s
+
+    te, tr = split("test"), split("train")
+
+    @jax.jit
+    def q_from_slots(A, ids, is_lat, lat_idx, mask):
+        tok = models.embedder.text.embed_tokens(ids, opts.jdtype)
+        lat = jnp.take_along_axis(A, lat_idx[..., None], axis=1)
+        return embed_inputs_embeds(models.embedder, jnp.where(is_lat[..., None], lat.astype(tok.dtype), tok), mask,
+                                   opts=opts)
+
+    def infonce(q, V, gt):
+        return -jnp.mean(jax.nn.log_softmax(q @ V.T / TAU)[jnp.arange(len(gt)), gt])
+
+    def layout(s, rows):
+        return tuple(jnp.asarray(a[rows]) for a in s["layout"])
+
+    wrong = np.flatnonzero(te["top1"] != te["gt"])
+    # A: free vectors per wrong row (capacity)
+    A = jnp.zeros((len(wrong), n_lat, He)) + 1e-4 * jax.random.normal(jax.random.key(0), (len(wrong), n_lat, He))
+    opt = optax.adam(1e-2)
+    st, b, V, gt = opt.init(A), layout(te, wrong), jnp.asarray(te["V"]), jnp.asarray(te["gt"][wrong])
+
+    @jax.jit
+    def step_a(A, st):
+        loss, g = jax.value_and_grad(lambda A: infonce(q_from_slots(A, *b), V, gt))(A)
+        u, st = opt.update(g, st)
+        return optax.apply_updates(A, u), st, loss
+
+    for _ in range(50):
+        A, st, _ = step_a(A, st)
+    hit = np.asarray(q_from_slots(A, *b) @ V.T).argmax(1) == te["gt"][wrong]
+    print(f"A (free vectors, 50 steps on each row's own answer): GT top-1 on {hit.sum()} of {len(wrong)} wrong "
+          f"rows; slot norm {float(jnp.linalg.norm(A, axis=-1).mean()):.2f}")
+
+    # B and C: through a fresh append projector, trained on the train split
+    def append(p, Z):
+        mu, var = Z.mean(-1, keepdims=True), Z.var(-1, keepdims=True)
+        return ((Z - mu) / jnp.sqrt(var + 1e-5) * p["s"] + p["b"]) @ p["W"] + p["c"]
+
+    fresh = dict(s=jnp.ones((D,)), b=jnp.zeros((D,)), W=jnp.asarray(S._partial_identity(D, He, jnp.float32)[0]),
+                 c=jnp.zeros((He,)))
+
+    def train_and_test(name, params, latents):
+        rows_tr = np.flatnonzero(tr["top1"] != tr["gt"]) if args.train_rows == "wrong" else np.arange(tr["n"])
+        opt = optax.adam(3e-3)
+        st, Vtr, rng = opt.init(params), jnp.asarray(tr["V"]), np.random.default_rng(0)
+
+        @jax.jit
+        def step(p, st, lay, q, v, gt):
+            loss, g = jax.value_and_grad(lambda p: infonce(q_from_slots(append(p["app"], latents(p, q, v)), *lay),
+                                                            Vtr, gt))(p)
+            u, st = opt.update(g, st)
+            return optax.apply_updates(p, u), st, loss
+
+        t0 = time.time()
+        for i in range(args.steps + 1):
+            rows = rng.choice(rows_tr, min(32, len(rows_tr)), replace=False)
+            params, st, loss = step(params, st, layout(tr, rows), jnp.asarray(tr["Q"][rows]),
+                                    jnp.asarray(tr["V"][tr["top1"][rows]]), jnp.asarray(tr["gt"][rows]))
+            if i % 100 == 0:
+                out = {}
+                for nm, s in (("train", tr), ("test", te)):
+                    Z = latents(params, jnp.asarray(s["Q"]), jnp.asarray(s["V"][s["top1"]]))
+                    hit = np.asarray(q_from_slots(append(params["app"], Z), *layout(s, np.arange(s["n"]))) @ s["V"].T
+                                     ).argmax(1) == s["gt"]
+                    right = s["top1"] == s["gt"]
+                    out[nm] = (hit.mean(), (hit | right).mean(), right.mean())
+                print(json.dumps({"refinement": name, "step": i, "loss": round(float(loss), 3),
+                                  **{f"{nm} R@1 refined (every row) / SQR-only / original":
+                                     " / ".join(f"{x:.3f}" for x in v) for nm, v in out.items()},
+                                  "s": round(time.time() - t0)}))
+
+    k = jax.random.split(jax.random.key(2), 3)
+    train_and_test("B: 8 shared latents", dict(app=fresh, Z=0.1 * jax.random.normal(k[0], (n_lat, D))),
+                   lambda p, q, v: jnp.broadcast_to(p["Z"], (q.shape[0], n_lat, D)))
+    De = tr["Q"].shape[1]
+
+    def mlp(p, q, v):
+        h = jax.nn.gelu(jnp.concatenate([q, v], -1) @ p["W1"] + p["b1"])
+        return (h @ p["W2"] + p["b2"]).reshape(q.shape[0], n_lat, D)
+
+    train_and_test("C: MLP(query, top-1 video)",
+                   dict(app=fresh, W1=jax.random.normal(k[1], (2 * De, 256)) / np.sqrt(2 * De), b1=jnp.zeros(256),
+                        W2=0.01 * jax.random.normal(k[2], (256, n_lat * D)), b2=jnp.zeros(n_lat * D)), mlp)
+
+
+if __name__ == "__main__":
+    main()
