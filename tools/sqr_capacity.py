@@ -31,7 +31,7 @@ from vsr1_jax import config_files, loading  # noqa: E402
 from vsr1_jax.data.paths import PreparedPaths  # noqa: E402
 from vsr1_jax.data.queries import load_retrieval  # noqa: E402
 from vsr1_jax.models import sqr as S  # noqa: E402
-from vsr1_jax.models.embedder import embed_inputs_embeds  # noqa: E402
+from vsr1_jax.models.qwen3_vl.layers import layer_norm, linear  # noqa: E402
 from vsr1_jax.models.qwen3_vl.run_options import RunOptions  # noqa: E402
 from vsr1_jax.processing import chat  # noqa: E402
 
@@ -68,10 +68,7 @@ def main(argv=None):
 
     @jax.jit
     def q_from_slots(A, ids, is_lat, lat_idx, mask):
-        tok = models.embedder.text.embed_tokens(ids, opts.jdtype)
-        lat = jnp.take_along_axis(A, lat_idx[..., None], axis=1)
-        return embed_inputs_embeds(models.embedder, jnp.where(is_lat[..., None], lat.astype(tok.dtype), tok), mask,
-                                   opts=opts)
+        return S.q_spliced(models.embedder, A, ids, is_lat, lat_idx, mask, opts=opts)
 
     def infonce(q, V, gt):
         return -jnp.mean(jax.nn.log_softmax(q @ V.T / TAU)[jnp.arange(len(gt)), gt])
@@ -98,9 +95,8 @@ def main(argv=None):
           f"rows; slot norm {float(jnp.linalg.norm(A, axis=-1).mean()):.2f}")
 
     # B and C: through a fresh append projector, trained on the train split
-    def append(p, Z):
-        mu, var = Z.mean(-1, keepdims=True), Z.var(-1, keepdims=True)
-        return ((Z - mu) / jnp.sqrt(var + 1e-5) * p["s"] + p["b"]) @ p["W"] + p["c"]
+    def append(p, Z):   # SQRHead.append_input with these parameters
+        return linear(layer_norm(Z, p["s"], p["b"], S.LN_EPS), p["W"], p["c"])
 
     fresh = dict(s=jnp.ones((D,)), b=jnp.zeros((D,)), W=jnp.asarray(S._partial_identity(D, He, jnp.float32)[0]),
                  c=jnp.zeros((He,)))

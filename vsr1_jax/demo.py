@@ -65,13 +65,12 @@ def _check_truth(videos: dict):
     return truth
 
 
-def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, events_of: dict | None = None,
-                sqr_control=None, videos: dict | None = None) -> dict:
+def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, videos: dict | None = None,
+                sqr_control=None) -> dict:
     """The numbers the demo compares (eval/demo_metrics.py) from one evaluation's detail rows. engine_only: the
-    search engine alone (the original query's retrieval; the policy's columns are left empty). events_of: the test
-    videos' events (`synthetic.event_attributes`), for the check that the policy describes the video it was shown.
-    sqr_control: rows -> `sqr_random_control`'s chance levels, shown beside SQR-only. videos: the test videos by id
-    (`synthetic.plan_splits`), for the check-by-check reading of "compare"-style texts."""
+    search engine alone (the original query's retrieval; the policy's columns are left empty). videos: the test
+    videos by id (`synthetic.plan_splits`), for the checks that the policy describes the video it was shown and
+    reads each value it checks. sqr_control: rows -> `sqr_random_control`'s chance levels, shown beside SQR-only."""
     if "result_json" not in eval_summary:  # a process other than 0 of a multi-host run: process 0 wrote the files
         return {}
     rows = read_detail_jsonl(eval_summary["detail_jsonl"])
@@ -106,8 +105,8 @@ def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, eve
         "accepted turns": g["accepted turns"],
         **DM.rates(rows),
     }
-    if events_of is not None:
-        rv = DM.reads_video(rows, SY.described_event, events_of)
+    if videos is not None:
+        rv = DM.reads_video(rows, SY.described_event, SY.event_attributes(list(videos.values())))
         out["turn-1 description of the shown video: colour / shape / direction agree"] = (
             f"{rv['color agrees']:.3f} / {rv['shape agrees']:.3f} / {rv['direction agrees']:.3f} "
             f"(n={rv['described']})")
@@ -116,8 +115,8 @@ def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, eve
             out["turn-1 checks: yes iff values equal / verdict follows checks / answer follows verdict"] = (
                 f"{fc['yes iff equal']:.3f} / {fc['verdict follows checks']:.3f} / {fc['answer follows verdict']:.3f} "
                 f"(n={fc['checked']})")
-        rc = DM.reads_checks(rows, SY.parse_checks, _check_truth(videos)) if videos is not None else {}
-        if any(rc.get(f"{k} checks") for k in DM.CHECKED):   # a policy that writes no checks gets "–"
+        rc = DM.reads_checks(rows, SY.parse_checks, _check_truth(videos))
+        if any(rc[f"{k} checks"] for k in DM.CHECKED):   # a policy that writes no checks gets "–"
             for side, what in (("seen", "the shown video's"), ("query", "the query's")):
                 out[f"turn-1 checks: {what} value right, colour / shape / direction / position / background"] = (
                     " / ".join(f"{rc[f'{k} {side}']:.2f}" for k in DM.CHECKED)
@@ -185,8 +184,7 @@ def run_demo(config) -> dict:
         runinfo.save_config(config, out)
     models = loading.load_models(config)
     stages, curves, times = {}, {}, {}
-    videos = {v.video_id: v for v in SY.plan_splits(config.synthetic)["test"]}
-    events_of = SY.event_attributes(list(videos.values()))  # what each test video shows
+    videos = {v.video_id: v for v in SY.plan_splits(config.synthetic)["test"]}  # what each test video shows
 
     def control(rows):   # with the models of the column being summarised
         return sqr_random_control(config, models, rows)
@@ -199,7 +197,7 @@ def run_demo(config) -> dict:
         rows = loop.read_metrics(stage0_dir(config))
         curves["stage0"] = {"InfoNCE loss": [(r["step"], r["loss"]) for r in rows]}
         curves["stage0_r1"] = {"held-out train-side R@1": [(r["step"], r["val_r1"]) for r in rows if "val_r1" in r]}
-    stages["untrained policy"] = _summary_of(out, ev, events_of=events_of, sqr_control=control, videos=videos)
+    stages["untrained policy"] = _summary_of(out, ev, videos=videos, sqr_control=control)
     times["eval untrained"] = time.time() - t
 
     t = time.time()
@@ -214,7 +212,7 @@ def run_demo(config) -> dict:
     t = time.time()
     stages["after SFT"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_sft"),
                                                   checkpoint=_last_checkpoint(os.path.join(out, "sft"))),
-                                      events_of=events_of, sqr_control=control, videos=videos)
+                                      videos=videos, sqr_control=control)
     times["eval after SFT"] = time.time() - t
 
     if config.demo.grpo:
@@ -232,7 +230,7 @@ def run_demo(config) -> dict:
         t = time.time()
         stages["after GRPO"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_grpo"),
                                                        checkpoint=_last_checkpoint(os.path.join(out, "grpo"))),
-                                           events_of=events_of, sqr_control=control, videos=videos)
+                                           videos=videos, sqr_control=control)
         times["eval after GRPO"] = time.time() - t
 
     if not distributed.is_primary():  # process 0 writes the report

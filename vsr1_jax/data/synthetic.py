@@ -395,10 +395,17 @@ _LANE_WORD_H = {"first": "top", "middle": "middle", "last": "bottom"}
 _LANE_WORD_V = {"first": "left", "middle": "center", "last": "right"}
 
 
-def _check_words(ev: Event, background: str) -> list[tuple[str, str]]:
+def _check_words(ev: Event, background: str) -> list[str]:
+    """The five values a "compare" text checks, in order: colour, shape, direction, position, background."""
     lane = (_LANE_WORD_H if ev.direction in ("left", "right") else _LANE_WORD_V).get(ev.lane, ev.lane)
-    return [("colour", ev.color), ("shape", ev.shape), ("direction", ev.direction), ("position", lane),
-            ("background", background)]
+    return [ev.color, ev.shape, ev.direction, lane, background]
+
+
+def _closest_event(video: SyntheticVideo, query_event: Event, query_background: str) -> Event:
+    """The event of `video` that agrees with the queried one on the most attributes (background included): what a
+    teacher text describes and checks when the video does not hold the queried event."""
+    want = _key(query_event, query_background)
+    return max(video.events, key=lambda e: sum(a == b for a, b in zip(_key(e, video.background), want)))
 
 
 def _compared(seen: Event, video: SyntheticVideo, query_event: Event, query_background: str) -> str:
@@ -413,12 +420,12 @@ def _compared(seen: Event, video: SyntheticVideo, query_event: Event, query_back
     has just read from the video (without the list, the toy policy wrote "red red yes" for a blue query). Issue 23,
     2026-12-07."""
     checks = []
-    for (_, a), (_, b) in zip(_check_words(seen, video.background), _check_words(query_event, query_background)):
+    for a, b in zip(_check_words(seen, video.background), _check_words(query_event, query_background)):
         checks.append(f"{a} {b} {'yes' if a == b else 'no'}")
         if a != b:
             break
     same = checks[-1].endswith("yes")
-    asked = " ".join(b for _, b in _check_words(query_event, query_background))
+    asked = " ".join(_check_words(query_event, query_background))
     w = event_words(seen)   # the lane is one of the checks: the description leaves it out (token budget)
     return (f"The query asks for: {asked}. The video shows a {w['color']} {w['shape']} moving {w['direction']} "
             f"{_when(seen)}; vs query: " + ", ".join(checks) + ("; so it matches." if same else "; so it does not match."))
@@ -447,10 +454,8 @@ def checked_values(query: str, gt_video: SyntheticVideo, shown: SyntheticVideo) 
                if tpl.format(background=gt_video.background, **event_words(e)) == query), None)
     if ev is None:
         return None
-    want = _key(ev, gt_video.background)
-    best = max(shown.events, key=lambda e: sum(a == b for a, b in zip(_key(e, shown.background), want)))
-    return ([w for _, w in _check_words(best, shown.background)],
-            [w for _, w in _check_words(ev, gt_video.background)])
+    return (_check_words(_closest_event(shown, ev, gt_video.background), shown.background),
+            _check_words(ev, gt_video.background))
 
 
 def matched_reasoning(query_event: Event, query_background: str, video: SyntheticVideo, style: str = "full") -> str:
@@ -475,12 +480,7 @@ def not_matched_reasoning(query_event: Event, query_background: str, video: Synt
     style "short": one sentence describing the closest candidate (as `matched_reasoning`'s does the match), then
     what differs; "compare": the closest candidate checked attribute by attribute (`_compared`)."""
     ask = f"The query asks for {_what(query_event)} on a {query_background} background."
-    want = _key(query_event, query_background)
-
-    def agree(ev: Event) -> int:
-        return sum(a == b for a, b in zip(_key(ev, video.background), want))
-
-    best = max(video.events, key=agree)  # the closest candidate in the video
+    best = _closest_event(video, query_event, query_background)  # the closest candidate in the video
     diffs = []
     qw, bw = event_words(query_event), event_words(best)
     for name, label in (("color", "colour"), ("shape", "shape"), ("direction", "direction"), ("lane", "position")):

@@ -153,8 +153,12 @@ def splice_layout(token_lists, num_latents: int = 8, tail: int = 6, pad_id: int 
 def q_final(embedder_model, head: SQRHead, Z, ids, is_latent, latent_index, mask, *, opts):
     """Refined query [B, D]: embedder text model on the query tokens with append_input(Z) spliced in (layout from
     `splice_layout`), default 1-D positions, last position pooled, L2-normalised (TRN L658-750)."""
+    return q_spliced(embedder_model, head.append_input(Z), ids, is_latent, latent_index, mask, opts=opts)
+
+
+def q_spliced(embedder_model, A, ids, is_latent, latent_index, mask, *, opts):
+    """`q_final` from the embedder-input vectors A [B, N, He] themselves (what append_input(Z) gives)."""
     tok = embedder_model.text.embed_tokens(ids, opts.jdtype)
-    A = head.append_input(Z).astype(opts.jdtype)                           # [B, N, He]
-    lat = jnp.take_along_axis(A, latent_index[..., None], axis=1)
+    lat = jnp.take_along_axis(A.astype(opts.jdtype), latent_index[..., None], axis=1)
     x = jnp.where(is_latent[..., None], lat, tok)
     return embed_inputs_embeds(embedder_model, x, mask, opts=opts)
