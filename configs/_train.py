@@ -33,6 +33,10 @@ def get_sft_config() -> ml_collections.ConfigDict:
     c.param_dtype = "bfloat16"
     # activation rematerialisation of the decoder scan body: "none" | "full" | "dots" (save matmul outputs only)
     c.remat = "dots"
+    # the SQR rollout's layer loop in the step (port choice, RunOptions.rollout_layers): "rolled" = one compiled
+    # layer body (each of the 7 steps copies every layer's weights out of the stacked weights on GPUs); "unrolled" =
+    # static slices read in place, a longer compile
+    c.rollout_layers = "rolled"
     c.retrieval_loss_weight = 0.3     # lambda (VS L116; S §5)
     c.retrieval_temperature = 0.1     # tau (VS L117; S §5)
     c.filter_ambiguous_negatives = True  # retrieval_ignore_ambiguous_negatives (VS L119; S §5)

@@ -128,7 +128,7 @@ ALLOWLIST = {
         "data.loader.prefetch_buffer_size", "video.sft.min_pixels", "video.sft.max_pixels", "video.sft.total_pixels",
         "video.sft.fps", "sft.filter_ambiguous_negatives", "sft.label_buckets",
         "sft.vision_group_buckets", "sft.vision_patch_buckets", "sft.refine_token_count", "sft.seed",
-        "sft.num_epochs", "sft.max_steps", "sft.remat", "sft.param_dtype", "sft.retrieval_loss_weight",
+        "sft.num_epochs", "sft.max_steps", "sft.remat", "sft.rollout_layers", "sft.param_dtype", "sft.retrieval_loss_weight",
         "sft.retrieval_temperature", "sft.logprob_chunk", "sft.checkpoint.every_fraction",
         "sft.checkpoint.every_steps", "sft.checkpoint.keep", "sft.checkpoint.async_save", "sft.log_every",
         "sft.export_hf"],

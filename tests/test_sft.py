@@ -208,16 +208,18 @@ def _scan_ops_of_shape(jaxpr, shape, inside=False, acc=None):
 def test_rollout_backward_touches_the_cache_per_layer_and_runs_with_gpu_defaults(setup):
     """The SQR rollout's backward must not build whole-cache arrays per layer (indexing a carried stacked cache
     transposes into zeros + add of the whole cache: 2 x L x 7 full-cache copies per step, 70 ms of the 2B step on
-    the H200); and the GPU default options (Pallas decode attention, which has no VJP) must still train, with the
-    same loss and gradients."""
+    the H200); the GPU default options (Pallas decode attention, which has no VJP) must still train, with the
+    same loss and gradients; and so must the unrolled rollout (`rollout_layers="unrolled"`: every rollout step's
+    layer scan unrolled, each layer's weights a static slice)."""
     _, model, cfg, head, _, host = setup
     graphdefs, params, frozen = state_lib.split_models(model, head, optim.sft_trainable)
     emb_gd, emb_params = nnx.split(model)
     lc = sft.LossConfig(num_latents=8, logprob_chunk=16)
     batch = _device(host)
     res = {}
-    for decode in ("xla", "pallas"):
-        opts = RunOptions(decode_attn_impl=decode)
+    variants = dict(xla=RunOptions(), pallas=RunOptions(decode_attn_impl="pallas"),
+                    unrolled=RunOptions(rollout_layers="unrolled"))
+    for decode, opts in variants.items():
         fn = lambda p, o=opts: sft.sft_loss(p, frozen, emb_params, batch, graphdefs=graphdefs,  # noqa: E731
                                             embedder_graphdef=emb_gd, opts=o, lc=lc)[0]
         res[decode] = jax.jit(jax.value_and_grad(fn))(params)
@@ -226,6 +228,29 @@ def test_rollout_backward_touches_the_cache_per_layer_and_runs_with_gpu_defaults
             t = cfg.text
             full = (t.num_hidden_layers, B, t.num_key_value_heads, T + lc.num_latents - 1, t.head_dim)
             assert _scan_ops_of_shape(jax.make_jaxpr(jax.grad(fn))(params).jaxpr, full) == {}
+        # the rollout's 7 single-position steps (a cache of T + 7 slots): rolled or unrolled layer scans
+        unrolls = _rollout_scan_unrolls(jax.make_jaxpr(fn)(params).jaxpr, cfg.text.num_hidden_layers)
+        assert unrolls == [cfg.text.num_hidden_layers if decode == "unrolled" else 1] * (lc.num_latents - 1), unrolls
     assert float(res["pallas"][0]) == float(res["xla"][0])
     for a, b in zip(jax.tree.leaves(res["xla"][1]), jax.tree.leaves(res["pallas"][1])):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert float(res["unrolled"][0]) == pytest.approx(float(res["xla"][0]), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(res["xla"][1]), jax.tree.leaves(res["unrolled"][1])):
+        scale = max(float(np.abs(np.asarray(a)).max()), 1e-8)
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5 * scale, rtol=1e-4)
+
+
+def _rollout_scan_unrolls(jaxpr, layers: int) -> list[int]:
+    """The `unroll` of every layer scan (length `layers`) that carries no hidden state of several positions: the
+    single-position steps' scans, in program order (the forward's scan of T positions is the first layer scan)."""
+    out = []
+    for e in jaxpr.eqns:
+        if e.primitive.name == "scan" and e.params["length"] == layers:
+            h = e.outvars[0].aval.shape          # the carried hidden state [B, T, D]
+            if len(h) == 3 and h[1] == 1:
+                out.append(int(e.params["unroll"]))
+        for v in e.params.values():
+            sub = getattr(v, "jaxpr", v)
+            if hasattr(sub, "eqns") and e.primitive.name != "scan":
+                out += _rollout_scan_unrolls(sub, layers)
+    return out

@@ -145,7 +145,8 @@ def sft_loss(params, frozen, embedder_params, batch, *, graphdefs: Graphdefs, em
     rows = jnp.arange(B)
     h_refine = out.hidden_pre_norm[rows, ridx]
     refine_pos = batch["positions"][0, rows, ridx]
-    # the rollout's steps: rolled layer scan (compile time; the cache then travels per layer, see TextModel), no
+    # the rollout's steps: the cache travels per layer (SLICED, see TextModel; the layer loop rolled or unrolled as
+    # opts.rollout_layers says), no
     # rematerialisation (with remat, the backward would keep the whole cache per layer instead of each layer's
     # slice), and XLA attention: the Pallas decode kernel (decode_attn_impl "auto" on NVIDIA GPUs) has no VJP
     ropts = dataclasses.replace(opts, remat="none", unroll_decode=False, decode_attn_impl="xla")

@@ -109,7 +109,7 @@ class SFTTask:
                                       prefetch_buffer_size=c.data.loader.prefetch_buffer_size)
         self.total_steps = len(ds) if not c.sft.max_steps else min(len(ds), c.sft.max_steps)
         # model, optimizer, state
-        opts = RunOptions.from_config(c.model, remat=c.sft.remat)
+        opts = RunOptions.from_config(c.model, remat=c.sft.remat, rollout_layers=c.sft.rollout_layers)
         sharding.cast_params(models.policy, jnp.dtype(c.sft.param_dtype))
         opt = optim.sft_optimizer(c.sft, self.total_steps)
         self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, opt.tx,

@@ -105,7 +105,7 @@ class Qwen3VL(nnx.Module):
                                        attn_impl=opts.attn_impl, decode_attn_impl=opts.decode_attn_impl,
                                        decode_layer_impl=opts.decode_layer_impl, devices=devices,
                                        remat=opts.remat, kv_extra_slots=kv_extra_slots,
-                                       unroll_decode=opts.unroll_decode)
+                                       unroll_decode=opts.unroll_decode, rollout_layers=opts.rollout_layers)
         if logits == "all":
             lg = self.text.logits(normed)
         elif logits == "last":

@@ -18,6 +18,7 @@ import numpy as np
 ATTN_IMPLS = ("xla", "cudnn")
 DECODE_ATTN_IMPLS = ("xla", "pallas")
 DECODE_LAYER_IMPLS = ("xla", "fused", "fused_interpret")
+ROLLOUT_LAYERS = ("rolled", "unrolled")
 
 
 def fused_attention(attn_impl: str) -> bool:
@@ -48,6 +49,11 @@ class RunOptions:
     # single-position steps with a cache unroll the layer loop (inference speed); training differentiates through
     # the SQR rollout's 7 steps, where an unrolled loop multiplies compile time: it keeps the scan rolled
     unroll_decode: bool = True
+    # the layer loop of those differentiated single-position steps (the SQR rollout in training, the cache travelling
+    # per layer: `text.CacheMode.SLICED`): "rolled" (one compiled layer body; on GPUs every step copies each layer's
+    # weights out of the stacked weights, issue 25 item 3) or "unrolled" (each layer's weights a static slice, read
+    # in place; the step compiles the rollout's 7 x L layer bodies)
+    rollout_layers: str = "rolled"
     # the generation loop (`generate.sampler.Sampler`): "host" (one jitted, donated step per token dispatched from
     # Python; the production default, fastest on GPUs) or "while" (the whole decode as one jitted lax.while_loop)
     decode_loop: str = "host"

@@ -30,7 +30,8 @@ from vsr1_jax.kernels.fused_decode import fused_decoder_layer_decode
 from vsr1_jax.models.qwen3_vl.config import TextConfig
 from vsr1_jax.models.qwen3_vl.layers import attention, linear, make_param, rms_norm
 from vsr1_jax.models.qwen3_vl.rope import apply_rope, mrope_cos_sin
-from vsr1_jax.models.qwen3_vl.run_options import ATTN_IMPLS, DECODE_ATTN_IMPLS, decode_layer_path, fused_attention
+from vsr1_jax.models.qwen3_vl.run_options import (ATTN_IMPLS, DECODE_ATTN_IMPLS, ROLLOUT_LAYERS, decode_layer_path,
+                                                  fused_attention)
 
 
 def cached_attention(q, k, v, mask):
@@ -260,7 +261,7 @@ class TextModel(nnx.Module):
     def __call__(self, x, positions, attention_mask=None, *, cache: KVCache | None = None,
                  visual: Visual | None = None, attn_impl: str = "xla", decode_attn_impl: str = "xla",
                  decode_layer_impl: str = "xla", devices: int | None = None, remat: str = "none",
-                 kv_extra_slots: int | None = None, unroll_decode: bool = True):
+                 kv_extra_slots: int | None = None, unroll_decode: bool = True, rollout_layers: str = "rolled"):
         """x [B, T, D] input embeddings; positions [3, B, T]; attention_mask [B, T] (1 = real token).
 
         Returns (pre_norm [B, T, D] = last decoder layer output, normed [B, T, D], new cache or None).
@@ -269,6 +270,7 @@ class TextModel(nnx.Module):
         (the T tokens valid where attention_mask is set, index T): a differentiable prefix to continue from (the SQR
         rollout in training), built from the scan's per-layer outputs rather than a carried cache.
         decode_layer_impl / devices (the caller's mesh size): `run_options.decode_layer_path` (the fused layer).
+        rollout_layers: "unrolled" unrolls the layer loop of `CacheMode.SLICED` steps too (RunOptions).
         """
         cfg = self.cfg
         B, T, _ = x.shape
@@ -328,7 +330,12 @@ class TextModel(nnx.Module):
         kls, vls = (cache.k, cache.v) if mode is CacheMode.SLICED else (None, None)
         # Single-token steps with a stacked cache unroll the layer loop: a rolled loop costs a device->host predicate
         # sync per layer and dynamic cache indexing that forces copies; prefill keeps the compact rolled scan.
-        unroll = cfg.num_hidden_layers if (T == 1 and mode is CacheMode.STACKED) else 1
+        # The rolled SLICED steps of training can unroll too (`rollout_layers`): a rolled loop copies each layer's
+        # weights out of the stacked weights on every step, an unrolled one reads static slices in place.
+        if rollout_layers not in ROLLOUT_LAYERS:
+            raise ValueError(f"rollout_layers={rollout_layers!r}: expected one of {ROLLOUT_LAYERS}")
+        unrolled = mode is CacheMode.STACKED or (mode is CacheMode.SLICED and rollout_layers == "unrolled")
+        unroll = cfg.num_hidden_layers if (T == 1 and unrolled) else 1
         (h, kc, vc), kv = jax.lax.scan(body, (x, kc, vc), (layers, jnp.arange(cfg.num_hidden_layers), kls, vls),
                                        unroll=unroll)
         normed = rms_norm(h, self.final_norm[...], cfg.rms_norm_eps)
