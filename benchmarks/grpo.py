@@ -32,6 +32,7 @@ from vsr1_jax.generate.sampler import Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.train import grpo as grpo_lib
 from vsr1_jax.train.grpo_run import GRPOTask
+from vsr1_jax.train.settings import GRPOSettings
 
 
 def overrides(args, root: str) -> list[str]:
@@ -60,7 +61,8 @@ def run(args, report: C.Report) -> None:
         return
     models, config = C.runner_inputs(args, report, "grpo", overrides)
     t = time.perf_counter()
-    task = GRPOTask(config, models, mesh=sharding.mesh_for(config.mesh.to_dict()))
+    settings = GRPOSettings.from_config(config)
+    task = GRPOTask(settings, models, mesh=sharding.mesh_for(settings.mesh))
     report["task_build_s"] = time.perf_counter() - t
     report.code(GRPOTask.step, EpisodeEngine.run, Sampler.generate, grpo_lib.make_score_fn, grpo_lib.make_train_step)
     eng = task.engine

@@ -33,6 +33,7 @@ from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.processing.resize import PATCH_SIZE, TEMPORAL_PATCH_SIZE
 from vsr1_jax.profiling import summarize
 from vsr1_jax.train import sft as sft_lib
+from vsr1_jax.train.settings import SFTSettings
 from vsr1_jax.train.sft_run import SFTTask
 
 
@@ -62,10 +63,12 @@ def run(args, report: C.Report) -> None:
     models, config = C.runner_inputs(args, report, "sft", overrides)
     head_for_hf = _refine_copies(models.head) if C.hf_impls(args.hf) else None
     t = time.perf_counter()
-    task = SFTTask(config, models, mesh=sharding.mesh_for(config.mesh.to_dict()))
+    settings = SFTSettings.from_config(config)
+    task = SFTTask(settings, models, mesh=sharding.mesh_for(settings.mesh))
     report["task_build_s"] = time.perf_counter() - t
     report.code(SFTTask.next_batch, SFTTask.step, SFTTask.after_step, sft_lib.make_train_step)
-    report.update(options_remat=config.sft.remat, param_dtype=config.sft.param_dtype, steps=[])
+    report.update(options_remat=settings.run.remat, rollout_layers=settings.run.rollout_layers,
+                  param_dtype=settings.param_dtype, steps=[])
     state = task.state
     cfg = models.policy.cfg
     host = None

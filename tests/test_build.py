@@ -21,6 +21,7 @@ from vsr1_jax.data.build import teacher as TE
 from vsr1_jax.data.build.pipeline import STEPS, parse_steps
 from vsr1_jax.data.files import load_npy_video, read_sft_items, read_video_npy_meta
 from vsr1_jax.data.paths import PreparedPaths
+from vsr1_jax.data.settings import BuildSettings
 from vsr1_jax.data.validate import validate_dataset
 from vsr1_jax.processing import prompts as P
 
@@ -89,7 +90,8 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("build")
     raw, ann = make_raw(root)
     cfg = toy_config(root / "a", raw, ann)
-    models = {"embedder": make_embedder(cfg), "teacher": make_teacher(cfg)}
+    b = BuildSettings.from_config(cfg)
+    models = {"embedder": make_embedder(cfg, b), "teacher": make_teacher(cfg, b)}
     summary = run_build(cfg, **models)
     return {"root": root, "raw": raw, "ann": ann, "cfg": cfg, "models": models, "summary": summary,
             "paths": PreparedPaths(cfg.data_root, cfg.dataset)}
@@ -132,10 +134,10 @@ def test_build_validates_and_reports(built):
 
 
 def test_eval_demo_runs_on_the_result(built, tmp_path):
-    from vsr1_jax.agent.evaluate import run_eval
+    from vsr1_jax.agent.evaluate import main_eval
     cfg = toy_config(built["root"] / "a", built["raw"], built["ann"])
     cfg.mode, cfg.output_dir, cfg.eval.max_samples = "eval", str(tmp_path / "eval"), 3
-    summary = run_eval(cfg)
+    summary = main_eval(cfg)
     result = json.loads(Path(summary["result_json"]).read_text())
     assert result["final_retrieval"]["N"] == summary["queries"] == 3
 
@@ -462,7 +464,7 @@ def test_teacher_batches_of_unequal_prompts_run_on_the_fused_prefill(cudnn_as_xl
     teachers = {}
     for impl in ("cudnn", "xla"):
         c.model.attn_impl = impl
-        teachers[impl] = make_teacher(c)
+        teachers[impl] = make_teacher(c, BuildSettings.from_config(c))
     assert (teachers["cudnn"].sampler.padding, teachers["xla"].sampler.padding) == ("right", "left")
     frames = np.random.RandomState(0).randint(0, 255, (4, 64, 96, 3), np.uint8)
     reqs = [{"messages": [{"role": "user", "content": [{"type": "text", "text": text}, PR.video_item()]}],

@@ -8,12 +8,14 @@ from flax import nnx
 
 from configs.toy import get_config
 from vsr1_jax import loading, prepare
-from vsr1_jax.agent.evaluate import run_eval
+from vsr1_jax.agent.evaluate import EvalSettings, run_eval
+from vsr1_jax.data.settings import BuildSettings
 from vsr1_jax.generate.sampler import SamplingParams, Sampler, pack_prompts
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL
 from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.train.grpo_run import run_grpo
+from vsr1_jax.train.settings import GRPOSettings
 
 
 class Decoded(Exception):
@@ -56,13 +58,13 @@ def test_evaluation_grpo_and_teacher_decode_with_the_configured_loop(tmp_path, d
     c = _config(tmp_path, data_root, loop)
     models = loading.load_models(c)
     with pytest.raises(Decoded) as e:
-        run_eval(c, models, output_dir=str(tmp_path / "eval"))
+        run_eval(EvalSettings.from_config(c), models, output_dir=str(tmp_path / "eval"))
     assert e.value.args[0] == want
     with pytest.raises(Decoded) as e:
-        run_grpo(c, models, out_dir=str(tmp_path / "grpo"))
+        run_grpo(GRPOSettings.from_config(c), models, out_dir=str(tmp_path / "grpo"))
     assert e.value.args[0] == want
     c.data.build.teacher = "tiny"
-    assert prepare.make_teacher(c).sampler.loop == want
+    assert prepare.make_teacher(c, BuildSettings.from_config(c)).sampler.loop == want
 
 
 def test_the_two_loops_give_the_same_tokens():

@@ -153,7 +153,7 @@ def test_demo_run_writes_outputs(tmp_path):
     """The toy config end to end (synthetic corpus built on first use), shrunk for the test; then the demo report's
     random-latent control on that corpus."""
     from configs.toy import get_config
-    from vsr1_jax.agent.evaluate import run_eval
+    from vsr1_jax.agent.evaluate import main_eval
     c = get_config()
     c.data_root = str(tmp_path / "data")
     c.output_dir = str(tmp_path / "out")
@@ -161,7 +161,7 @@ def test_demo_run_writes_outputs(tmp_path):
     c.synthetic.progress = False
     c.demo.stage0.enabled = False  # the random engine (Stage 0 has its own tests)
     c.eval.max_new_tokens = 8
-    summary = run_eval(c)
+    summary = main_eval(c)
     for k in ("result_json", "report_txt", "recall_at_k_png", "vcmr_by_turn_png"):
         assert os.path.getsize(summary[k]) > 100
     result = json.load(open(summary["result_json"]))
@@ -212,15 +212,15 @@ def _check_sqr_random_control(c):
 
 def test_missing_checkpoint_is_named(tmp_path):
     from configs.didemo import get_config
-    from vsr1_jax.agent.evaluate import run_eval
+    from vsr1_jax.agent.evaluate import main_eval
     from vsr1_jax.errors import SetupError
     c = get_config()
     c.output_dir = str(tmp_path / "o")
     with pytest.raises(SetupError, match="hf-to-orbax"):
-        run_eval(c)
+        main_eval(c)
     c.checkpoint = str(tmp_path / "nope")
     with pytest.raises(SetupError, match="prepared dataset folder"):
-        run_eval(c)
+        main_eval(c)
 
 
 def test_released_checkpoint_loads_into_agent_models(tmp_path):

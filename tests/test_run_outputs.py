@@ -77,7 +77,7 @@ def test_checkpoint_paths_get_clear_messages(tmp_path):
 
 def test_eval_names_missing_videos_and_records_itself(tmp_path, capsys):
     """The toy evaluation with the retrieved top-1 video of one query deleted: the query is skipped and named."""
-    from vsr1_jax.agent.evaluate import run_eval
+    from vsr1_jax.agent.evaluate import main_eval
     from vsr1_jax.data.paths import PreparedPaths
     from vsr1_jax.data.queries import eval_queries, load_retrieval
     c = get_config()
@@ -97,7 +97,7 @@ def test_eval_names_missing_videos_and_records_itself(tmp_path, capsys):
     doc = corpus.doc_ids[int(np.argmax(scores[q]))]
     gone = paths.video_npy("test", doc)
     os.remove(gone)
-    summary = run_eval(c)
+    summary = main_eval(c)
     n_miss = sum(1 for row in scores.argmax(1) if corpus.doc_ids[row] == doc)
     result = json.load(open(summary["result_json"]))
     sk = result["skipped"]

@@ -35,7 +35,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
     "distributed": (0, ()),   # jax.distributed setup + cross-process helpers; main calls it first
     "config_files": (0, ()),  # loads config files by path; main's default config (the repo's configs/toy.py)
     "models": (1, ("kernels", "buckets", "errors")),
-    "data": (2, ("processing", "buckets", "errors")),
+    "data": (2, ("processing", "buckets", "errors", "config_files")),  # config_files: read_section (data/settings.py)
     "retrieval": (2, ("models", "processing", "sharding", "buckets", "errors")),
     "generate": (2, ("models", "sharding", "kernels", "buckets")),
     # checkpoint I/O (safetensors, orbax, the converter's readers and writers, HF export, init-stage1, the CLI) and

@@ -27,7 +27,7 @@ from flax import nnx  # noqa: E402
 from configs.toy import get_config  # noqa: E402
 from tools import eval_compare  # noqa: E402
 from vsr1_jax import demo_models  # noqa: E402
-from vsr1_jax.agent.evaluate import run_eval  # noqa: E402
+from vsr1_jax.agent.evaluate import EvalSettings, run_eval  # noqa: E402
 from vsr1_jax.processing.special_tokens import special_ids  # noqa: E402
 
 # The demo policy (seed 0) generates token 699 in 14 of the 16 test episodes and token 547 in 9; swapping their LM-head
@@ -96,7 +96,7 @@ def run_golden(out_dir: str, perturb_seed: int | None = None) -> dict:
             perturb(models.policy, perturb_seed + 100)
             perturb(models.head, perturb_seed + 200)
         rig(models.policy, models.tokenizer)
-        summary = run_eval(c, models)
+        summary = run_eval(EvalSettings.from_config(c), models)
         os.makedirs(out_dir, exist_ok=True)
         shutil.copy(summary["detail_jsonl"], os.path.join(out_dir, "detail.jsonl"))
         shutil.copy(summary["result_json"], os.path.join(out_dir, "result.json"))

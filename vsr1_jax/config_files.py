@@ -7,6 +7,8 @@ without the repo root on `sys.path`:
     base_config = sibling(__file__, "base").get_config
 
 `main`'s default `--config` is found from the package's repo checkout (`DEFAULT_CONFIG`), not the current folder.
+`read_section` and the section dataclasses below turn config sections into the typed settings each stage takes
+(train/settings.py, agent/evaluate.py's EvalSettings).
 The package itself never imports `configs/` (setup.py does not ship it; tools/check_imports.py checks that).
 """
 from __future__ import annotations
@@ -58,12 +60,52 @@ def default_config() -> str | None:
 
 def read_section(cls, section):
     """An instance of the frozen dataclass `cls` with each field read from the config section of the same name
-    and cast to its annotated type (`tuple[T, ...]` field: a tuple of T): a section read once, at the boundary."""
+    and cast to its annotated type (`tuple[T, ...]` field: a tuple of T; a dataclass field: its sub-section read
+    the same way): a section read once, at the boundary."""
     hints = typing.get_type_hints(cls)
 
     def cast(kind, value):
+        if dataclasses.is_dataclass(kind):
+            return read_section(kind, value)
         if typing.get_origin(kind) is tuple:
             return tuple(typing.get_args(kind)[0](x) for x in value)
         return kind(value)
 
     return cls(**{f.name: cast(hints[f.name], section[f.name]) for f in dataclasses.fields(cls)})
+
+
+# ---- config sections several stages read the same way (the stages' typed settings hold them) ----------------
+@dataclasses.dataclass(frozen=True)
+class Checkpointing:
+    """`config.<stage>.checkpoint` (configs/_train.py): every_fraction of the steps (0: every_steps), keep."""
+    every_fraction: float
+    every_steps: int
+    keep: int
+    async_save: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Loader:
+    """`config.data.loader`: the grain pipeline's workers and read buffers."""
+    worker_count: int
+    worker_buffer_size: int
+    read_threads: int
+    prefetch_buffer_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelBudget:
+    """One phase of `config.video` (sft / grpo / eval): the per-frame and per-video pixel limits and the fps."""
+    min_pixels: int
+    max_pixels: int
+    total_pixels: int
+    fps: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """Where the prepared layout is (`data_root`, `dataset`) and the split a stage reads (`data.train_split` for
+    training, `split` for evaluation)."""
+    data_root: str
+    dataset: str
+    split: str

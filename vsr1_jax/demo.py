@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from vsr1_jax import distributed, loading, runinfo, viewer
-from vsr1_jax.agent.evaluate import run_eval
+from vsr1_jax.agent.evaluate import EvalSettings, run_eval
 from vsr1_jax.agent.rollout import EpisodeConfig, refined_query
 from vsr1_jax.ckpt.read import Models
 from vsr1_jax.demo_models import stage0_dir
@@ -37,6 +37,7 @@ from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing import chat
 from vsr1_jax.train import loop
 from vsr1_jax.train.grpo_run import run_grpo
+from vsr1_jax.train.settings import GRPOSettings, SFTSettings
 from vsr1_jax.train.sft_run import run_sft
 
 log = logging.getLogger(__name__)
@@ -180,8 +181,13 @@ def run_demo(config) -> dict:
     t0 = time.time()
     out = config.output_dir
     os.makedirs(out, exist_ok=True)
+    # the boundary: each stage's settings read from the config once (the runners never read it); `record`, the
+    # resolved config, goes into every stage's folder as config.json
+    record = runinfo.config_dict(config)
+    ev_settings, sft_settings = EvalSettings.from_config(config), SFTSettings.from_config(config)
+    grpo_settings = GRPOSettings.from_config(config) if config.demo.grpo else None
     if distributed.is_primary():
-        runinfo.save_config(config, out)
+        runinfo.save_config(record, out)
     models = loading.load_models(config)
     stages, curves, times = {}, {}, {}
     videos = {v.video_id: v for v in SY.plan_splits(config.synthetic)["test"]}  # what each test video shows
@@ -190,8 +196,8 @@ def run_demo(config) -> dict:
         return sqr_random_control(config, models, rows)
 
     t = time.time()
-    ev = run_eval(config, models, output_dir=os.path.join(out, "eval_untrained"),
-              checkpoint="the demo's untrained tiny models")
+    ev = run_eval(ev_settings, models, record=record, output_dir=os.path.join(out, "eval_untrained"),
+                  checkpoint="the demo's untrained tiny models")
     if config.demo.stage0.enabled:  # the engine alone: the original query's retrieval (any policy column has it)
         stages["search engine only (Stage 0)"] = _summary_of(out, ev, engine_only=True)
         rows = loop.read_metrics(stage0_dir(config))
@@ -201,7 +207,8 @@ def run_demo(config) -> dict:
     times["eval untrained"] = time.time() - t
 
     t = time.time()
-    task, state = run_sft(config, models, out_dir=os.path.join(out, "sft"))   # errors.Stopped on SIGINT / SIGTERM
+    task, state = run_sft(sft_settings, models, out_dir=os.path.join(out, "sft"),
+                          record=record)   # errors.Stopped on SIGINT / SIGTERM
     times["SFT"] = time.time() - t
     models = trained_models(models, task, state)
     rows = loop.read_metrics(os.path.join(out, "sft"))
@@ -210,14 +217,16 @@ def run_demo(config) -> dict:
     curves["sft"]["infonce_loss"] = [(r["step"], r["infonce_loss"]) for r in rows
                                      if "infonce_loss" in r and r.get("infonce_rows", 1) > 0]
     t = time.time()
-    stages["after SFT"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_sft"),
+    stages["after SFT"] = _summary_of(out, run_eval(ev_settings, models, record=record,
+                                                  output_dir=os.path.join(out, "eval_sft"),
                                                   checkpoint=_last_checkpoint(os.path.join(out, "sft"))),
                                       videos=videos, sqr_control=control)
     times["eval after SFT"] = time.time() - t
 
     if config.demo.grpo:
         t = time.time()
-        gtask, gstate = run_grpo(config, models, out_dir=os.path.join(out, "grpo"))
+        gtask, gstate = run_grpo(grpo_settings, models, out_dir=os.path.join(out, "grpo"),
+                                 record=record)
         times["GRPO"] = time.time() - t
         models = trained_models(models, gtask, gstate)
         rows = loop.read_metrics(os.path.join(out, "grpo"))
@@ -228,7 +237,8 @@ def run_demo(config) -> dict:
         q = max(len(rewards) // 4, 1)
         grpo_change = (sum(v for _, v in rewards[:q]) / q, sum(v for _, v in rewards[-q:]) / q)
         t = time.time()
-        stages["after GRPO"] = _summary_of(out, run_eval(config, models, output_dir=os.path.join(out, "eval_grpo"),
+        stages["after GRPO"] = _summary_of(out, run_eval(ev_settings, models, record=record,
+                                                       output_dir=os.path.join(out, "eval_grpo"),
                                                        checkpoint=_last_checkpoint(os.path.join(out, "grpo"))),
                                            videos=videos, sqr_control=control)
         times["eval after GRPO"] = time.time() - t

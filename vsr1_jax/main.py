@@ -14,7 +14,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from vsr1_jax import config_files, demo, distributed, errors
-from vsr1_jax.agent.evaluate import run_eval
+from vsr1_jax.agent.evaluate import main_eval
 from vsr1_jax.data.synthetic import plan_splits
 from vsr1_jax.prepare import run_build
 from vsr1_jax.train.grpo_run import main_grpo
@@ -27,7 +27,7 @@ DEFAULT_CONFIG = str(config_files.DEFAULT_CONFIG)   # <repo>/configs/toy.py
 _CONFIG = config_flags.DEFINE_config_file("config", None, "ml_collections config file (default: the repo's "
                                           "configs/toy.py)")
 
-MODES = {"eval": run_eval, "sft": main_sft, "grpo": main_grpo, "demo": demo.run_demo, "stage0": main_stage0,
+MODES = {"eval": main_eval, "sft": main_sft, "grpo": main_grpo, "demo": demo.run_demo, "stage0": main_stage0,
          "build": run_build}
 MODE_HELP = {
     "eval": "the search agent over the test queries -> detail JSONL, result.json, report (--config.checkpoint)",

@@ -14,6 +14,7 @@ layers, so a dense Qwen3-VL (2B/4B/8B, Instruct or Thinking) stands in for it.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -32,6 +33,7 @@ from vsr1_jax.ckpt.read import load_converted, module_from_params
 from vsr1_jax.data.build import pipeline as PL
 from vsr1_jax.data.build import store as ST
 from vsr1_jax.data.paths import PreparedPaths
+from vsr1_jax.data.settings import BuildSettings, GRPOData
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.data.validate import validate_dataset
 from vsr1_jax.errors import SetupError
@@ -71,10 +73,10 @@ def _load_plain(path: str, dtype: str, what: str, field: str):
     return module_from_params(ck.cfg, ck.params, jnp.dtype(dtype) if dtype else None), ck.tokenizer_dir
 
 
-def make_embedder(config) -> TextVideoEmbedder:
-    """The search engine of the build: `build.embedder` "tiny" = the demo's (so the eval demo can run on the
-    result), else the Qwen3-VL-Embedding checkpoint at `build.embedder_checkpoint`."""
-    b = config.data.build
+def make_embedder(config, b: BuildSettings) -> TextVideoEmbedder:
+    """The search engine of the build: `b.embedder` "tiny" = the demo's (so the eval demo can run on the result),
+    else the Qwen3-VL-Embedding checkpoint at `b.embedder_checkpoint` (b: `BuildSettings.from_config(config)`;
+    config: the model options, the mesh, the embedder's video limits and the demo's models)."""
     # several devices: every embedding batch is split over config.mesh's data-parallel axes
     mesh = sharding.mesh_for(config.mesh.to_dict())
     if b.embedder == "tiny":
@@ -82,11 +84,11 @@ def make_embedder(config) -> TextVideoEmbedder:
     # model.attn_impl "auto" (the default) = the fused cudnn kernel on NVIDIA GPUs in bf16: the embedder right-pads
     # its batches (per-row lengths); dense attention over a batch of 8 video prompts of ~7k tokens needs ~70 GB
     opts = RunOptions.from_config(config.model)
-    model, tok_dir = _load_plain(str(b.embedder_checkpoint), config.model.dtype, "embedder", "embedder_checkpoint")
+    model, tok_dir = _load_plain(b.embedder_checkpoint, config.model.dtype, "embedder", "embedder_checkpoint")
     tok, _ = load_tokenizer(tok_dir, add_refine=False)
-    return TextVideoEmbedder(model, tok, instruction=str(b.embed_instruction), max_length=NO_TRUNCATION,
+    return TextVideoEmbedder(model, tok, instruction=b.embed_instruction, max_length=NO_TRUNCATION,
                              video_cfg=config.video.embedder.to_dict(), opts=opts, mesh=mesh,
-                             prep_workers=int(b.decode_workers))
+                             prep_workers=b.decode_workers)
 
 
 class SamplerTeacher:
@@ -147,19 +149,19 @@ class SamplerTeacher:
         return [o if o is not None else ("", "", "not generated") for o in out]
 
 
-def make_teacher(config) -> SamplerTeacher:
-    """`build.teacher` "tiny" = the demo's tiny random policy; else the Qwen3-VL at `build.teacher_checkpoint`."""
-    b = config.data.build
+def make_teacher(config, b: BuildSettings) -> SamplerTeacher:
+    """`b.teacher` "tiny" = the demo's tiny random policy; else the Qwen3-VL at `b.teacher_checkpoint` (b:
+    `BuildSettings.from_config(config)`)."""
     opts = RunOptions.from_config(config.model)
     if b.teacher == "tiny":
         model, tok = Qwen3VL(get_preset("tiny"), rngs=nnx.Rngs(config.demo.policy_seed)), build_tiny_tokenizer()
     else:
-        model, tok_dir = _load_plain(str(b.teacher_checkpoint), config.model.dtype, "teacher", "teacher_checkpoint")
+        model, tok_dir = _load_plain(b.teacher_checkpoint, config.model.dtype, "teacher", "teacher_checkpoint")
         tok, _ = load_tokenizer(tok_dir, add_refine=False)
-    return SamplerTeacher(model, tok, video_cfg=b.teacher_video.to_dict(), temperature=float(b.teacher_temperature),
-                          top_p=float(b.teacher_top_p), max_new_tokens=int(b.teacher_max_new_tokens),
-                          max_model_len=int(b.teacher_max_model_len), batch_size=int(b.teacher_batch_size),
-                          seed=int(b.teacher_seed), opts=opts,
+    return SamplerTeacher(model, tok, video_cfg=dataclasses.asdict(b.teacher_video), temperature=b.teacher_temperature,
+                          top_p=b.teacher_top_p, max_new_tokens=b.teacher_max_new_tokens,
+                          max_model_len=b.teacher_max_model_len, batch_size=b.teacher_batch_size,
+                          seed=b.teacher_seed, opts=opts,
                           outer_vision_tokens=bool(config.prompts.outer_vision_tokens))
 
 
@@ -170,16 +172,14 @@ def run_build(config, *, embedder=None, teacher=None) -> dict[str, Any]:
     reuse compiled ones)."""
     if not config.data_root:
         raise SetupError("--config.data_root is empty: the build writes <data_root>/<dataset>/")
-    b = config.data.build
-    if not b.dataset_name:
-        b.dataset_name = config.dataset
+    b = BuildSettings.from_config(config)   # the boundary: the build reads no config field after this
     paths = PreparedPaths(config.data_root, config.dataset)
     paths.dataset_dir.mkdir(parents=True, exist_ok=True)
-    ctx = PL.BuildContext(paths=paths, cfg=b, grpo=config.data.grpo,
-                          embedder=(lambda: embedder) if embedder is not None else (lambda: make_embedder(config)),
-                          teacher=(lambda: teacher) if teacher is not None else (lambda: make_teacher(config)))
+    ctx = PL.BuildContext(paths=paths, cfg=b, grpo=GRPOData.from_config(config),
+                          embedder=(lambda: embedder) if embedder is not None else (lambda: make_embedder(config, b)),
+                          teacher=(lambda: teacher) if teacher is not None else (lambda: make_teacher(config, b)))
     try:
-        summary = PL.run_steps(ctx, b.steps, overwrite=bool(b.overwrite))
+        summary = PL.run_steps(ctx, b.steps, overwrite=b.overwrite)
     except PL.BuildError as exc:
         raise SetupError(str(exc)) from None
     summary["output_dir"] = str(paths.dataset_dir.resolve())  # what main.py prints

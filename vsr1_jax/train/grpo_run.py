@@ -13,7 +13,6 @@ and ground again) and every turn's sampled tokens are scored with the trajectory
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -24,57 +23,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vsr1_jax import distributed, loading, sharding
-from vsr1_jax.config_files import read_section
+from vsr1_jax import distributed, loading, runinfo, sharding
 from vsr1_jax.agent.evaluate import video_source_for
-from vsr1_jax.agent.rollout import EpisodeConfig, EpisodeEngine, Trajectory
+from vsr1_jax.agent.rollout import EpisodeEngine, Trajectory
 from vsr1_jax.ckpt.hf_export import export_train_state
 from vsr1_jax.ckpt.read import CHECKPOINT_KINDS, Models
 from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import grpo_records, load_corpus, load_queries
-from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing.parsing import parse_answer_reward
 from vsr1_jax.retrieval.topk import make_retriever
 from vsr1_jax.train import grpo, loop, optim
 from vsr1_jax.train import rewards as R
 from vsr1_jax.train import state as state_lib
 from vsr1_jax.train.scoring import scoring_batch, scoring_sizes
+from vsr1_jax.train.settings import GRPOSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class GRPOData:
-    """`config.data.grpo` read once and checked (configs/_data.py cites each value). The build reads the builder
-    fields (hard_negative_depth, augment_*, drop_missing_video_npy) from the same section."""
-    num_generations: int
-    per_device_batch_size: int
-    generation_batch_size: int
-    num_epochs: int
-    max_prompt_length: int
-    max_completion_length: int
-    prompt_buckets: tuple[int, ...]
-    hard_negative_topk: int
-    hard_negative_depth: int
-    augment_match_to_balance: bool
-    target_match_ratio: float
-    augment_seed: int
-    drop_missing_video_npy: bool
-
-    @classmethod
-    def from_config(cls, config) -> "GRPOData":
-        out = read_section(cls, config.data.grpo)
-        if out.num_generations < 1 or out.generation_batch_size % out.num_generations:
-            raise ValueError(f"config.data.grpo.generation_batch_size {out.generation_batch_size} is not a multiple "
-                             f"of config.data.grpo.num_generations {out.num_generations}")
-        return out
-
-    @property
-    def scoring_prompt_buckets(self) -> tuple[int, ...]:
-        """The prompt lengths the scoring batch compiles for: `prompt_buckets` up to `max_prompt_length`, which is
-        the last (a rolled-out prompt is never longer: the rollouts skip those)."""
-        return tuple(sorted({b for b in self.prompt_buckets if b < self.max_prompt_length})) + (self.max_prompt_length,)
 
 
 # ---- host: trajectories -> rewards (the scoring batch: train/scoring.py) ---------------------------------------
@@ -97,13 +62,15 @@ def reward_samples(trajs: list[Trajectory], records: list[dict], group: int, vec
 class GRPOTask:
     """Everything of Stage 2 that is not the generic loop (see loop.Task)."""
 
-    def __init__(self, config, models: Models, *, mesh: jax.sharding.Mesh):
-        """mesh: the run's (`sharding.mesh_for(config.mesh)`): the scored batch is split over its data-parallel
-        axes; rollouts run on it too, or with several processes on each process's first device."""
-        c, d, g = config, GRPOData.from_config(config), config.grpo
-        self.config, self.mesh, self.data = config, mesh, d
-        self.paths = paths = PreparedPaths(c.data_root, c.dataset)
-        split = c.data.train_split
+    def __init__(self, settings: GRPOSettings, models: Models, *, mesh: jax.sharding.Mesh):
+        """settings: `GRPOSettings.from_config(config)`; mesh: the run's (`sharding.mesh_for(settings.mesh)`): the
+        scored batch is split over its data-parallel axes; rollouts run on it too, or with several processes on
+        each process's first device."""
+        g = settings
+        d = g.data
+        self.settings, self.mesh, self.data = settings, mesh, d
+        self.paths = paths = PreparedPaths(g.prepared.data_root, g.prepared.dataset)
+        split = g.prepared.split
         corpus = load_corpus(paths, split)
         queries = load_queries(paths, split)
         self.skipped = []   # rows the loop writes to skipped.jsonl (file, line, qid, reason)
@@ -130,8 +97,8 @@ class GRPOTask:
         # every process reads the round's prompt records (small dicts) and rolls out its own share of them
         ds, spec = build_dataset(kept, batch_size=self.prompts_per_round, seed=g.seed, shuffle=True,
                                  num_epochs=d.num_epochs, process_index=0, process_count=1)
-        self.iterator = make_iterator(ds, spec, read_threads=c.data.loader.read_threads,
-                                      prefetch_buffer_size=c.data.loader.prefetch_buffer_size)
+        self.iterator = make_iterator(ds, spec, read_threads=g.loader.read_threads,
+                                      prefetch_buffer_size=g.loader.prefetch_buffer_size)
         self.mu = g.num_iterations
         self.rounds = len(ds)
         self.total_steps = self.rounds * self.mu if not g.max_steps else min(self.rounds * self.mu, g.max_steps)
@@ -154,14 +121,14 @@ class GRPOTask:
                              f"{g.steps_per_generation * self.m} rows < generation_batch_size "
                              f"{d.generation_batch_size}: the round would not fit")
         # models
-        self.opts = RunOptions.from_config(c.model, remat=g.remat)
+        self.opts = g.run
         sharding.cast_params(models.policy, jnp.dtype(g.param_dtype))
-        opt = optim.grpo_optimizer(g)
+        opt = optim.grpo_optimizer(g.optimizer)
         self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.grpo_trainable, opt.tx,
                                                       mesh)
         self.ref_params = jax.tree.map(jnp.copy, self.state.params)   # the frozen Stage-1 reference
         self.models = models
-        retriever = make_retriever(c.eval.retrieval.engine, corpus.matrix, corpus.docid2row) if g.max_turns > 1 \
+        retriever = make_retriever(g.retrieval_engine, corpus.matrix, corpus.docid2row) if g.max_turns > 1 \
             else None
         # the train step donates the state, whose frozen head shares buffers with models.head: the engine keeps
         # its own copy of the (frozen) SQR head; the policy weights are passed in every round
@@ -169,18 +136,10 @@ class GRPOTask:
         # several processes: each rolls out its prompts alone, on process-local copies of the weights
         head, embedder = distributed.local_module(head), distributed.local_module(models.embedder)
         self.engine = EpisodeEngine(models.policy, head, embedder, models.tokenizer,
-                                    models.embed_tokenizer, video_source_for(paths, split), c.video.grpo,
-                                    EpisodeConfig.from_config(c, "grpo"), RunOptions.from_config(c.model),
-                                    retriever=retriever, mesh=sharding.local_mesh(mesh))
+                                    models.embed_tokenizer, video_source_for(paths, split), g.video, g.episode,
+                                    g.rollout_run, retriever=retriever, mesh=sharding.local_mesh(mesh))
         self.sp = self.engine.sampling_params(g.temperature)
-        if g.loss_type not in grpo.LOSS_TYPES:
-            raise ValueError(f"config.grpo.loss_type={g.loss_type!r}: expected one of {grpo.LOSS_TYPES}")
-        if g.rollout_keys not in ("batch", "prompt"):
-            raise ValueError(f"config.grpo.rollout_keys={g.rollout_keys!r}: expected 'batch' or 'prompt'")
-        self.weights = R.RewardWeights.from_config(g.rewards)
-        self.lc = grpo.LossConfig(epsilon_low=g.epsilon_low, epsilon_high=g.epsilon_high, beta=g.beta,
-                                  temperature=g.temperature, logprob_chunk=g.logprob_chunk,
-                                  use_old_logprobs=self.mu > 1)
+        self.weights, self.lc = g.rewards, g.loss
         self._train = grpo.make_train_step(self.graphdefs, opt.tx, self.opts, self.lc, opt.schedules)
         self._score = grpo.make_score_fn(self.graphdefs, self.opts, self.lc)
         self._jit_train = self._jit_score = None
@@ -227,7 +186,7 @@ class GRPOTask:
         processes fold in their index) or one key per prompt from its place in the round ("prompt": rollouts that
         do not depend on batching or on the process count)."""
         key = jax.random.fold_in(self.key, self.round)
-        if self.config.grpo.rollout_keys == "prompt":
+        if self.settings.rollout_keys == "prompt":
             return dict(query_keys=[jax.random.fold_in(key, first + i) for i in range(n_local)])
         if jax.process_count() > 1:
             key = jax.random.fold_in(key, jax.process_index())
@@ -255,7 +214,7 @@ class GRPOTask:
         samples = reward_samples(trajs, recs, self.G, self._vectors)
         scores = R.score_samples(samples, self.weights)
         adv, zero_std = grpo.group_advantages(scores["total"], self.G)
-        g = self.config.grpo
+        g = self.settings
         seq = np.asarray([i for i, t in enumerate(trajs) for _ in t.turns])
         cm = np.zeros((len(seq), self.data.max_completion_length), bool)
         for r, turn in enumerate(turn for t in trajs for turn in t.turns):
@@ -348,17 +307,17 @@ class GRPOTask:
         self.round = int(state.get("round", 0))
 
 
-def run_grpo(config, models: Models, *, out_dir: str | None = None):
+def run_grpo(settings: GRPOSettings, models: Models, *, out_dir: str | None = None, record: dict | None = None):
     """Train Stage 2 from `models` (the Stage-1 policy); returns (task, final state); raises errors.Stopped when a
-    signal stopped it early."""
-    out_dir = out_dir or os.path.join(config.output_dir, "grpo")
-    task = GRPOTask(config, models, mesh=sharding.mesh_for(config.mesh.to_dict()))
+    signal stopped it early. `record` (the resolved config) is saved in out_dir as config.json."""
+    out_dir = out_dir or os.path.join(settings.output_dir, "grpo")
+    task = GRPOTask(settings, models, mesh=sharding.mesh_for(settings.mesh))
     os.makedirs(out_dir, exist_ok=True)
     if jax.process_index() == 0:
         with open(os.path.join(out_dir, "grpo_data_stats.json"), "w") as f:
             json.dump(task.stats, f, indent=2)
-    state, steps, stopped = loop.run(task, task.state, out_dir=out_dir, ckpt_cfg=config.grpo.checkpoint,
-                                     log_every=config.grpo.log_every, desc="grpo", config=config)
+    state, steps, stopped = loop.run(task, task.state, out_dir=out_dir, ckpt_cfg=settings.checkpoint,
+                                     log_every=settings.log_every, desc="grpo", config=record)
     if stopped:
         raise loop.stopped_error("grpo", out_dir, steps, task.total_steps, stopped)
     task.state = state
@@ -368,21 +327,22 @@ def run_grpo(config, models: Models, *, out_dir: str | None = None):
 def main_grpo(config) -> dict:
     """`--config.mode=grpo`: start from the Stage-1 model (`config.grpo.init_checkpoint`, else
     `config.checkpoint`; the demo's SFT output in the demo), train, export the final model."""
-    field = "grpo.init_checkpoint" if config.grpo.init_checkpoint else "checkpoint"
-    path = config.grpo.init_checkpoint or config.checkpoint
+    settings = GRPOSettings.from_config(config)   # the boundary: nothing below reads the config
+    field = "grpo.init_checkpoint" if settings.init_checkpoint else "checkpoint"
+    path = settings.init_checkpoint or config.checkpoint
     models = loading.load_models(config, path, field, empty_message="GRPO starts from a Stage-1 model: pass "
                                  f"--config.grpo.init_checkpoint=<{CHECKPOINT_KINDS}> (or --config.checkpoint)")
-    out_dir = os.path.join(config.output_dir, "grpo")
-    task, state = run_grpo(config, models, out_dir=out_dir)   # errors.Stopped on SIGINT / SIGTERM
+    out_dir = os.path.join(settings.output_dir, "grpo")
+    task, state = run_grpo(settings, models, out_dir=out_dir, record=runinfo.config_dict(config))  # Stopped: a signal
     summary = dict(output_dir=os.path.abspath(out_dir), metrics_jsonl=os.path.abspath(os.path.join(out_dir,
                                                                                                     "metrics.jsonl")),
                    checkpoints=os.path.abspath(os.path.join(out_dir, "checkpoints")), steps=int(state.step),
                    total_steps=task.total_steps)
-    if config.grpo.export_hf:
+    if settings.export_hf:
         summary["hf_folder"] = os.path.abspath(export_train_state(os.path.join(out_dir, "hf"), state,
                                                                   task.graphdefs, models.embedder,
                                                                   models.tokenizer, models.embed_tokenizer))
     return summary
 
 
-__all__ = ["GRPOData", "GRPOTask", "main_grpo", "reward_samples", "run_grpo"]
+__all__ = ["GRPOTask", "main_grpo", "reward_samples", "run_grpo"]

@@ -105,7 +105,8 @@ def grpo_decays(path: Path) -> bool:
 
 
 def sft_optimizer(cfg, total_steps: int) -> Optimizer:
-    """cfg: config.sft (learning_rate, refine_learning_rate, warmup_steps, adam_*, weight_decay, max_grad_norm)."""
+    """cfg: `settings.AdamW` of SFT (learning_rate, refine_learning_rate, warmup_steps, adam_*, weight_decay,
+    max_grad_norm)."""
     groups = {"backbone": linear_decay(cfg.learning_rate, total_steps, cfg.warmup_steps),
               "refine": linear_decay(cfg.refine_learning_rate, total_steps, cfg.warmup_steps)}
     return adamw_groups(groups, sft_label, b1=cfg.adam_beta1, b2=cfg.adam_beta2, eps=cfg.adam_epsilon,
@@ -113,7 +114,7 @@ def sft_optimizer(cfg, total_steps: int) -> Optimizer:
 
 
 def grpo_optimizer(cfg) -> Optimizer:
-    """cfg: config.grpo (learning_rate, adam_*, weight_decay, max_grad_norm): constant learning rate."""
+    """cfg: `settings.AdamW` of GRPO (learning_rate, adam_*, weight_decay, max_grad_norm): constant learning rate."""
     return adamw_groups({"policy": optax.constant_schedule(cfg.learning_rate)}, lambda p: "policy",
                         b1=cfg.adam_beta1, b2=cfg.adam_beta2, eps=cfg.adam_epsilon, weight_decay=cfg.weight_decay,
                         decay_mask=grpo_decays, clip=cfg.max_grad_norm)

@@ -5,7 +5,6 @@ the host, the jitted step on the mesh, and the loop (train/loop.py) with checkpo
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections import Counter
@@ -15,83 +14,57 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from vsr1_jax import distributed, loading, sharding
-from vsr1_jax.config_files import read_section
+from vsr1_jax import distributed, loading, runinfo, sharding
 from vsr1_jax.ckpt.hf_export import export_train_state
 from vsr1_jax.ckpt.read import CONVERT_HINT, Models
 from vsr1_jax.data.files import read_hard_negatives, read_video_meta
 from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
 from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import load_corpus, load_queries, sft_records
-from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing.special_tokens import special_ids
 from vsr1_jax.train import loop, optim, sft
 from vsr1_jax.train import state as state_lib
 from vsr1_jax.train.negatives import NegativeSampler
+from vsr1_jax.train.settings import SFTSettings
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class SFTData:
-    """`config.data.sft` read once and checked (configs/_data.py cites each value)."""
-    per_device_batch_size: int
-    gradient_accumulation_steps: int
-    shuffle: bool
-    only_neg: bool
-    model_max_length: int
-    buckets: tuple[int, ...]
-    negative_pool_size: int
-    hard_negative_refresh_steps: int
-    random_negative_seed: int
-    ambiguous_negative_margin: float
-
-    @classmethod
-    def from_config(cls, config) -> "SFTData":
-        out = read_section(cls, config.data.sft)
-        if max(out.buckets) > out.model_max_length:
-            raise ValueError(f"config.data.sft.buckets {out.buckets} go past config.data.sft.model_max_length "
-                             f"{out.model_max_length} (the original's training length): lower the buckets")
-        return out
 
 
 class SFTTask:
     """Everything of Stage 1 that is not the generic loop (see loop.Task)."""
 
-    def __init__(self, config, models: Models, *, mesh: jax.sharding.Mesh):
-        """mesh: the run's (`sharding.mesh_for(config.mesh)`): the batch is split over its data-parallel axes."""
-        c, d = config, SFTData.from_config(config)
-        self.config, self.mesh, self.data = config, mesh, d
-        paths = PreparedPaths(c.data_root, c.dataset)
-        split = c.data.train_split
+    def __init__(self, settings: SFTSettings, models: Models, *, mesh: jax.sharding.Mesh):
+        """settings: `SFTSettings.from_config(config)`; mesh: the run's (`sharding.mesh_for(settings.mesh)`): the
+        batch is split over its data-parallel axes."""
+        c, d = settings, settings.data
+        self.settings, self.mesh, self.data = settings, mesh, d
+        paths = PreparedPaths(c.prepared.data_root, c.prepared.dataset)
+        split = c.prepared.split
         corpus = load_corpus(paths, split)
         queries = load_queries(paths, split)
         self.q_orig = {m.qid.strip(): queries.matrix[i] for i, m in enumerate(queries.meta)}
         hard = read_hard_negatives(paths.hard_negatives) if paths.hard_negatives.exists() else {}
         self.negatives = NegativeSampler(corpus.docid2row, corpus.matrix, hard, pool_size=d.negative_pool_size,
                                          seed=d.random_negative_seed, ambiguous_margin=d.ambiguous_negative_margin,
-                                         filter_ambiguous=c.sft.filter_ambiguous_negatives)
+                                         filter_ambiguous=c.filter_ambiguous_negatives)
         self.skipped = []   # rows the loop writes to skipped.jsonl: dropped items now, unusable examples per step
         records, counts = sft_records(paths, docid2row=corpus.docid2row, only_neg=d.only_neg, dropped=self.skipped)
         if not records:
             raise PreparedDataError(f"{paths.sft_oneturn}: no usable SFT items ({dict(counts)})")
         self.counts = Counter({f"data_{k}": v for k, v in counts.items()})
         tok = models.tokenizer
-        self.ids = special_ids(tok, c.eval.refine_token)
+        self.ids = special_ids(tok, c.refine_token)
         meta_path = paths.video_npy_meta(split)
-        examples = sft.SFTExamples(tok, models.embed_tokenizer, models.policy.cfg, c.video.sft,
+        examples = sft.SFTExamples(tok, models.embed_tokenizer, models.policy.cfg, c.video,
                                    video_meta=read_video_meta(meta_path) if meta_path.exists() else None,
-                                   timestamps_mode=c.video.timestamps_mode,
-                                   outer_vision_tokens=c.prompts.outer_vision_tokens,
-                                   instruction=c.eval.query_embedder_input_prefix,
-                                   embedder_max_length=c.eval.query_embedder_max_length,
-                                   refine_token=c.eval.refine_token)
+                                   timestamps_mode=c.timestamps_mode, outer_vision_tokens=c.outer_vision_tokens,
+                                   instruction=c.embedder_instruction, embedder_max_length=c.embedder_max_length,
+                                   refine_token=c.refine_token)
         self.B = d.per_device_batch_size * sharding.batch_divisor(mesh)
         self.A = d.gradient_accumulation_steps
-        collate = sft.SFTCollate(models.policy.cfg, self.ids.pad, self.A, tuple(d.buckets), tuple(c.sft.label_buckets),
-                                 tuple(c.sft.vision_group_buckets) or None, tuple(c.sft.vision_patch_buckets) or None,
-                                 num_latents=c.sft.refine_token_count,
-                                 embedder_max_length=c.eval.query_embedder_max_length)
+        collate = sft.SFTCollate(models.policy.cfg, self.ids.pad, self.A, d.buckets, c.label_buckets,
+                                 c.vision_group_buckets or None, c.vision_patch_buckets or None,
+                                 num_latents=c.loss.num_latents, embedder_max_length=c.embedder_max_length)
         # multi-host: this process reads the rows its devices hold ([lo, hi) of each global micro-batch of B rows,
         # the block layout of data/pipelines.py), so the global batches are those of a single process
         lo, hi = sharding.process_rows(mesh, self.B)
@@ -100,25 +73,21 @@ class SFTTask:
         self.models_merge = models.policy.cfg.vision.spatial_merge_size
         # several processes agree on the bucket shapes before collating (next_batch), so grain yields example lists
         ds, spec = build_dataset(records, map_fn=examples, batch_size=self.A * b,
-                                 collate_fn=None if self._multi else collate, seed=c.sft.seed, shuffle=d.shuffle,
-                                 num_epochs=c.sft.num_epochs, process_index=lo // b, process_count=self.B // b,
+                                 collate_fn=None if self._multi else collate, seed=c.seed, shuffle=d.shuffle,
+                                 num_epochs=c.num_epochs, process_index=lo // b, process_count=self.B // b,
                                  block=b)
-        self.iterator = make_iterator(ds, spec, worker_count=c.data.loader.worker_count,
-                                      worker_buffer_size=c.data.loader.worker_buffer_size,
-                                      read_threads=c.data.loader.read_threads,
-                                      prefetch_buffer_size=c.data.loader.prefetch_buffer_size)
-        self.total_steps = len(ds) if not c.sft.max_steps else min(len(ds), c.sft.max_steps)
+        self.iterator = make_iterator(ds, spec, worker_count=c.loader.worker_count,
+                                      worker_buffer_size=c.loader.worker_buffer_size,
+                                      read_threads=c.loader.read_threads,
+                                      prefetch_buffer_size=c.loader.prefetch_buffer_size)
+        self.total_steps = len(ds) if not c.max_steps else min(len(ds), c.max_steps)
         # model, optimizer, state
-        opts = RunOptions.from_config(c.model, remat=c.sft.remat, rollout_layers=c.sft.rollout_layers)
-        sharding.cast_params(models.policy, jnp.dtype(c.sft.param_dtype))
-        opt = optim.sft_optimizer(c.sft, self.total_steps)
+        sharding.cast_params(models.policy, jnp.dtype(c.param_dtype))
+        opt = optim.sft_optimizer(c.optimizer, self.total_steps)
         self.state, self.graphdefs = state_lib.create(models.policy, models.head, optim.sft_trainable, opt.tx,
                                                       mesh)
         self.embedder_graphdef, self.embedder_params = nnx.split(sharding.shard_module(models.embedder, mesh))
-        lc = sft.LossConfig(retrieval_loss_weight=c.sft.retrieval_loss_weight, temperature=c.sft.retrieval_temperature,
-                            num_latents=c.sft.refine_token_count, group_size=d.per_device_batch_size,
-                            logprob_chunk=c.sft.logprob_chunk)
-        step = sft.make_train_step(self.graphdefs, self.embedder_graphdef, opt.tx, opts, lc, opt.schedules)
+        step = sft.make_train_step(self.graphdefs, self.embedder_graphdef, opt.tx, c.run, c.loss, opt.schedules)
         self._step = step
         self._jit = None
         self.params_total = state_lib.count_params(self.state.params)
@@ -230,32 +199,31 @@ class SFTTask:
 def main_sft(config) -> dict:
     """`--config.mode=sft`: load the starting models (the demo's, or `config.checkpoint`), train, and write the
     final model as a released-layout HF folder under `<output_dir>/sft/hf` (`config.sft.export_hf`)."""
+    settings = SFTSettings.from_config(config)   # the boundary: nothing below reads the config
     models = loading.load_models(config, empty_message="--config.checkpoint is empty: Stage 1 starts from a Qwen3-VL "
                                  f"policy with an SQR head and a query embedder; {CONVERT_HINT}")
-    out_dir = os.path.join(config.output_dir, "sft")
-    task, state = run_sft(config, models, out_dir=out_dir)   # errors.Stopped on SIGINT / SIGTERM
+    out_dir = os.path.join(settings.output_dir, "sft")
+    task, state = run_sft(settings, models, out_dir=out_dir, record=runinfo.config_dict(config))  # Stopped: a signal
     summary = dict(output_dir=os.path.abspath(out_dir), metrics_jsonl=os.path.abspath(os.path.join(out_dir,
                                                                                                     "metrics.jsonl")),
                    checkpoints=os.path.abspath(os.path.join(out_dir, "checkpoints")), steps=int(state.step),
                    total_steps=task.total_steps)
-    if config.sft.export_hf:
+    if settings.export_hf:
         summary["hf_folder"] = os.path.abspath(export_train_state(os.path.join(out_dir, "hf"), state,
                                                                   task.graphdefs, models.embedder,
                                                                   models.tokenizer, models.embed_tokenizer))
     return summary
 
 
-def run_sft(config, models: Models, *, out_dir: str | None = None):
+def run_sft(settings: SFTSettings, models: Models, *, out_dir: str | None = None, record: dict | None = None):
     """Train Stage 1; returns (task, final state); raises errors.Stopped when a signal stopped it early.
-    Checkpoints, metrics.jsonl and TensorBoard go to out_dir
-    (default `<config.output_dir>/sft`)."""
-    out_dir = out_dir or os.path.join(config.output_dir, "sft")
-    task = SFTTask(config, models, mesh=sharding.mesh_for(config.mesh.to_dict()))
-    state, steps, stopped = loop.run(task, task.state, out_dir=out_dir, ckpt_cfg=config.sft.checkpoint,
-                                     log_every=config.sft.log_every, desc="sft", config=config)
+    Checkpoints, metrics.jsonl and TensorBoard go to out_dir (default `<output_dir>/sft`); `record` (the resolved
+    config, `runinfo.config_dict(config)`) is saved there as config.json."""
+    out_dir = out_dir or os.path.join(settings.output_dir, "sft")
+    task = SFTTask(settings, models, mesh=sharding.mesh_for(settings.mesh))
+    state, steps, stopped = loop.run(task, task.state, out_dir=out_dir, ckpt_cfg=settings.checkpoint,
+                                     log_every=settings.log_every, desc="sft", config=record)
     if stopped:
         raise loop.stopped_error("sft", out_dir, steps, task.total_steps, stopped)
     task.state = state
     return task, state
-
-

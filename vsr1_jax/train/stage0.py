@@ -26,7 +26,7 @@ import functools
 import logging
 import os
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
