@@ -32,7 +32,7 @@ import optax
 
 from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.train.logprobs import token_logprobs
-from vsr1_jax.train.state import Graphdefs, TrainState, guarded_update
+from vsr1_jax.train.state import Graphdefs, TrainState, accumulate, guarded_update
 
 LOSS_TYPES = ("grpo", "bnpo", "token_mean")
 
@@ -161,12 +161,7 @@ def make_train_step(graphdefs: Graphdefs, tx: optax.GradientTransformation, opts
     grad_fn = jax.value_and_grad(functools.partial(grpo_loss, graphdefs=graphdefs, opts=opts, lc=lc), has_aux=True)
 
     def grpo_step(state: TrainState, batch):
-        def micro(acc, mb):
-            (loss, aux), g = grad_fn(state.params, state.frozen, mb)
-            return jax.tree.map(jnp.add, acc, g), (loss, aux)
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grads, (losses, aux) = jax.lax.scan(micro, zeros, batch)
+        grads, losses, aux = accumulate(grad_fn, state, batch)
         loss = losses.sum()
         new, gnorm, ok = guarded_update(state, grads, loss, tx)
         tokens = jnp.maximum(aux["tokens"].sum(), 1.0)

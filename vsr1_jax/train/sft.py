@@ -35,7 +35,7 @@ from vsr1_jax.processing import prompts as P
 from vsr1_jax.processing.special_tokens import REFINE_TOKEN, special_ids
 from vsr1_jax.processing.video import preprocess_video
 from vsr1_jax.train.logprobs import token_logprobs
-from vsr1_jax.train.state import Graphdefs, TrainState, guarded_update
+from vsr1_jax.train.state import Graphdefs, TrainState, accumulate, guarded_update
 
 
 # ---- host: one example -------------------------------------------------------------------------------------------
@@ -182,12 +182,7 @@ def make_train_step(graphdefs: Graphdefs, embedder_graphdef, tx: optax.GradientT
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def train_step(state: TrainState, embedder_params, batch):
-        def micro(acc, mb):
-            (loss, aux), g = grad_fn(state.params, state.frozen, embedder_params, mb)
-            return jax.tree.map(jnp.add, acc, g), (loss, aux)
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grads, (losses, aux) = jax.lax.scan(micro, zeros, batch)
+        grads, losses, aux = accumulate(grad_fn, state, batch, embedder_params)
         A = losses.shape[0]
         grads = jax.tree.map(lambda x: x / A, grads)
         loss = losses.mean()

@@ -69,6 +69,19 @@ def create(policy: Qwen3VL, head: S.SQRHead, trainable: Callable[[Path], bool], 
     return TrainState(params=params, frozen=frozen, opt_state=opt_state, **scalars), graphdefs
 
 
+def accumulate(grad_fn, state: TrainState, batch, *args):
+    """The micro-batches of one optimizer step: `grad_fn(params, frozen, *args, mb)` -> ((loss, aux), grads) over
+    the leading axis [A, ...] of `batch`, scanned (one micro-batch's activations live at a time). Returns (the
+    summed gradients, losses [A], aux with a leading [A]): SFT averages them, GRPO's token weights already
+    normalise over the generation batch, so it sums. The skeleton of both train steps, with `guarded_update`."""
+    def micro(acc, mb):
+        (loss, aux), g = grad_fn(state.params, state.frozen, *args, mb)
+        return jax.tree.map(jnp.add, acc, g), (loss, aux)
+
+    grads, (losses, aux) = jax.lax.scan(micro, jax.tree.map(jnp.zeros_like, state.params), batch)
+    return grads, losses, aux
+
+
 def guarded_update(state: TrainState, grads, loss, tx: optax.GradientTransformation):
     """One optimizer update inside a jitted step, skipped (params and optimizer state unchanged, `skipped` counted)
     when the loss or the gradient norm is not finite. Returns (new state, gradient norm, ok)."""
