@@ -14,7 +14,8 @@ from flax import nnx
 from tests.test_stage0 import tiny_config
 from vsr1_jax import demo_models as DM
 from vsr1_jax.ckpt import orbax_io
-from vsr1_jax.data import synthetic as SY
+from vsr1_jax.data import synthetic_text as TX
+from vsr1_jax.data import synthetic_world as SW
 from vsr1_jax.errors import SetupError
 from vsr1_jax.train import caption_pretrain as C
 from vsr1_jax.train import stage0 as S0
@@ -41,19 +42,19 @@ def test_pool_spans_loss_and_training(trained):
     k = c.demo.caption
     k.learning_rate, k.warmup_steps, k.steps = 1e-2, 0, 100   # a rate that moves in 8 updates
     models = DM.demo_models(c, DM.demo_embedder(c), captioned=False)
-    test_keys = frozenset(SY.split_keys(c.synthetic, "test"))
+    test_keys = frozenset(SW.split_keys(c.synthetic, "test"))
     task = C.CaptionTask(c, models, test_keys=test_keys)
     for item in task.pool + task.val:
-        assert not {SY.event_key(e, item.video.background) for e in item.video.events} & test_keys
+        assert not {SW.event_key(e, item.video.background) for e in item.video.events} & test_keys
     batch = task.make_batch(0)
     rows = [task.pool[int(r)] for r in task.batch_rows(0)]
     tok = task.tokenizer
     lids, lmask = np.asarray(batch["label_ids"]), np.asarray(batch["label_mask"])
     for k, item in enumerate(rows):
         # the labels are the caption's tokens (then the end of the turn), and each span decodes to its word
-        cap = tok(SY.caption(item.video))["input_ids"]
+        cap = tok(TX.caption(item.video))["input_ids"]
         assert list(lids[k, :len(cap)]) == cap and lmask[k, :len(cap)].all()
-        words = SY.event_words(item.video.events[0])
+        words = TX.event_words(item.video.events[0])
         for a, (s, e) in C.attribute_spans(tok, item.video).items():
             assert tok.decode(lids[k, s:e]).strip() == words[a]
     # the token-mean LM loss over the labels, against NumPy on the policy's logits

@@ -56,74 +56,77 @@ def test_reads_video_against_the_shown_video_and_the_teacher_sentences():
     """The policy's turn-1 description compared with the events of the video it was shown; the parser inverts the
     teacher's short sentences (data/synthetic.py) for every colour, shape and direction."""
     from configs._synthetic import get_synthetic_config
-    from vsr1_jax.data import synthetic as SY
+    from vsr1_jax.data import synthetic_text as TX
+    from vsr1_jax.data import synthetic_world as SW
     cfg = get_synthetic_config()
-    videos = SY.plan_splits(cfg)["test"]
+    videos = SW.plan_splits(cfg)["test"]
     v, w = videos[0], videos[1]
     ev, other = v.events[0], w.events[0]
-    neg = SY.not_matched_reasoning(other, w.background, v, style="short")      # names v's closest event
-    pos = SY.matched_reasoning(ev, v.background, v, style="short")
+    neg = TX.not_matched_reasoning(other, w.background, v, style="short")      # names v's closest event
+    pos = TX.matched_reasoning(ev, v.background, v, style="short")
     for text in (neg, pos):
-        said = SY.described_event(text)
+        said = TX.described_event(text)
         assert said is not None and any(said == {"color": e.color, "shape": e.shape, "direction": e.direction}
                                          for e in v.events), (text, said)
-    assert SY.described_event("<answer>not_matched</answer>") is None
-    events_of = SY.event_attributes(videos)
+    assert TX.described_event("<answer>not_matched</answer>") is None
+    events_of = TX.event_attributes(videos)
     t = lambda text, doc: dict(turns=[dict(raw_output=text, top1_doc_id=doc)])  # noqa: E731
     wrong = {"color": next(c for c in cfg.attributes.colors if all(c != e.color for e in v.events))}
-    bad = f"<think> The video shows a {wrong['color']} {ev.shape} moving {SY._DIRECTION[ev.direction]} </think>"
+    bad = f"<think> The video shows a {wrong['color']} {ev.shape} moving {TX._DIRECTION[ev.direction]} </think>"
     rows = [t(pos, v.video_id), t(bad, v.video_id), t("<answer>matched</answer>", v.video_id)]
-    rv = DM.reads_video(rows, SY.described_event, events_of)
+    rv = DM.reads_video(rows, TX.described_event, events_of)
     assert rv["described"] == 2 and rv["color agrees"] == 0.5 and rv["shape agrees"] == 1.0
     assert rv["direction agrees"] == 1.0
 
 
 def test_follows_checks_counts_against_the_policys_own_checks():
-    """`follows_checks` on "compare"-style texts (synthetic.parse_checks): the teacher's own texts follow their checks
-    everywhere; a text that says yes to unequal values, a verdict against its checks and an answer against its
-    verdict are each counted once; a text without checks is not counted."""
+    """`follows_checks` on "compare"-style texts (synthetic_text.parse_checks): the teacher's own texts follow
+    their checks everywhere; a text that says yes to unequal values, a verdict against its checks and an answer
+    against its verdict are each counted once; a text without checks is not counted."""
     from configs._synthetic import get_synthetic_config
-    from vsr1_jax.data import synthetic as SY
+    from vsr1_jax.data import synthetic_text as TX
+    from vsr1_jax.data import synthetic_world as SW
     cfg = get_synthetic_config()
-    v, w = SY.plan_splits(cfg)["test"][:2]
-    pos = SY.matched_reasoning(v.events[0], v.background, v, style="compare")
-    neg = SY.not_matched_reasoning(w.events[0], w.background, v, style="compare")
+    v, w = SW.plan_splits(cfg)["test"][:2]
+    pos = TX.matched_reasoning(v.events[0], v.background, v, style="compare")
+    neg = TX.not_matched_reasoning(w.events[0], w.background, v, style="compare")
     t = lambda text, answer: dict(turns=[dict(raw_output=text, answer=answer)])  # noqa: E731
     good = [t(pos, "matched"), t(neg, "not_matched")]
-    assert DM.follows_checks(good, SY.parse_checks) == {"checked": 2, "yes iff equal": 1.0,
+    assert DM.follows_checks(good, TX.parse_checks) == {"checked": 2, "yes iff equal": 1.0,
                                                         "verdict follows checks": 1.0, "answer follows verdict": 1.0}
     c = v.events[0].color
     bad_value = f"The video shows it; vs query: {c} x{c} yes; so it does not match."   # yes to unequal values
     bad_verdict = f"The video shows it; vs query: {c} {c} yes; so it does not match."  # one yes, then "no match"
     rows = good + [t(bad_value, "not_matched"), t(bad_verdict, "not_matched"), t(pos, "not_matched"),
                    t("<answer>matched</answer>", "matched")]
-    fc = DM.follows_checks(rows, SY.parse_checks)
+    fc = DM.follows_checks(rows, TX.parse_checks)
     assert fc["checked"] == 5 and fc["yes iff equal"] == pytest.approx(4 / 5)
     assert fc["verdict follows checks"] == pytest.approx(3 / 5)   # bad_value and bad_verdict stop early yet say yes
     assert fc["answer follows verdict"] == pytest.approx(4 / 5)
 
 
 def test_reads_checks_scores_each_value_against_the_world():
-    """`reads_checks` with `synthetic.checked_values`: the teacher's own "compare" texts read every value right; a
+    """`reads_checks` with `synthetic_text.checked_values`: the teacher's own "compare" texts read every value right; a
     text whose seen colour is wrong loses exactly that value; the query's event is found from
     its text among the GT video's events."""
     from configs._synthetic import get_synthetic_config
-    from vsr1_jax.data import synthetic as SY
+    from vsr1_jax.data import synthetic_text as TX
+    from vsr1_jax.data import synthetic_world as SW
     cfg = get_synthetic_config()
-    videos = SY.plan_splits(cfg)["test"]
+    videos = SW.plan_splits(cfg)["test"]
     v, w = videos[0], videos[1]
     ev = w.events[-1]
-    query = SY.QUERY_TEMPLATES[2].format(background=w.background, **SY.event_words(ev))
-    seen, asked = SY.checked_values(query, w, v)
+    query = TX.QUERY_TEMPLATES[2].format(background=w.background, **TX.event_words(ev))
+    seen, asked = TX.checked_values(query, w, v)
     assert asked == [ev.color, ev.shape, ev.direction, asked[3], w.background] and seen[4] == v.background
-    assert SY.checked_values("no such query", w, v) is None
-    text = SY.not_matched_reasoning(ev, w.background, v, style="compare")
+    assert TX.checked_values("no such query", w, v) is None
+    text = TX.not_matched_reasoning(ev, w.background, v, style="compare")
     row = lambda raw: dict(query=query, turns=[dict(raw_output=raw)])  # noqa: E731
-    truth = lambda r: SY.checked_values(r["query"], w, v)  # noqa: E731
-    rc = DM.reads_checks([row(text)], SY.parse_checks, truth)
-    n = len(SY.parse_checks(text)[0])
+    truth = lambda r: TX.checked_values(r["query"], w, v)  # noqa: E731
+    rc = DM.reads_checks([row(text)], TX.parse_checks, truth)
+    n = len(TX.parse_checks(text)[0])
     assert all(rc[f"{k} seen"] == 1.0 and rc[f"{k} query"] == 1.0 for k in DM.CHECKED[:n])
     other = next(c for c in cfg.attributes.colors if c != seen[0])
     wrong_seen = text.replace(f"vs query: {seen[0]} ", f"vs query: {other} ", 1)
-    rc = DM.reads_checks([row(text), row(wrong_seen)], SY.parse_checks, truth)
+    rc = DM.reads_checks([row(text), row(wrong_seen)], TX.parse_checks, truth)
     assert rc["colour seen"] == 0.5 and rc["colour query"] == 1.0 and rc["colour checks"] == 2

@@ -11,6 +11,8 @@ import pytest
 from configs.toy import get_config
 from vsr1_jax import demo_models
 from vsr1_jax.data import synthetic as SY
+from vsr1_jax.data import synthetic_text as TX
+from vsr1_jax.data import synthetic_world as SW
 from vsr1_jax.data.files import read_grpo_rows, read_query_meta, read_sft_items
 from vsr1_jax.train import stage0 as S0
 
@@ -76,7 +78,7 @@ def test_stage0_loss_equals_engine_forward_and_numpy(tmp_path):
     loss, aux = S0.stage0_loss(task.params, task.frozen, jax.tree.map(jnp.asarray, batch), graphdef=task.graphdef,
                                opts=emb.opts, temperature=float(c.demo.stage0.temperature), symmetric=True)
     q = emb.embed_texts(texts)
-    v = emb.embed_videos([SY.render_video(task.pool[int(r)].video, c.synthetic) for r in rows])
+    v = emb.embed_videos([SW.render_video(task.pool[int(r)].video, c.synthetic) for r in rows])
     keys = [task.pool[int(r)].key for r in rows]
     neg = np.array([[a != b for b in keys] for a in keys])
     np.testing.assert_allclose(float(loss), np_infonce(q, v, neg, c.demo.stage0.temperature, True), rtol=2e-4)
@@ -126,20 +128,20 @@ def test_no_test_split_data_reaches_training(tmp_path):
 
     b = SY.build_synthetic_dataset(c.data_root, "synthetic", cfg, embedder=HashEmbedder())
     test = b.plans["test"]
-    test_keys = SY.split_keys(cfg, "test")
-    assert test_keys == {SY.event_key(e, v.background) for v in test for e in v.events}
-    assert not SY.split_keys(cfg, "train", b.plans["train"]) & test_keys
-    test_frames = {hashlib.sha256(SY.render_video(v, cfg).tobytes()).hexdigest() for v in test}
+    test_keys = SW.split_keys(cfg, "test")
+    assert test_keys == {SW.event_key(e, v.background) for v in test for e in v.events}
+    assert not SW.split_keys(cfg, "train", b.plans["train"]) & test_keys
+    test_frames = {hashlib.sha256(SW.render_video(v, cfg).tobytes()).hexdigest() for v in test}
     test_texts = {m.query for m in read_query_meta(b.paths.query_meta("test"))}
     test_ids = {v.video_id for v in test}
 
     # Stage 0's pool, planned exactly as Stage0Task plans it (excluding the test split's tuples)
     task = S0.Stage0Task(c, demo_models.demo_embedder(c, untrained=True),
-                         test_keys=frozenset(SY.split_keys(cfg, "test")))
+                         test_keys=frozenset(SW.split_keys(cfg, "test")))
     for item in task.pool + task.val:
-        assert not {SY.event_key(e, item.video.background) for e in item.video.events} & test_keys
-        assert hashlib.sha256(SY.render_video(item.video, cfg).tobytes()).hexdigest() not in test_frames
-        assert all(SY.pool_query(item, k) not in test_texts for k in range(len(SY.QUERY_TEMPLATES)))
+        assert not {SW.event_key(e, item.video.background) for e in item.video.events} & test_keys
+        assert hashlib.sha256(SW.render_video(item.video, cfg).tobytes()).hexdigest() not in test_frames
+        assert all(TX.pool_query(item, k) not in test_texts for k in range(len(TX.QUERY_TEMPLATES)))
     rows, texts = task.batch_rows(0)
     assert not set(texts) & test_texts
 

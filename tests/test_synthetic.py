@@ -10,6 +10,8 @@ import pytest
 
 from configs._synthetic import get_synthetic_config
 from vsr1_jax.data import synthetic as S
+from vsr1_jax.data import synthetic_text as TX
+from vsr1_jax.data import synthetic_world as SW
 from vsr1_jax.data.files import (
     GRPO_STATS_KEYS,
     index_video_npy_meta,
@@ -124,14 +126,14 @@ def test_refuses_non_empty_dir_and_too_small_attribute_space(tmp_path):
     cfg.attributes.shapes, cfg.attributes.directions, cfg.attributes.lanes = ("circle",), ("left",), ("middle",)
     cfg.attributes.backgrounds = {"black": (0, 0, 0)}
     cfg.attributes.colors = {"red": (255, 0, 0), "blue": (0, 0, 255)}  # 2 unique events at most
-    with pytest.raises(S.WorldTooSmallError, match=r"config.synthetic.train.num_videos=\d+ .*unique events"):
-        S.plan_split(cfg, "train")
+    with pytest.raises(SW.WorldTooSmallError, match=r"config.synthetic.train.num_videos=\d+ .*unique events"):
+        SW.plan_split(cfg, "train")
 
 
 def test_default_plan_unique_events_and_near_duplicates():
     cfg = get_synthetic_config()
     for split in SPLITS:
-        videos = S.plan_split(cfg, split)
+        videos = SW.plan_split(cfg, split)
         assert len(videos) == cfg[split].num_videos
         keys = []
         for v in videos:
@@ -195,7 +197,7 @@ def test_render_matches_plan(built):
     cfg = small_config()
     for v in built.plans["train"][:3]:
         stored = read_video_npy(built.paths.video_npy("train", v.video_id))
-        np.testing.assert_array_equal(S.render_video(v, cfg), stored)
+        np.testing.assert_array_equal(SW.render_video(v, cfg), stored)
 
 
 # ---------------------------------------------------------------------------------------------------- SFT / GRPO
@@ -291,7 +293,7 @@ def test_text_video_embedder_on_tiny_random_model():
                 jnp.asarray(ones))
     np.testing.assert_allclose(np.asarray(ref)[0], x[0], atol=1e-5)
 
-    video = S.render_video(S.plan_split(small_config(), "train")[0], small_config())
+    video = SW.render_video(SW.plan_split(small_config(), "train")[0], small_config())
     ids, vi = emb.video_inputs(video)
     assert (ids == emb.cfg.video_token_id).sum() == vi.num_tokens and vi.grid_thw[1:] == (8, 8)
     v1 = emb.embed_videos([video])
@@ -299,7 +301,7 @@ def test_text_video_embedder_on_tiny_random_model():
     np.testing.assert_array_equal(emb.embed_videos([video]), v1)
     assert np.abs(v1[0] - x[0]).max() > 1e-3
     # the host preparation in threads (the build's prep_workers) gives the same vectors in the same order
-    other = S.render_video(S.plan_split(small_config(), "train")[1], small_config())
+    other = SW.render_video(SW.plan_split(small_config(), "train")[1], small_config())
     serial = emb.embed_videos([video, other, video], batch_size=4)
     emb.prep_workers = 3
     threads, prep = set(), emb._video_pixels
@@ -318,19 +320,19 @@ def test_compare_reasoning_checks_each_attribute_and_fits_the_toy_budget():
     from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
     tok = build_tiny_tokenizer()
     cfg = get_synthetic_config()
-    videos = S.plan_splits(cfg)["test"]
+    videos = SW.plan_splits(cfg)["test"]
     longest = 0
     for v in videos[:24]:
         for w in videos[:24]:
             ev = w.events[0]
-            contains = S._key(ev, w.background) in {S._key(e, v.background) for e in v.events}
-            text = (S.matched_reasoning(ev, w.background, v, style="compare") if contains
-                    else S.not_matched_reasoning(ev, w.background, v, style="compare"))
+            contains = SW._key(ev, w.background) in {SW._key(e, v.background) for e in v.events}
+            text = (TX.matched_reasoning(ev, w.background, v, style="compare") if contains
+                    else TX.not_matched_reasoning(ev, w.background, v, style="compare"))
             checks = re.search(r"vs query: (.*); so it", text).group(1).split(", ")
             assert all(c.split()[2] == ("yes" if c.split()[0] == c.split()[1] else "no") for c in checks), text
             assert all(c.endswith("yes") for c in checks[:-1]), text   # the checks stop at the first "no"
             assert text.endswith("so it matches.") == contains == (len(checks) == 5 and checks[-1].endswith("yes"))
-            said = S.described_event(text)
+            said = TX.described_event(text)
             assert said is not None and any(said == {"color": e.color, "shape": e.shape, "direction": e.direction}
                                             for e in v.events), text
             target = (P.assistant_target(P.MATCHED, text, ev.start, ev.end) if contains

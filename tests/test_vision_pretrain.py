@@ -12,7 +12,7 @@ from vsr1_jax.ckpt import orbax_io
 from vsr1_jax.errors import SetupError
 from vsr1_jax.models.qwen3_vl.config import get_preset
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL
-from vsr1_jax.data import synthetic as SY
+from vsr1_jax.data import synthetic_world as SW
 from vsr1_jax.train import stage0 as S0
 from vsr1_jax.train import vision_pretrain as V
 
@@ -29,11 +29,11 @@ def vision_config(tmp_path, steps=3):
 def test_labels_pool_loss_and_training(tmp_path):
     c = vision_config(tmp_path)
     c.demo.vision.learning_rate, c.demo.vision.warmup_steps = 1e-2, 0
-    test_keys = frozenset(SY.split_keys(c.synthetic, "test"))
+    test_keys = frozenset(SW.split_keys(c.synthetic, "test"))
     task = V.VisionPretrainTask(c, DM.demo_embedder(c, untrained=True, vision=False), test_keys=test_keys)
     opts = V.attribute_options(c.synthetic)
     for item in task.pool + task.val:
-        assert not {SY.event_key(e, item.video.background) for e in item.video.events} & test_keys
+        assert not {SW.event_key(e, item.video.background) for e in item.video.events} & test_keys
         lab = V.labels_of(item, opts)
         assert [opts[h][k] for h, k in zip(V.HEADS, lab)] == [
             item.event.shape, item.event.color, item.event.direction, item.event.lane, item.video.background]
@@ -103,7 +103,7 @@ def test_dense_token_labels_sit_on_the_objects(tmp_path):
     c.demo.vision.dense = True
     c.demo.vision.learning_rate, c.demo.vision.warmup_steps = 1e-2, 0
     task = V.VisionPretrainTask(c, DM.demo_embedder(c, untrained=True, vision=False),
-                                test_keys=frozenset(SY.split_keys(c.synthetic, "test")))
+                                test_keys=frozenset(SW.split_keys(c.synthetic, "test")))
     pool = task.videos()[0]
     mu = task.vcfg.spatial_merge_size ** 2
     checked, plain, unlabelled = 0, 0, 0

@@ -13,7 +13,7 @@ tokens, `models.sqr.splice_layout`; the frozen embedder pools the last position)
      compressed form), trained and tested the same way;
   D. latents from a linear map of what a perfect reader of the two videos would write in the "compare" text (the
      world's truth: one-hot of the query's five values, of the top-1 video's closest event's five values and of
-     which of them differ, `synthetic.checked_values`): additive in the attribute values, so it cannot memorise
+     which of them differ, `synthetic_text.checked_values`): additive in the attribute values, so it cannot memorise
      a query; whether it lifts the test split says if any refinement conditioned on the policy's reading can;
   E. latents from a linear map of the top-1 video vector alone (what is needed to move the query away from the
      rejected video, as Rocchio's negative feedback does in embedding space).
@@ -35,7 +35,8 @@ import optax  # noqa: E402
 
 from vsr1_jax import config_files, loading  # noqa: E402
 from vsr1_jax.data.paths import PreparedPaths  # noqa: E402
-from vsr1_jax.data import synthetic as SY  # noqa: E402
+from vsr1_jax.data import synthetic_text as TX  # noqa: E402
+from vsr1_jax.data import synthetic_world as SW  # noqa: E402
 from vsr1_jax.data.queries import load_retrieval  # noqa: E402
 from vsr1_jax.models import sqr as S  # noqa: E402
 from vsr1_jax.models.qwen3_vl.layers import layer_norm, linear  # noqa: E402
@@ -64,7 +65,7 @@ def main(argv=None):
     D, He, n_lat = models.head.cfg.retrieval_dim, models.head.cfg.embedder_hidden, config.eval.refine_token_count
     paths = PreparedPaths(config.data_root, config.dataset)
 
-    plan = SY.plan_splits(config.synthetic)
+    plan = SW.plan_splits(config.synthetic)
     videos = {v.video_id: v for split_videos in plan.values() for v in split_videos}
 
     def split(name):
@@ -78,7 +79,7 @@ def main(argv=None):
         order = np.argsort(-scores, axis=1)
         s["cand"] = np.stack([np.concatenate([[g], [v for v in o if v != g][:24]]) for g, o in zip(s["gt"], order)])
         row2doc = {r: d for d, r in corpus.docid2row.items()}
-        checks = [SY.checked_values(m.query, videos[m.pos_doc_id], videos[row2doc[int(t)]])
+        checks = [TX.checked_values(m.query, videos[m.pos_doc_id], videos[row2doc[int(t)]])
                   for m, t in zip(queries.meta, s["top1"])]
         if any(c is None for c in checks):
             raise SystemExit(f"{name}: a query's event was not found in its video (not a synthetic world?)")

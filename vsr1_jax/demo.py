@@ -28,7 +28,8 @@ from vsr1_jax.agent.rollout import EpisodeConfig, refined_query
 from vsr1_jax.ckpt.read import Models
 from vsr1_jax.demo_models import stage0_dir
 from vsr1_jax.data import queries as Q
-from vsr1_jax.data import synthetic as SY
+from vsr1_jax.data import synthetic_text as TX
+from vsr1_jax.data import synthetic_world as SW
 from vsr1_jax.data.paths import PreparedPaths
 from vsr1_jax.eval import demo_metrics as DM
 from vsr1_jax.eval.report import plot_curves, read_detail_jsonl
@@ -57,12 +58,12 @@ def _last_checkpoint(run_dir: str) -> str:
 
 
 def _check_truth(videos: dict):
-    """row -> `synthetic.checked_values` of its query, GT video and turn-1 video (None when one is unknown)."""
+    """row -> `synthetic_text.checked_values` of its query, GT video and turn-1 video (None when one is unknown)."""
     def truth(r):
         shown = ((r.get("turns") or [{}])[0]).get("top1_doc_id")
         if r.get("gt_pos_doc_id") not in videos or shown not in videos:
             return None
-        return SY.checked_values(r.get("query", ""), videos[r["gt_pos_doc_id"]], videos[shown])
+        return TX.checked_values(r.get("query", ""), videos[r["gt_pos_doc_id"]], videos[shown])
     return truth
 
 
@@ -70,7 +71,7 @@ def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, vid
                 sqr_control=None) -> dict:
     """The numbers the demo compares (eval/demo_metrics.py) from one evaluation's detail rows. engine_only: the
     search engine alone (the original query's retrieval; the policy's columns are left empty). videos: the test
-    videos by id (`synthetic.plan_splits`), for the checks that the policy describes the video it was shown and
+    videos by id (`synthetic_world.plan_splits`), for the checks that the policy describes the video it was shown and
     reads each value it checks. sqr_control: rows -> `sqr_random_control`'s chance levels, shown beside SQR-only."""
     if "result_json" not in eval_summary:  # a process other than 0 of a multi-host run: process 0 wrote the files
         return {}
@@ -107,16 +108,16 @@ def _summary_of(out_dir: str, eval_summary: dict, engine_only: bool = False, vid
         **DM.rates(rows),
     }
     if videos is not None:
-        rv = DM.reads_video(rows, SY.described_event, SY.event_attributes(list(videos.values())))
+        rv = DM.reads_video(rows, TX.described_event, TX.event_attributes(list(videos.values())))
         out["turn-1 description of the shown video: colour / shape / direction agree"] = (
             f"{rv['color agrees']:.3f} / {rv['shape agrees']:.3f} / {rv['direction agrees']:.3f} "
             f"(n={rv['described']})")
-        fc = DM.follows_checks(rows, SY.parse_checks)
+        fc = DM.follows_checks(rows, TX.parse_checks)
         if fc["checked"]:
             out["turn-1 checks: yes iff values equal / verdict follows checks / answer follows verdict"] = (
                 f"{fc['yes iff equal']:.3f} / {fc['verdict follows checks']:.3f} / {fc['answer follows verdict']:.3f} "
                 f"(n={fc['checked']})")
-        rc = DM.reads_checks(rows, SY.parse_checks, _check_truth(videos))
+        rc = DM.reads_checks(rows, TX.parse_checks, _check_truth(videos))
         if any(rc[f"{k} checks"] for k in DM.CHECKED):   # a policy that writes no checks gets "–"
             for side, what in (("seen", "the shown video's"), ("query", "the query's")):
                 out[f"turn-1 checks: {what} value right, colour / shape / direction / position / background"] = (
@@ -190,7 +191,7 @@ def run_demo(config) -> dict:
         runinfo.save_config(record, out)
     models = loading.load_models(config)
     stages, curves, times = {}, {}, {}
-    videos = {v.video_id: v for v in SY.plan_splits(config.synthetic)["test"]}  # what each test video shows
+    videos = {v.video_id: v for v in SW.plan_splits(config.synthetic)["test"]}  # what each test video shows
 
     def control(rows):   # with the models of the column being summarised
         return sqr_random_control(config, models, rows)

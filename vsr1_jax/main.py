@@ -15,7 +15,7 @@ from ml_collections import config_flags
 
 from vsr1_jax import config_files, demo, distributed, errors
 from vsr1_jax.agent.evaluate import main_eval
-from vsr1_jax.data.synthetic import plan_splits
+from vsr1_jax.data.synthetic_world import plan_splits
 from vsr1_jax.prepare import run_build
 from vsr1_jax.train.grpo_run import main_grpo
 from vsr1_jax.train.sft_run import main_sft

@@ -120,7 +120,7 @@ def reads_video(rows: Sequence[Row], described, events_of: dict) -> dict:
 
 def follows_checks(rows: Sequence[Row], parse) -> dict:
     """Does the turn-1 verdict follow the policy's own attribute checks? `parse(text)` -> (checks, says_match) or
-    None, checks = [(seen value, query value, said yes)] (the "compare" teacher style, `synthetic.parse_checks`).
+    None, checks = [(seen value, query value, said yes)] (the "compare" teacher style, `synthetic_text.parse_checks`).
     Counts the rows whose checks say yes exactly when the two values are equal, whose written verdict is "matches"
     after five yes or "does not match" right after a no, and whose <answer> is that verdict. Where these are near 1
     and VER is not, the errors are in reading the video or the query, not in deciding from what was read."""
@@ -147,7 +147,7 @@ CHECKED = ("colour", "shape", "direction", "position", "background")
 def reads_checks(rows: Sequence[Row], parse, truth) -> dict:
     """How well the policy's turn-1 checks read the video and the query, value by value. `parse(text)` as in
     `follows_checks`; `truth(row)` -> (the five values the shown video has, the five the query asks for) or None
-    (`synthetic.checked_values`). For each check the policy wrote (they stop at the first "no"), whether its seen
+    (`synthetic_text.checked_values`). For each check the policy wrote (they stop at the first "no"), whether its seen
     value is the video's and its query value the query's: `<name> seen` / `<name> query` fractions and counts."""
     seen = dict.fromkeys(CHECKED, 0)
     asked = dict.fromkeys(CHECKED, 0)

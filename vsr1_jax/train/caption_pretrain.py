@@ -6,7 +6,7 @@ colour, shape and direction its turn-1 sentence names agreed with the shown vide
 `demo_metrics.reads_video`): it wrote the query's words, so it could not verify. This stage is the tiny stand-in for
 a VLM's captioning pretraining: on procedurally rendered *train-side* videos (`plan_pool` with the test split's event
 tuples excluded; the test split is never read) the policy is trained with the causal-LM loss on one user turn (the
-video and `PROMPT`) and an assistant turn that says what the video shows (`SY.caption`: background, each moving
+video and `PROMPT`) and an assistant turn that says what the video shows (`TX.caption`: background, each moving
 shape's colour, shape, direction, lane and seconds, the still distractor). The examples and batches are Stage 1's
 (`sft.SFTExamples` / `sft.SFTCollate`, the policy's `config.video.sft` preprocessing and chat template), the trainable
 leaves Stage 1's policy leaves (text model and vision mergers), the loss Stage 1's LM term. Its output, the whole
@@ -31,7 +31,8 @@ from flax import nnx
 
 from vsr1_jax import demo_models, sharding
 from vsr1_jax.ckpt import orbax_io
-from vsr1_jax.data import synthetic as SY
+from vsr1_jax.data import synthetic_text as TX
+from vsr1_jax.data import synthetic_world as SW
 from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing import prompts as P
 from vsr1_jax.processing.special_tokens import special_ids
@@ -49,12 +50,12 @@ def trainable(path) -> bool:
     return path[0] == "policy" and optim.sft_trainable(path)
 
 
-def attribute_spans(tokenizer, video: SY.SyntheticVideo) -> dict[str, tuple[int, int]]:
-    """[start, end) of each ATTRIBUTES word of the first event in the tokens of `SY.caption(video)`: the caption's
+def attribute_spans(tokenizer, video: SW.SyntheticVideo) -> dict[str, tuple[int, int]]:
+    """[start, end) of each ATTRIBUTES word of the first event in the tokens of `TX.caption(video)`: the caption's
     prefix up to a word and through it, tokenized (byte-level BPE splits before a space, so a prefix tokenizes as the
     start of the whole)."""
-    text = SY.caption(video)
-    words = SY.event_words(video.events[0])
+    text = TX.caption(video)
+    words = TX.event_words(video.events[0])
     spans, at = {}, 0
     for name in ATTRIBUTES:
         i = text.index(" " + words[name], at)
@@ -102,8 +103,8 @@ class CaptionTask(loop.SteppedTask):
         c = config.demo.caption
         self.config, self.c, self.syn = config, c, config.synthetic
         self.total_steps, self.B = int(c.steps), int(c.batch_size)
-        self.pool = SY.plan_pool(self.syn, int(c.pool_videos), seed=(int(c.seed), 6), exclude=test_keys)
-        self.val = SY.plan_pool(self.syn, int(c.val_videos), seed=(int(c.seed), 7), exclude=test_keys)
+        self.pool = SW.plan_pool(self.syn, int(c.pool_videos), seed=(int(c.seed), 6), exclude=test_keys)
+        self.val = SW.plan_pool(self.syn, int(c.val_videos), seed=(int(c.seed), 7), exclude=test_keys)
         tok, policy = models.tokenizer, models.policy
         self.tokenizer = tok
         self.examples = sft.SFTExamples(tok, tok, policy.cfg, config.video.sft,
@@ -124,11 +125,11 @@ class CaptionTask(loop.SteppedTask):
         self._predict = jax.jit(make_predict(self.graphdefs, opts, chunk))
         self._shape = None
 
-    def _example(self, item: SY.PoolItem) -> dict:
+    def _example(self, item: SW.PoolItem) -> dict:
         rec = {"index": -1, "qid": item.video.video_id, "query": "", "pos_video_id": "",
-               "video_id": item.video.video_id, "frames": SY.render_video(item.video, self.syn),
+               "video_id": item.video.video_id, "frames": SW.render_video(item.video, self.syn),
                "messages": [{"role": "user", "content": P.VIDEO_MARKER + PROMPT},
-                            {"role": "assistant", "content": SY.caption(item.video)}]}
+                            {"role": "assistant", "content": TX.caption(item.video)}]}
         return self.examples(rec)
 
     def shape(self) -> tuple[int, int]:
@@ -176,7 +177,7 @@ class CaptionTask(loop.SteppedTask):
 
 def run_caption_pretrain(config, models) -> dict:
     """Train (or resume) Stage 0c on `models.policy` and write the policy's parameters to `caption_dir(config)`."""
-    task = CaptionTask(config, models, test_keys=frozenset(SY.split_keys(config.synthetic, "test")))
+    task = CaptionTask(config, models, test_keys=frozenset(SW.split_keys(config.synthetic, "test")))
 
     def save(state):
         policy, _ = task.graphdefs.modules(state.params, state.frozen)

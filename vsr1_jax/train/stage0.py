@@ -8,7 +8,7 @@ head, which the embedder never uses); the random vision tower is frozen, so each
 DeepStack) are computed once and every step runs the language model only (the vision tower would be most of a
 step's time on a CPU and, trained on its own, memorises the training videos: issue 23).
 
-Data: a pool of procedurally generated videos (`data.synthetic.plan_pool`) in near-duplicate twins (one attribute
+Data: a pool of procedurally generated videos (`data.synthetic_world.plan_pool`) in near-duplicate twins (one attribute
 changed), whose attribute combinations exclude every combination of the test split, so the engine must compose
 colour, shape, direction, lane and background to find a test video. A batch is B/2 random twins: each query's twin
 is a hard negative, the other videos are in-batch negatives; videos that show the same event tuple as a row's query
@@ -37,7 +37,8 @@ from flax import nnx
 from vsr1_jax import demo_models, sharding
 from vsr1_jax.buckets import round_up
 from vsr1_jax.ckpt import orbax_io
-from vsr1_jax.data import synthetic as SY
+from vsr1_jax.data import synthetic_text as TX
+from vsr1_jax.data import synthetic_world as SW
 from vsr1_jax.errors import SetupError
 from vsr1_jax.models import embedder as E
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL
@@ -202,8 +203,8 @@ class Stage0Task(loop.SteppedTask):
         if self.B % 2:
             raise ValueError(f"config.demo.stage0.batch_size must be even (twins), got {self.B}")
         self.test_keys = test_keys
-        self.pool = SY.plan_pool(self.syn, int(c.pool_videos), seed=(int(c.seed), 0), exclude=test_keys)
-        self.val = SY.plan_pool(self.syn, int(c.val_videos), seed=(int(c.seed), 1), exclude=test_keys)
+        self.pool = SW.plan_pool(self.syn, int(c.pool_videos), seed=(int(c.seed), 0), exclude=test_keys)
+        self.val = SW.plan_pool(self.syn, int(c.val_videos), seed=(int(c.seed), 1), exclude=test_keys)
         self._feats: VideoSet | None = None
         self._val_feats: VideoSet | None = None
         model = nnx.merge(embedder.graphdef, embedder.state)
@@ -232,7 +233,7 @@ class Stage0Task(loop.SteppedTask):
     def features(self) -> VideoSet:
         if self._feats is None:
             t = time.perf_counter()
-            self._feats = video_features(self.embedder, [SY.render_video(p.video, self.syn) for p in self.pool],
+            self._feats = video_features(self.embedder, [SW.render_video(p.video, self.syn) for p in self.pool],
                                          log_every=16)
             log.info("stage 0: %d pool videos rendered and encoded in %.0f s", len(self.pool),
                      time.perf_counter() - t)
@@ -255,7 +256,7 @@ class Stage0Task(loop.SteppedTask):
         else:
             twins = rng.choice(n_twins, size=self.B // 2, replace=False)
         rows = np.stack([2 * twins, 2 * twins + 1], axis=1).reshape(-1)
-        texts = [SY.pool_query(self.pool[int(r)], int(rng.integers(len(SY.QUERY_TEMPLATES)))) for r in rows]
+        texts = [TX.pool_query(self.pool[int(r)], int(rng.integers(len(TX.QUERY_TEMPLATES)))) for r in rows]
         return rows, texts
 
     def make_batch(self, step: int) -> dict:
@@ -279,8 +280,8 @@ class Stage0Task(loop.SteppedTask):
     def val_r1(self, state) -> float:
         """R@1 of the held-out train-side videos' queries (one per video, template 0) over those videos."""
         if self._val_feats is None:
-            self._val_feats = video_features(self.embedder, [SY.render_video(p.video, self.syn) for p in self.val])
-        texts = [SY.pool_query(p, 0) for p in self.val]
+            self._val_feats = video_features(self.embedder, [SW.render_video(p.video, self.syn) for p in self.val])
+        texts = [TX.pool_query(p, 0) for p in self.val]
         q, v = self.embed(state, texts, self._val_feats)
         return float(np.mean(np.argmax(q @ v.T, axis=1) == np.arange(len(texts))))
 
@@ -302,7 +303,7 @@ def run_stage0(config, embedder: TextVideoEmbedder) -> tuple[TextVideoEmbedder, 
     `TextVideoEmbedder` and a summary. The engine's parameters are also written to `<dir>/engine` (what
     `demo_models.demo_embedder` loads)."""
     out = demo_models.stage0_dir(config)
-    test_keys = frozenset(SY.split_keys(config.synthetic, "test"))
+    test_keys = frozenset(SW.split_keys(config.synthetic, "test"))
     task = Stage0Task(config, embedder, test_keys=test_keys)
     t0 = time.perf_counter()
     state, steps, stopped = loop.run(task, task.state, out_dir=out, ckpt_cfg=config.demo.stage0.checkpoint,

@@ -33,7 +33,7 @@ from flax import nnx
 
 from vsr1_jax import demo_models, sharding
 from vsr1_jax.ckpt import orbax_io
-from vsr1_jax.data import synthetic as SY
+from vsr1_jax.data import synthetic_world as SW
 from vsr1_jax.models.qwen3_vl.vision import VisionBuckets, pack_vision
 from vsr1_jax.processing.video import cfg_get
 from vsr1_jax.retrieval.encoder import DEFAULT_VIDEO_CFG, TextVideoEmbedder
@@ -52,7 +52,7 @@ def attribute_options(syn) -> dict[str, list[str]]:
             "lane": list(a.lanes), "background": list(a.backgrounds.keys())}
 
 
-def labels_of(item: SY.PoolItem, options: dict[str, list[str]]) -> list[int]:
+def labels_of(item: SW.PoolItem, options: dict[str, list[str]]) -> list[int]:
     ev = item.event
     return [options[h].index(item.video.background if h == "background" else getattr(ev, h)) for h in HEADS]
 
@@ -77,7 +77,7 @@ def dense_sizes(options: dict[str, list[str]]) -> dict[str, int]:
             "color": len(options["color"]), "present": 2}
 
 
-def token_labels(video: SY.SyntheticVideo, grid, syn, options: dict[str, list[str]], max_frames: int,
+def token_labels(video: SW.SyntheticVideo, grid, syn, options: dict[str, list[str]], max_frames: int,
                  rows: int) -> np.ndarray:
     """int32 [rows, 4]: for each merged token of the engine's view of `video` (`grid` (t, h, w) in patches, `rows`
     merged rows per frame group in the batch layout), the (shape, direction, colour, present) of the object whose
@@ -100,7 +100,7 @@ def token_labels(video: SY.SyntheticVideo, grid, syn, options: dict[str, list[st
             label = None
             for f in frames[2 * g: 2 * g + 2]:
                 for ev in video.events:
-                    if ev.start <= f <= ev.end and inside(*SY.event_center(ev, int(f), syn)):
+                    if ev.start <= f <= ev.end and inside(*SW.event_center(ev, int(f), syn)):
                         label = (ev.shape, options["direction"].index(ev.direction), ev.color)
                         break
                 if label is not None:
@@ -194,7 +194,7 @@ class _Videos:
     """Pixel rows and grids of a list of pool items (the engine's own preprocessing), packed per batch."""
 
     def __init__(self, embedder: TextVideoEmbedder, items, syn, options, dense: bool = False):
-        prepared = embedder.prepare_videos([SY.render_video(p.video, syn) for p in items])
+        prepared = embedder.prepare_videos([SW.render_video(p.video, syn) for p in items])
         # float16 on the host (half the memory of a large pool); packed back to float32 per batch
         self.items = [(vi.pixel_rows.astype(np.float16), tuple(int(x) for x in vi.grid_thw)) for _, vi in prepared]
         self.labels = np.asarray([labels_of(p, options) for p in items], np.int32)
@@ -236,8 +236,8 @@ class VisionPretrainTask(loop.SteppedTask):
         self.total_steps = int(c.steps)
         self.B = int(c.batch_size)
         self.options = attribute_options(self.syn)
-        self.pool = SY.plan_pool(self.syn, int(c.pool_videos), seed=(int(c.seed), 3), exclude=test_keys)
-        self.val = SY.plan_pool(self.syn, int(c.val_videos), seed=(int(c.seed), 4), exclude=test_keys)
+        self.pool = SW.plan_pool(self.syn, int(c.pool_videos), seed=(int(c.seed), 3), exclude=test_keys)
+        self.val = SW.plan_pool(self.syn, int(c.val_videos), seed=(int(c.seed), 4), exclude=test_keys)
         self._videos = None
         model = nnx.merge(embedder.graphdef, embedder.state)
         self.vcfg = model.cfg.vision
@@ -320,7 +320,7 @@ class VisionPretrainTask(loop.SteppedTask):
 
 def run_vision_pretrain(config, embedder: TextVideoEmbedder) -> dict:
     """Train (or resume) Stage 0v and write the vision tower's parameters to `vision_dir(config)`."""
-    task = VisionPretrainTask(config, embedder, test_keys=frozenset(SY.split_keys(config.synthetic, "test")))
+    task = VisionPretrainTask(config, embedder, test_keys=frozenset(SW.split_keys(config.synthetic, "test")))
     return loop.run_pretraining(
         task, out_dir=os.path.join(demo_models.stage0_dir(config), "vision_run"),
         ckpt_cfg=config.demo.vision.checkpoint, desc="stage 0v (vision tower)",
