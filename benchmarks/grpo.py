@@ -1,14 +1,15 @@
-"""One Stage-2 GRPO step through the runner: `GRPOTask.step` (vsr1_jax/train/grpo_run.py: rollout with the episode
-engine -> rewards -> advantages -> scoring batch -> reference log-probs -> update), built as
-`python -m vsr1_jax.main --config.mode=grpo` builds it (`configs/<--config>.py` + overrides, `GRPOTask(config,
-models, mesh)`), on random 2B weights and a minimal synthetic prepared dataset written to a temp folder: 1 prompt x 8
-samples (the config's generation batch), a ~6.3k-token video prompt (52 frames of 448x512, the GRPO pixel limits
-raised to keep them at that size), 768 new tokens (random weights rarely stop early).
+"""One Stage-2 GRPO step through the runner, as the loop runs it: `GRPOTask.next_batch(state)` (vsr1_jax/train/
+grpo_run.py, the generation phase: rollout with the episode engine -> rewards -> advantages -> scoring batch ->
+reference log-probs) then `GRPOTask.step` (the update), built as `python -m vsr1_jax.main --config.mode=grpo`
+builds it (`configs/<--config>.py` + overrides, `GRPOTask(GRPOSettings.from_config(config), models, mesh)`), on
+random 2B weights and a minimal synthetic prepared dataset written to a temp folder: 1 prompt x 8 samples (the
+config's generation batch), a ~6.3k-token video prompt (52 frames of 448x512, the GRPO pixel limits raised to keep
+them at that size), 768 new tokens (random weights rarely stop early).
 
     python -m benchmarks.grpo [--steps 2] [--hf eager,static]
 
-Per step: the wall time of `task.step` and the phases the runner itself reports (rollout_s, rewards_s, batch_s,
-score_s, update_s); MFU of scoring and update against the measured peak; the decode step of the rollout against
+Per step: the wall time of `next_batch` + `step` and the phases the runner itself reports (rollout_s, rewards_s,
+batch_s, score_s, update_s); MFU of scoring and update against the measured peak; the decode step of the rollout against
 the read roofline ((rollout - prefill) / new tokens, the prefill timed alone through the engine's sampler).
 Baselines: HF PyTorch `generate` of the same 8 rows (eager, and static cache + torch.compile) and an HF update
 (reference forward, forward/backward with gradient checkpointing, AdamW), on HF random weights of the same config.
@@ -64,7 +65,8 @@ def run(args, report: C.Report) -> None:
     settings = GRPOSettings.from_config(config)
     task = GRPOTask(settings, models, mesh=sharding.mesh_for(settings.mesh))
     report["task_build_s"] = time.perf_counter() - t
-    report.code(GRPOTask.step, EpisodeEngine.run, Sampler.generate, grpo_lib.make_score_fn, grpo_lib.make_train_step)
+    report.code(GRPOTask.next_batch, GRPOTask.step, EpisodeEngine.run, Sampler.generate, grpo_lib.make_score_fn,
+                grpo_lib.make_train_step)
     eng = task.engine
     report.update(decode_loop=eng.sampler.loop, decode_attn=eng.opts.decode_attn_impl, attn=eng.opts.attn_impl,
                   samples=task.G, prompts_per_step=task.prompts_per_round, new_tokens=args.new_tokens,
@@ -72,7 +74,7 @@ def run(args, report: C.Report) -> None:
     state = task.state
     for i in range(args.steps + 1):
         t = time.perf_counter()
-        state, m = task.step(state, task.next_batch())
+        state, m = task.step(state, task.next_batch(state))
         m = task.after_step(i, None, m)
         wall = time.perf_counter() - t
         row = {"step": i, "warmup": i == 0, "step_s": wall,

@@ -126,7 +126,8 @@ def test_grpo_bench_times_the_runner_step(tmp_path):
     grpo.main(["--preset=tiny", "--steps=1", "--new-tokens=4", "--frames-hw=4,32,32", "--hf=none",
                "--set=grpo.remat=none", f"--out={tmp_path}"])
     r = _report(tmp_path, "grpo")
-    assert r["code_path"][0] == "vsr1_jax.train.grpo_run.GRPOTask.step"
+    assert r["code_path"][:2] == ["vsr1_jax.train.grpo_run.GRPOTask.next_batch",
+                                  "vsr1_jax.train.grpo_run.GRPOTask.step"]
     assert r["samples"] == 8 and r["prompts_per_step"] == 1 and len(r["steps"]) == 2
     for s in r["steps"]:   # the runner's own per-phase seconds
         assert all(s[k] >= 0 for k in ("rollout_s", "rewards_s", "batch_s", "score_s", "update_s"))

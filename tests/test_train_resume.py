@@ -197,7 +197,7 @@ class _CountingTask:
         self.total_steps, self.i = total_steps, 0
         self.skipped = [dict(file="rows.jsonl", line=3, qid="q3", reason="drop_missing_video_npy", detail="x.npy")]
 
-    def next_batch(self):
+    def next_batch(self, state=None):
         self.i += 1
         return self.i
 

@@ -269,16 +269,21 @@ class GRPOTask:
         return dev, host
 
     # ---- loop.Task ---------------------------------------------------------------------------------------------
-    def next_batch(self):
-        return None  # the round is generated inside `step`, with the state's current weights
-
-    def step(self, state, _):
+    def next_batch(self, state):
+        """The generation phase: a new round with the state's current weights (rollouts -> rewards -> advantages ->
+        the scored batch with its reference / old log-probs) when the last one has served its num_iterations
+        updates, else the last one again. The loop times it (data_s) and counts its compiles (data_compiles) apart
+        from the update (step_s, compiles). Returns (device batch, the round's host metrics)."""
         if self._pending is None or self._pending[2] == 0:
             dev, host = self._generate(state)
             self.round += 1
             self._pending = [dev, host, self.mu]
-        dev, host, _ = self._pending
         self._pending[2] -= 1
+        return self._pending[0], self._pending[1]
+
+    def step(self, state, batch):
+        """The update phase: one jitted, donated optimizer step on the round's batch."""
+        dev, host = batch
         if self._jit_train is None:
             st = state_lib.shardings_of(state)
             self._jit_train = jax.jit(self._train, donate_argnums=(0,), in_shardings=(st, None),

@@ -53,7 +53,8 @@ class Task(Protocol):
     """What a training stage plugs into the loop."""
     total_steps: int
 
-    def next_batch(self) -> Any: ...                                     # host -> device batch (or StopIteration)
+    def next_batch(self, state) -> Any: ...                              # the step's batch (or StopIteration);
+    #   state: the current train state (GRPO rolls out with its weights; SFT and the pretraining stages ignore it)
     def step(self, state, batch) -> tuple[Any, dict]: ...               # the jitted update
     def after_step(self, step: int, batch, metrics: dict) -> dict: ...  # host work; returns scalars to log
     def host_state(self) -> dict: ...                                   # JSON-able, saved with each checkpoint
@@ -79,7 +80,7 @@ class SteppedTask:
         """Held-out scalars of a state, logged beside the step's metrics."""
         raise NotImplementedError
 
-    def next_batch(self):
+    def next_batch(self, state=None):
         step = self._next
         self._next += 1
         return jax.tree.map(jax.numpy.asarray, self.make_batch(step))
@@ -374,7 +375,8 @@ def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: 
             while step < task.total_steps:
                 t0 = time.perf_counter()
                 try:
-                    batch = task.next_batch()
+                    with CompileCounter() as cd:   # GRPO: the generation round (rollouts, rewards, scoring)
+                        batch = task.next_batch(state)
                 except StopIteration:
                     break
                 t1 = time.perf_counter()
@@ -389,7 +391,7 @@ def run(task: Task, state, *, out_dir: str, ckpt_cfg, log_every: int = 1, desc: 
                     bar.set_postfix_str("")
                     step_is_first = False
                 if step % log_every == 0 or step == task.total_steps:
-                    scalars = dict(host, data_s=t1 - t0, step_s=t2 - t1, compiles=cc.count)
+                    scalars = dict(host, data_s=t1 - t0, step_s=t2 - t1, compiles=cc.count, data_compiles=cd.count)
                     if "tokens" in host:
                         scalars["tokens_per_s"] = host["tokens"] / max(t2 - t1, 1e-9)
                     writer.write(step, scalars)

@@ -104,7 +104,7 @@ class SFTTask:
         sizes = np.max(distributed.allgather_objects(self.collate.sizes(examples)), axis=0)
         return self.collate(examples, min_sizes=sizes)
 
-    def next_batch(self):
+    def next_batch(self, state=None):   # loop.Task: the batch does not depend on the state
         host = self._collate()
         for detail, reason in zip(host.pop("skipped"), host["skip_reasons"]):
             log.warning("skipped: %s", detail)
