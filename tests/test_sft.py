@@ -18,7 +18,7 @@ from vsr1_jax import sharding
 from vsr1_jax.compiles import CompileCounter
 from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
-from vsr1_jax.train import optim, sft
+from vsr1_jax.train import optim, sft, sft_batches
 from vsr1_jax.train import state as state_lib
 
 REFINE, IM_END, NL = 950, 951, 952
@@ -40,7 +40,7 @@ def _example(rng, grid, n_before, n_after, n_answer, qid):
 
 
 def _batch(cfg, examples, rng, buckets=(96, 128), label_buckets=(16,)):
-    col = sft.SFTCollate(cfg, 0, 1, buckets, label_buckets, None, None, num_latents=8, embedder_max_length=24)
+    col = sft_batches.SFTCollate(cfg, 0, 1, buckets, label_buckets, None, None, num_latents=8, embedder_max_length=24)
     host = col(examples)
     B = len(examples)
     cand = rng.randn(1, B, K + 1, D).astype(np.float32)

@@ -17,7 +17,7 @@ from vsr1_jax.models.qwen3_vl.model import Qwen3VL
 from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.models.qwen3_vl.rope import get_rope_index
 from vsr1_jax.processing.video import VideoInputs
-from vsr1_jax.train import grpo, optim, sft
+from vsr1_jax.train import grpo, optim, sft, sft_batches
 from vsr1_jax.train import state as state_lib
 from vsr1_jax.train.scoring import scoring_batch
 
@@ -75,7 +75,7 @@ def sft_batch():
                        refine_index=len(ids) - 3, pixel_rows=pixels(grid, i), grid=grid,
                        emb_ids=np.asarray(rng.randint(0, 700, 9 + i), np.int32), index=i, qid=f"q{i}", query="q",
                        pos_video_id="p", video_id="v"))
-    host = sft.SFTCollate(CFG, 0, 1, (64, 96), (32,), (2,), (16, 32), num_latents=8, embedder_max_length=24)(ex)
+    host = sft_batches.SFTCollate(CFG, 0, 1, (64, 96), (32,), (2,), (16, 32), num_latents=8, embedder_max_length=24)(ex)
     cand = rng.randn(1, 8, 5, 64).astype(np.float32)
     host.update(candidates=cand / np.linalg.norm(cand, axis=-1, keepdims=True),
                 candidate_mask=np.ones((1, 8, 5), bool), ret_valid=np.asarray([[True] * 7 + [False]]))

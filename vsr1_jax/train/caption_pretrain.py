@@ -6,10 +6,10 @@ colour, shape and direction its turn-1 sentence names agreed with the shown vide
 `demo_metrics.reads_video`): it wrote the query's words, so it could not verify. This stage is the tiny stand-in for
 a VLM's captioning pretraining: on procedurally rendered *train-side* videos (`plan_pool` with the test split's event
 tuples excluded; the test split is never read) the policy is trained with the causal-LM loss on one user turn (the
-video and `PROMPT`) and an assistant turn that says what the video shows (`TX.caption`: background, each moving
-shape's colour, shape, direction, lane and seconds, the still distractor). The examples and batches are Stage 1's
-(`sft.SFTExamples` / `sft.SFTCollate`, the policy's `config.video.sft` preprocessing and chat template), the trainable
-leaves Stage 1's policy leaves (text model and vision mergers), the loss Stage 1's LM term. Its output, the whole
+video and `PROMPT`) and an assistant turn that says what the video shows (`synthetic_text.caption`: background,
+each moving shape's colour, shape, direction, lane and seconds, the still distractor). The examples and batches are
+Stage 1's (`sft_batches.SFTExamples` / `SFTCollate`, the policy's `config.video.sft` preprocessing and chat
+template), the trainable leaves Stage 1's policy leaves (text model and vision mergers), the loss Stage 1's LM term. Its output, the whole
 policy's parameters (`demo_models.caption_dir`: `<stage0 dir>/caption`), is what `demo_models.demo_models` builds the
 policy from; Stage 1 starts there. Not part of the original (whose policy comes pretrained).
 
@@ -36,7 +36,7 @@ from vsr1_jax.data import synthetic_world as SW
 from vsr1_jax.models.qwen3_vl.run_options import RunOptions
 from vsr1_jax.processing import prompts as P
 from vsr1_jax.processing.special_tokens import special_ids
-from vsr1_jax.train import loop, optim, sft
+from vsr1_jax.train import loop, optim, sft, sft_batches
 from vsr1_jax.train import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,12 @@ class CaptionTask(loop.SteppedTask):
         self.val = SW.plan_pool(self.syn, int(c.val_videos), seed=(int(c.seed), 7), exclude=test_keys)
         tok, policy = models.tokenizer, models.policy
         self.tokenizer = tok
-        self.examples = sft.SFTExamples(tok, tok, policy.cfg, config.video.sft,
+        self.examples = sft_batches.SFTExamples(tok, tok, policy.cfg, config.video.sft,
                                         timestamps_mode=config.video.timestamps_mode,
                                         outer_vision_tokens=config.prompts.outer_vision_tokens)
         # one shape for every batch (one compile): the world's longest video and a caption bucket that holds the
         # longest caption (the rows are checked against them)
-        self.collate = sft.SFTCollate(policy.cfg, special_ids(tok, config.eval.refine_token).pad, 1,
+        self.collate = sft_batches.SFTCollate(policy.cfg, special_ids(tok, config.eval.refine_token).pad, 1,
                                       (int(c.max_tokens),), (int(c.max_caption_tokens),), None, None, num_latents=1)
         self.mesh = sharding.mesh_for(config.mesh.to_dict())
         self.opts = opts = RunOptions.from_config(config.model, remat="none")
