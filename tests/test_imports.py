@@ -131,3 +131,14 @@ def test_package_never_imports_the_repo_configs(tmp_path):
     got = check_imports.check(pkg)
     assert _kinds(got) == [("vsr1_jax/data/synthetic.py", i, "repo-import") for i in (1, 2, 4)], got
     assert "configs/ is not part of the installed vsr1_jax" in got[0].message
+
+
+def test_a_long_module_says_why_it_is_one(tmp_path):
+    """No module over MAX_MODULE_LINES lines unless its docstring says why it is one (issue 24)."""
+    body = "x = 1\n" * check_imports.MAX_MODULE_LINES
+    pkg = _package(tmp_path, {"data/long.py": '"""A long module."""\n' + body,
+                              "data/reasoned.py": '"""A long module. One module because it is a table."""\n' + body,
+                              "data/short.py": '"""Short."""\n' + "x = 1\n" * 10})
+    got = check_imports.check(pkg)
+    assert _kinds(got) == [("vsr1_jax/data/long.py", 1, "module-size")], got
+    assert f"{check_imports.MAX_MODULE_LINES + 1} lines" in got[0].message

@@ -1,7 +1,8 @@
 """Check the import graph of the vsr1_jax package by parsing it (nothing is imported): no import cycles, no arrow
 to a layer a module may not use, no function-level imports of vsr1_jax modules, a comment on every
-function-level third-party import saying why it is lazy, and no import of the repo's own folders that the installed
-package does not ship (`configs/`: config files are loaded by path, `vsr1_jax.config_files`).
+function-level third-party import saying why it is lazy, no import of the repo's own folders that the installed
+package does not ship (`configs/`: config files are loaded by path, `vsr1_jax.config_files`), and no module over
+MAX_MODULE_LINES lines without the reason in its docstring.
 
     python tools/check_imports.py            # prints every violation; exit status 1 if there is any
 
@@ -55,6 +56,9 @@ LAYERS: dict[str, tuple[int, tuple[str, ...] | str]] = {
 # Components that only the listed ones may import (on top of the rules above).
 ONLY_IMPORTED_BY: dict[str, tuple[str, ...]] = {"train": ("main", "demo")}
 
+# A module longer than this is split by concern or says in its docstring why it is one ("One module because ...").
+MAX_MODULE_LINES = 650
+
 # Top-level packages of the repo that setup.py does not ship: the package never imports them (at any level).
 REPO_ONLY = ("configs", "tests", "tools", "benchmarks", "scripts", "launch")
 
@@ -66,7 +70,7 @@ class Violation:
     path: str  # relative to the package's parent folder
     line: int
     kind: str  # cycle | layer | lazy-vsr1-import | uncommented-lazy-import | unknown-component | missing-module
-    #            | repo-import
+    #            | repo-import | module-size
     message: str
 
     def __str__(self) -> str:
@@ -231,6 +235,11 @@ def check(package_dir: str | Path, layers=LAYERS, only_imported_by=ONLY_IMPORTED
         except SyntaxError as exc:
             violations.append(Violation(rel(module), exc.lineno or 0, "syntax", str(exc)))
             continue
+        doc = ast.get_docstring(tree) or ""
+        if len(lines) > MAX_MODULE_LINES and "One module because" not in doc:
+            violations.append(Violation(rel(module), 1, "module-size",
+                                        f"{len(lines)} lines (> {MAX_MODULE_LINES}): split it by concern, or say "
+                                        "why it is one module in its docstring ('One module because ...')"))
         imports = _imports(tree, module, path.name == "__init__.py", package, modules)
         lazy_spans = {imp.end_line: imp.line for imp in imports if imp.in_function}
         src = component(module)
