@@ -1,5 +1,5 @@
 """The GPU diagnosis tools run end to end on the tiny config (CPU; the flash-decoding kernel through the Pallas
-interpreter)."""
+interpreter); tools/compare_demo_runs.py tells equal runs from different ones."""
 import json
 import os
 import subprocess
@@ -23,3 +23,29 @@ def test_decode_variants_tool_runs_each_variant(tmp_path):
         assert r["step_ms"] > 0 and r["roofline_ms"] > 0
     # feeding one row as two copies changes no row's arithmetic: the greedy tokens are the base's
     assert {r["variant"]: r["tokens_equal_to_base"] for r in rows if r["batch"] == 1}["bcast"] == 1.0
+
+
+def _fake_demo_run(root: Path, loss: float, seconds: float) -> Path:
+    for ev in ("eval_untrained", "eval_sft", "eval_grpo"):
+        (root / ev).mkdir(parents=True)
+        (root / ev / "detail_toy_test.jsonl").write_text(json.dumps({"qid": "q1", "final_rank": 2}) + "\n")
+        (root / ev / "result.json").write_text(json.dumps({"R@1": 0.5, "source_jsonl": str(root / ev)}))
+    for st in ("sft", "grpo"):
+        (root / st).mkdir()
+        (root / st / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": loss, "step_s": seconds,
+                                                              "compiles": int(seconds)}) + "\n")
+    (root / "demo_report.md").write_text(f"# report\nTime (s): SFT {seconds}\n")
+    return root
+
+
+def test_compare_demo_runs_ignores_timings_and_finds_a_changed_loss(tmp_path):
+    """tools/compare_demo_runs.py (issue 24's "behaviour unchanged" evidence): paths, seconds and compile counts
+    may differ; a loss may not."""
+    tool = [sys.executable, str(ROOT / "tools" / "compare_demo_runs.py")]
+    a = _fake_demo_run(tmp_path / "a", 1.25, 3.0)
+    same = subprocess.run(tool + [str(a), str(_fake_demo_run(tmp_path / "b", 1.25, 7.0))], capture_output=True,
+                          text=True)
+    assert same.returncode == 0 and same.stdout.startswith("same"), same.stdout + same.stderr
+    other = subprocess.run(tool + [str(a), str(_fake_demo_run(tmp_path / "c", 1.5, 3.0))], capture_output=True,
+                           text=True)
+    assert other.returncode == 1 and "sft step 1: loss 1.25 vs 1.5" in other.stdout, other.stdout + other.stderr
