@@ -50,9 +50,9 @@ def _common(config, stage: str) -> dict:
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTSettings:
-    """Everything Stage 1 (train/sft_run.py) reads, from `config.sft`, `config.data.sft`, `config.video.sft` and the
-    query-embedder / prompt fields of `config.eval` / `config.prompts` / `config.video`."""
+class StageSettings:
+    """What both training stages read the same way (`_common`): where the data is, the loader, the stage's pixel
+    budget (`config.video.<stage>`), checkpointing and logging (`config.<stage>`), the outputs and the mesh."""
     prepared: Prepared
     loader: Loader
     video: PixelBudget
@@ -61,6 +61,12 @@ class SFTSettings:
     export_hf: bool
     output_dir: str
     mesh: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSettings(StageSettings):
+    """Everything Stage 1 (train/sft_run.py) reads, from `config.sft`, `config.data.sft`, `config.video.sft` and the
+    query-embedder / prompt fields of `config.eval` / `config.prompts` / `config.video`."""
     data: SFTData
     timestamps_mode: str
     outer_vision_tokens: bool
@@ -105,18 +111,10 @@ ROLLOUT_KEYS = ("batch", "prompt")
 
 
 @dataclasses.dataclass(frozen=True)
-class GRPOSettings:
+class GRPOSettings(StageSettings):
     """Everything Stage 2 (train/grpo_run.py) reads, from `config.grpo`, `config.data.grpo`, `config.video.grpo`,
     the rollouts' episode settings (`EpisodeConfig.from_config(config, "grpo")`) and, for max_turns > 1, the
     retrieval engine of `config.eval.retrieval`."""
-    prepared: Prepared
-    loader: Loader
-    video: PixelBudget
-    checkpoint: Checkpointing
-    log_every: int
-    export_hf: bool
-    output_dir: str
-    mesh: dict
     data: GRPOData
     init_checkpoint: str
     seed: int
