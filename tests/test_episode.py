@@ -6,7 +6,6 @@ import dataclasses
 import json
 import os
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx

@@ -1,9 +1,7 @@
 """SQR: init rules, the KV-cached latent rollout vs the original's re-forward formulation, and q_final vs a torch
 reimplementation of the original splice on HF's model."""
-import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 from flax import nnx
 
