@@ -169,9 +169,8 @@ def run_eval(settings: EvalSettings, models: Models, *, output_dir: str | None =
     local = [qset.queries[i] for i in mine]
     qvecs = queries.matrix[[q.q_row for q in local]]
     bar = tqdm(total=len(local), desc="episodes", unit="query", dynamic_ncols=True, disable=k != 0)
-    ec = settings
-    sp = engine.sampling_params(ec.temperature, ec.top_p, ec.top_k)
-    trajs = engine.run(local, qvecs, sp, key=jax.random.key(ec.seed), progress=bar.update)
+    sp = engine.sampling_params(settings.temperature, settings.top_p, settings.top_k)
+    trajs = engine.run(local, qvecs, sp, key=jax.random.key(settings.seed), progress=bar.update)
     bar.close()
     rows = detail_rows(trajs, ep_cfg.max_turn, ep_cfg.num_latents)
     stats = {key: engine.stats[key] for key in ("video_file_missing", "prompt_too_long", "generate_s", "refine_s")}
@@ -184,7 +183,7 @@ def run_eval(settings: EvalSettings, models: Models, *, output_dir: str | None =
                     wall_s=time.time() - t0)
     report.write_detail_jsonl(rows, detail)
     skipped = _skipped_block(qset, rows, stats, sorted(missing_files))
-    out = report.write_report(rows, out_dir, detail, ks=ec.topk, thresholds=ec.iou_thresholds,
+    out = report.write_report(rows, out_dir, detail, ks=settings.topk, thresholds=settings.iou_thresholds,
                               skipped=skipped if skipped["not_evaluated"] else None)
     print(report.skipped_text(skipped) if skipped["not_evaluated"] else
           f"evaluated {len(rows)} of {skipped['selected']} queries", flush=True)
