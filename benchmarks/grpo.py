@@ -42,10 +42,10 @@ def overrides(args, root: str) -> list[str]:
     f, h, w = args.frames_hw
     patches, groups = (h // 16) * (w // 16), f // 2
     return [f"data_root={root}", "dataset=bench", "mode=grpo", f"grpo.max_steps={args.steps + 1}",
-            f"data.grpo.max_completion_length={args.new_tokens}",
+            f"grpo.max_completion_length={args.new_tokens}",
             f"video.grpo.min_pixels={h * w}", f"video.grpo.max_pixels={h * w}", f"video.grpo.total_pixels={h * w * f}",
             f"grpo.vision_group_buckets=({groups},)", f"grpo.vision_patch_buckets=({patches},)",
-            "data.grpo.prompt_buckets=(1024, 2048, 4096, 6400, 6656, 7168, 8192)", "data.grpo.max_prompt_length=8192",
+            "grpo.prompt_buckets=(1024, 2048, 4096, 6400, 6656, 7168, 8192)", "grpo.max_prompt_length=8192",
             *args.set]
 
 
@@ -122,7 +122,7 @@ def first_prompt(task: GRPOTask, config):
     """The prompt (ids, video inputs) of the dataset's first GRPO row, built by the task's engine as a rollout
     builds it: the shape every step of the bench works on (rows differ only in a few query tokens)."""
     recs, _ = grpo_records(PreparedPaths(config.data_root, config.dataset), docid2row=task.corpus.docid2row,
-                           hard_negative_k=config.data.grpo.hard_negative_topk)
+                           hard_negative_k=config.grpo.hard_negative_topk)
     r = recs[0]
     traj = Trajectory(query=dict(index=0, qid=r["qid"], query=r["query"], gt_doc_id=r["gt_video"], gt_start=0.0,
                                  gt_end=1.0, duration=None), sample=0, qvec=np.zeros(1, np.float32), orig_rank=-1)
@@ -206,7 +206,7 @@ def hf_baseline(report, cfg, ids, grid, px, G: int, N: int, impls, micro: int = 
 def main(argv=None):
     ap = C.parser(__doc__, hf="eager,static", runner_steps=2,
                   frames_hw=("52,448,512", "FRAMES,HEIGHT,WIDTH of the dataset's videos"))
-    ap.add_argument("--new-tokens", type=int, default=768, help="data.grpo.max_completion_length")
+    ap.add_argument("--new-tokens", type=int, default=768, help="grpo.max_completion_length")
     return C.bench_main("grpo", ap, argv, run)
 
 

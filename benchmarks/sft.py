@@ -45,7 +45,7 @@ def overrides(args, root: str) -> list[str]:
     return [f"data_root={root}", "dataset=bench", "mode=sft", f"sft.max_steps={args.steps + 1}",
             f"video.sft.min_pixels={h * w}", f"video.sft.max_pixels={h * w}", f"video.sft.total_pixels={h * w * f}",
             f"sft.vision_group_buckets=({groups},)", f"sft.vision_patch_buckets=({patches},)",
-            "data.sft.buckets=(1024, 2048, 4096, 6400, 6656, 7168, 8192)",
+            "sft.buckets=(1024, 2048, 4096, 6400, 6656, 7168, 8192)",
             # one label bucket: every step of the bench runs the program the warm-up step compiled
             "sft.label_buckets=(512,)", *args.set]
 

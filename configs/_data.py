@@ -18,50 +18,6 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.loader.read_threads = 1  # grain ReadOptions threads; 1 keeps 2-core machines responsive (port choice)
     c.loader.prefetch_buffer_size = 8  # grain ReadOptions buffer (port choice)
 
-    # --- Stage-1 SFT ------------------------------------------------------------------------------------------
-    c.sft = ml_collections.ConfigDict()
-    # The files read are the prepared layout's (E §3): sft_data/train_oneturn.json (E §3.8) and
-    # train/hard_negatives.json (E §3.7), named once in vsr1_jax/data/paths.py (PreparedPaths), where the build writes them.
-    c.sft.per_device_batch_size = 1  # VS L52-54 (S §8)
-    c.sft.gradient_accumulation_steps = 1  # VS L52-54 (S §8)
-    c.sft.shuffle = True  # HF Trainer's default random sampler, seeded by seed 42 (S §8)
-    c.sft.only_neg = False  # both matched and not-matched items; True = only the "neg" ones (VS L126-129; S §8)
-    # collator truncation in training (VS L44; S §6.2). The port pads to `buckets` and a longer row is an error, not
-    # cut (no item of the original's data comes near: ~7k tokens); the buckets must stay within this length (checked)
-    c.sft.model_max_length = 46384
-    # Bucketed padding: few compiled shapes; the last bucket is the original max length (S §6.2). A 64-frame
-    # 384×512 video is ~6.1k visual tokens, total ~7k (S §2.4 shape trace).
-    c.sft.buckets = (2048, 4096, 6144, 8192, 12288, 16384, 24576, 32768, 46384)
-    c.sft.negative_pool_size = 24  # InfoNCE K = 24 negatives (VS L118; S §5)
-    c.sft.hard_negative_refresh_steps = 1  # online refresh every step (VS L141; S §5)
-    c.sft.random_negative_seed = 42  # random fill of the negative pool, random.Random(42) (TRN L1036-1057; S §5)
-    c.sft.ambiguous_negative_margin = 0.0005  # drop n if cos(q,n) ≥ cos(q,pos) − 0.0005 (VS L119-120; S §5)
-
-    # --- Stage-2 GRPO -----------------------------------------------------------------------------------------
-    c.grpo = ml_collections.ConfigDict()
-    # The rows: grpo_data/train.minimal_top1.jsonl, beside the builder's stats.minimal_top1.json (G §5), named once in
-    # vsr1_jax/data/paths.py (PreparedPaths). Each prompt is sampled num_generations times in a row (the engine's
-    # `group`): the RepeatSampler's mini_repeat_count = G (TR:1284-1318; G §3.1).
-    c.grpo.num_generations = 8  # G = 8 (S2:256, S2:395; G §3.1)
-    c.grpo.per_device_batch_size = 2  # completions per micro-batch (S2:250; G §3.1)
-    # Completions per generation round = PDTBS · NPROC · steps_per_generation; on 1 GPU spg is raised to 4, so
-    # 2 · 1 · 4 = 8 = 1 prompt × G (S2:332-341; G §3.1 "→ 1 GPU"). The pipeline's batch_size is this number.
-    c.grpo.generation_batch_size = 8
-    c.grpo.num_epochs = 1  # S2:252 (G §3.1)
-    # S2:254 (G §3.1). The original only sizes vLLM's max_model_len = 4096 + 768 with it (a longer prompt gets a
-    # shorter completion, one over 4864 tokens fails the run: TR:1162-1166); the port's rollouts skip a prompt
-    # longer than this (the round goes on without its group, counted as `prompt_too_long`), and the scoring pads
-    # prompts to `prompt_buckets`, with this length as the last bucket
-    c.grpo.max_prompt_length = 4096
-    c.grpo.max_completion_length = 768  # S2:255 (G §3.1)
-    c.grpo.prompt_buckets = (1024, 2048, 3072, 4096)  # compiled prompt lengths; max_prompt_length is added if larger
-    c.grpo.hard_negative_topk = 24  # HARD_NEGATIVE_TOPK (S2:102; G §4)
-    c.grpo.hard_negative_depth = 200  # FAISS search depth of the builder (S2:103, BM:211-212; G §2.3)
-    c.grpo.augment_match_to_balance = True  # AUGMENT_MATCH_TO_BALANCE=1 (DD:59-61; G §5)
-    c.grpo.target_match_ratio = 1.0  # TARGET_MATCH_RATIO (DD:59-61; G §5)
-    c.grpo.augment_seed = 42  # DD:59-61 (G §5)
-    c.grpo.drop_missing_video_npy = True  # BV --drop-missing-video-npy default 1 (G §5)
-
     # --- offline builders (what the prepared files were made with; used by the synthetic/real build steps) -----
     c.build = ml_collections.ConfigDict()
     c.build.hard_negative_topk_pool = 50  # TOPK_POOL (08_build_hard_negatives.bash L20-21; E §3.7)
@@ -126,5 +82,14 @@ def get_data_config() -> ml_collections.ConfigDict:
     c.build.teacher_video = ml_collections.ConfigDict({
         "min_pixels": 128 * 32 * 32, "max_pixels": 200704, "total_pixels": int(128000 * 32 * 32 * 0.9),
         "max_frames": 64, "fps": 1.0})
+
+    # --- the GRPO rows' builder (09_build_verified_search_minimal_top1: grpo_data/, G §5); the rows carry
+    # config.grpo.hard_negative_topk hard negatives each (the training reads that many) ------------------------
+    c.build.grpo = ml_collections.ConfigDict()
+    c.build.grpo.hard_negative_depth = 200  # FAISS search depth of the builder (S2:103, BM:211-212; G §2.3)
+    c.build.grpo.augment_match_to_balance = True  # AUGMENT_MATCH_TO_BALANCE=1 (DD:59-61; G §5)
+    c.build.grpo.target_match_ratio = 1.0  # TARGET_MATCH_RATIO (DD:59-61; G §5)
+    c.build.grpo.augment_seed = 42  # DD:59-61 (G §5)
+    c.build.grpo.drop_missing_video_npy = True  # BV --drop-missing-video-npy default 1 (G §5)
 
     return c

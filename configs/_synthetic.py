@@ -7,10 +7,11 @@ import ml_collections
 from vsr1_jax.config_files import sibling
 
 get_data_config = sibling(__file__, "_data").get_data_config
+get_grpo_config = sibling(__file__, "_train").get_grpo_config
 
 
 def get_synthetic_config() -> ml_collections.ConfigDict:
-    data = get_data_config()
+    data, grpo = get_data_config(), get_grpo_config()
     c = ml_collections.ConfigDict()
     c.seed = 0  # every random choice derives from this; same seed -> byte-identical files
     c.dataset = "synthetic"
@@ -78,14 +79,14 @@ def get_synthetic_config() -> ml_collections.ConfigDict:
     c.sft = ml_collections.ConfigDict()
     c.sft.augment_match_to_balance = True
     c.sft.target_match_ratio = 1.0
-    c.sft.augment_seed = data.grpo.augment_seed
+    c.sft.augment_seed = data.build.grpo.augment_seed
 
     c.grpo = ml_collections.ConfigDict()
-    c.grpo.hard_negative_topk = data.grpo.hard_negative_topk  # 24
-    c.grpo.hard_negative_depth = data.grpo.hard_negative_depth  # 200
-    c.grpo.augment_match_to_balance = data.grpo.augment_match_to_balance  # True
-    c.grpo.target_match_ratio = data.grpo.target_match_ratio  # 1.0
-    c.grpo.augment_seed = data.grpo.augment_seed  # 42
+    c.grpo.hard_negative_topk = grpo.hard_negative_topk  # 24
+    c.grpo.hard_negative_depth = data.build.grpo.hard_negative_depth  # 200
+    c.grpo.augment_match_to_balance = data.build.grpo.augment_match_to_balance  # True
+    c.grpo.target_match_ratio = data.build.grpo.target_match_ratio  # 1.0
+    c.grpo.augment_seed = data.build.grpo.augment_seed  # 42
 
     # SFT reasoning text: "full" (teacher-style, several sentences), "short" (one sentence: what the tiny demo
     # policy can learn in a few hundred CPU steps) or "compare" (the short description, then each attribute as seen

@@ -1,5 +1,6 @@
 """Training defaults of the original VideoSearch-R1, Stage 1 (SFT) and Stage 2 (GRPO), each citing its spec line.
-Data selection (files, batch sizes, buckets, negatives) is in configs/_data.py (`config.data.sft` / `.grpo`).
+Each stage's batches, lengths, buckets and negatives are in its own section here (`config.sft`, `config.grpo`);
+configs/_data.py has the prepared layout's loader and the offline builders.
 Spec pages (shared/spec/): S = sqr_and_sft.md, G = grpo.md."""
 from __future__ import annotations
 
@@ -17,6 +18,23 @@ def _checkpointing(every_fraction: float, every_steps: int, keep: int) -> ml_col
 
 def get_sft_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    # --- the data of Stage 1: batches, lengths, negatives. The files read are the prepared layout's (E §3):
+    # sft_data/train_oneturn.json (E §3.8) and train/hard_negatives.json (E §3.7), named once in
+    # vsr1_jax/data/paths.py (PreparedPaths), where the build writes them.
+    c.per_device_batch_size = 1       # VS L52-54 (S §8)
+    c.gradient_accumulation_steps = 1  # VS L52-54 (S §8)
+    c.shuffle = True                  # HF Trainer's default random sampler, seeded by seed 42 (S §8)
+    c.only_neg = False                # both matched and not-matched items; True = only the "neg" ones (VS L126-129; S §8)
+    # collator truncation in training (VS L44; S §6.2). The port pads to `buckets` and a longer row is an error, not
+    # cut (no item of the original's data comes near: ~7k tokens); the buckets must stay within this length (checked)
+    c.model_max_length = 46384
+    # Bucketed padding: few compiled shapes; the last bucket is the original max length (S §6.2). A 64-frame
+    # 384×512 video is ~6.1k visual tokens, total ~7k (S §2.4 shape trace).
+    c.buckets = (2048, 4096, 6144, 8192, 12288, 16384, 24576, 32768, 46384)
+    c.negative_pool_size = 24         # InfoNCE K = 24 negatives (VS L118; S §5)
+    c.hard_negative_refresh_steps = 1  # online refresh every step (VS L141; S §5)
+    c.random_negative_seed = 42       # random fill of the negative pool, random.Random(42) (TRN L1036-1057; S §5)
+    c.ambiguous_negative_margin = 0.0005  # drop n if cos(q,n) ≥ cos(q,pos) − 0.0005 (VS L119-120; S §5)
     c.learning_rate = 2e-5            # backbone (VS L56-65; S §8)
     c.refine_learning_rate = 5e-5     # refine modules: projector_lr (VS L122; S §8)
     c.warmup_steps = 0                # linear decay, warmup 0 (VS L57-59)
@@ -56,6 +74,26 @@ def get_sft_config() -> ml_collections.ConfigDict:
 def get_grpo_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.init_checkpoint = ""            # the Stage-1 model (orbax, HF or <run>/checkpoints/<step>); "" = checkpoint
+    # --- the data of Stage 2: the rows are grpo_data/train.minimal_top1.jsonl, beside the builder's
+    # stats.minimal_top1.json (G §5), named once in vsr1_jax/data/paths.py (PreparedPaths). Each prompt is sampled
+    # num_generations times in a row (the engine's `group`): the RepeatSampler's mini_repeat_count = G
+    # (TR:1284-1318; G §3.1).
+    c.num_generations = 8             # G = 8 (S2:256, S2:395; G §3.1)
+    c.per_device_batch_size = 2       # completions per micro-batch (S2:250; G §3.1)
+    # Completions per generation round = PDTBS · NPROC · steps_per_generation; on 1 GPU spg is raised to 4, so
+    # 2 · 1 · 4 = 8 = 1 prompt × G (S2:332-341; G §3.1 "→ 1 GPU"). The pipeline's batch_size is this number.
+    c.generation_batch_size = 8
+    c.num_epochs = 1                  # S2:252 (G §3.1)
+    # S2:254 (G §3.1). The original only sizes vLLM's max_model_len = 4096 + 768 with it (a longer prompt gets a
+    # shorter completion, one over 4864 tokens fails the run: TR:1162-1166); the port's rollouts skip a prompt
+    # longer than this (the round goes on without its group, counted as `prompt_too_long`), and the scoring pads
+    # prompts to `prompt_buckets`, with this length as the last bucket
+    c.max_prompt_length = 4096
+    c.max_completion_length = 768     # S2:255 (G §3.1)
+    c.prompt_buckets = (1024, 2048, 3072, 4096)  # compiled prompt lengths; max_prompt_length is added if larger
+    # HARD_NEGATIVE_TOPK (S2:102; G §4): the hard negatives each row carries (the build writes this many, the
+    # refine-quality reward reads them)
+    c.hard_negative_topk = 24
     c.learning_rate = 5e-7            # S2:251 (G §3.4), constant
     c.adam_beta1 = 0.9
     c.adam_beta2 = 0.999
@@ -64,7 +102,6 @@ def get_grpo_config() -> ml_collections.ConfigDict:
     c.max_grad_norm = 1.0             # S2:260
     c.param_dtype = "bfloat16"        # bf16 weights (S2:259)
     c.remat = "dots"
-    # G, the per-device batch, the completion length and the epochs are in config.data.grpo
     c.temperature = 1.0               # AR:218; logits are divided by it for scoring too
     c.beta = 0.01                     # k3 KL weight (S2:397)
     c.epsilon_low = 0.2               # AR:214-217

@@ -32,8 +32,8 @@ def get_config():
     b.sft_exclude_finish_reasons = ()
     b.hard_negative_topk_pool = 10  # the original toy's hard-negative pool 10/10 (eval_and_data.md §6)
     b.hard_negative_max = 10
-    c.data.grpo.hard_negative_topk = 8  # the original toy's GRPO hard negatives 8 of depth 32 (§6)
-    c.data.grpo.hard_negative_depth = 32
+    c.grpo.hard_negative_topk = 8  # the original toy's GRPO hard negatives 8 of depth 32 (§6)
+    b.grpo.hard_negative_depth = 32
     b.npy_workers = 2
     b.decode_workers = 2
     b.video_max_frames = 32  # the original toy's VIDEO_MAXLEN=32 (§6)

@@ -2,7 +2,6 @@
 
     python -m vsr1_jax.main --config=configs/toy.py
 """
-import os
 
 from vsr1_jax.config_files import sibling
 
@@ -24,7 +23,7 @@ def get_config():
     # videos it described as the query); with the checks it follows them (0.99; issue 23, runs of 2026-12-07)
     c.synthetic.reasoning = "compare"
     c.eval.max_new_tokens = 160     # the original toy's 128 (eval_and_data.md §6 step 7) + room for the checks
-    c.data.grpo.max_completion_length = 160
+    c.grpo.max_completion_length = 160
     # The policy reads the synthetic 64x64 frames at the engine's scale (128x128: 8x8 patches, 16 merged tokens per
     # frame pair), the scale Stage 0v pretrains the shared vision tower at.
     for phase in (c.video.eval, c.video.sft, c.video.grpo):
@@ -70,8 +69,8 @@ def get_config():
     c.sft.checkpoint.every_fraction = 0.25
     c.sft.checkpoint.keep = 2
     c.sft.export_hf = False
-    c.data.sft.per_device_batch_size = 8
-    c.data.sft.buckets = (512, 768, 1024)
+    c.sft.per_device_batch_size = 8
+    c.sft.buckets = (512, 768, 1024)
 
     # --- Stage 2: a short GRPO run from the SFT policy (1 prompt x 8 samples per step)
     c.demo.grpo = True
@@ -83,7 +82,7 @@ def get_config():
     c.grpo.vision_patch_buckets = (16, 64)
     c.grpo.checkpoint.every_steps = 10
     c.grpo.export_hf = False
-    c.data.grpo.prompt_buckets = (512, 768, 1024)
-    c.data.grpo.generation_batch_size = 32   # 4 prompts x G=8 per step: a less noisy reward curve
-    c.data.grpo.per_device_batch_size = 8    # 4 micro-batches (steps_per_generation) of 8 rows
+    c.grpo.prompt_buckets = (512, 768, 1024)
+    c.grpo.generation_batch_size = 32   # 4 prompts x G=8 per step: a less noisy reward curve
+    c.grpo.per_device_batch_size = 8    # 4 micro-batches (steps_per_generation) of 8 rows
     return c

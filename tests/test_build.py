@@ -5,7 +5,6 @@ transcription of the spec (eval_and_data.md §3) on random cases."""
 import json
 import math
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +149,7 @@ def test_sft_steps_run_on_the_result(built, tmp_path):
     s.max_steps, s.param_dtype, s.remat, s.refine_token_count, s.export_hf = 2, "float32", "none", 2, False
     s.label_buckets, s.vision_group_buckets, s.vision_patch_buckets = (64, 128, 256), (4, 8, 16), (16, 64, 256)
     s.checkpoint.every_fraction, s.checkpoint.every_steps = 0.0, 2
-    cfg.data.sft.per_device_batch_size, cfg.data.sft.buckets = 2, (512, 1024, 2048, 4096)
+    cfg.sft.per_device_batch_size, cfg.sft.buckets = 2, (512, 1024, 2048, 4096)
     cfg.video.sft.min_pixels = 32 * 32
     summary = main_sft(cfg)
     assert summary["steps"] == summary["total_steps"] == 2   # a stopped run raises errors.Stopped instead

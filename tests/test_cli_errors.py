@@ -52,6 +52,8 @@ def results(tmp_path_factory):
         "typo_verbose": ["-m", "vsr1_jax.main", "--config=configs/toy.py", "--config.sft.learning_rat=1e-3",
                          "--verbose"],
         "no_config_file": ["-m", "vsr1_jax.main", "--config=configs/nope.py"],
+        # a key of the sections before issue 24 moved GRPO's and SFT's data fields under their stage
+        "moved": ["-m", "vsr1_jax.main", "--config=configs/toy.py", "--config.data.grpo.num_generations=4"],
         "setup": ["-m", "vsr1_jax.main", "--config=configs/charades.py", "--config.mode=eval"],
         "missing_file": _eval(_dataset(str(t / "a"), segment_embeds=False), ckpt),
         "prepared_data": _eval(_dataset(str(t / "b"), docid2row={"v0": 0, "v1": 1, "v2": 5}), ckpt),
@@ -86,6 +88,7 @@ def _one_error_line(result):
 @pytest.mark.parametrize("case,needles", [
     ("typo", ["--config.sft.learning_rat", "'learning_rat'", 'Did you mean "learning_rate"']),
     ("no_config_file", ["--config=configs/nope.py", "No such file"]),
+    ("moved", ["--config.data.grpo.num_generations", "it moved: use --config.grpo.num_generations"]),
     ("setup", ["--config.checkpoint is empty", "python -m vsr1_jax.convert hf-to-orbax"]),      # SetupError
     ("missing_file", ["segment_embeds.npy not found", "produced by"]),                       # MissingPreparedFile
     ("prepared_data", ["docid2row.json", "maps 3 docs", "segment_embeds.npy has 3 rows"]),  # PreparedDataError

@@ -19,7 +19,7 @@ import pytest
 
 from vsr1_jax import config_files, distributed
 from vsr1_jax.agent.evaluate import EvalSettings
-from vsr1_jax.data.settings import BuildSettings
+from vsr1_jax.data.settings import BuildSettings, GRPORows
 from vsr1_jax.models.qwen3_vl.config import Qwen3VLConfig
 from vsr1_jax.train.rewards import RewardWeights
 from vsr1_jax.train.settings import GRPOSettings, SFTSettings
@@ -102,6 +102,7 @@ READERS = {
     "SFTSettings.from_config": SFTSettings.from_config,
     "GRPOSettings.from_config": GRPOSettings.from_config,
     "BuildSettings.from_config": BuildSettings.from_config,
+    "GRPORows.from_config": GRPORows.from_config,
     "distributed.resolve": lambda c: distributed.resolve(c.distributed, environ={}),
     "sharding.mesh_for (its argument)": lambda c: c.mesh.to_dict(),
 }
@@ -176,11 +177,11 @@ def test_allowlist_names_fields_that_exist_and_are_read_where_it_says():
 def test_an_unread_field_fails():
     config = config_files.load(str(REPO / "configs" / "base.py")).get_config()
     assert unread(config)[0] == []
-    config.data.sft.new_setting = 1
+    config.sft.new_setting = 1
     config.video.eval.new_limit = 2
     config.new_section = ml_collections.ConfigDict({"weight": 0.0})
     missing, _ = unread(config)
-    assert sorted(missing) == ["data.sft.new_setting", "new_section.weight", "video.eval.new_limit"]
+    assert sorted(missing) == ["new_section.weight", "sft.new_setting", "video.eval.new_limit"]
     config.grpo.rewards.extra = 0.0
     # RewardWeights reads the whole rewards section and rejects unknown keys: the new field is read and refused
     with pytest.raises(ValueError, match="unknown reward config keys"):

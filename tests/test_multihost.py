@@ -39,16 +39,16 @@ COMMON = [
     "--config=configs/toy.py", "--config.synthetic.train.num_videos=8", "--config.synthetic.test.num_videos=4",
     "--config.synthetic.progress=False", "--config.demo.stage0.enabled=False",  # the random engine (Stage 0 aside)
     # SFT: 8 rows per step (1 per device), 2 latents (half the compile time of 8), a checkpoint every step
-    f"--config.sft.max_steps={SFT_STEPS}", "--config.data.sft.per_device_batch_size=1",
+    f"--config.sft.max_steps={SFT_STEPS}", "--config.sft.per_device_batch_size=1",
     "--config.sft.refine_token_count=2", "--config.sft.checkpoint.every_fraction=0",
     "--config.sft.checkpoint.every_steps=1", "--config.sft.checkpoint.keep=10",
     # evaluation: short answers, 2 latents
     "--config.eval.max_new_tokens=32", "--config.eval.refine_token_count=2",
     # GRPO: 2 rounds of 2 prompts x 8 samples (one prompt per process), keys per prompt (rollouts independent of
     # the process count), 2 micro-batches of 8 rows
-    "--config.grpo.max_steps=2", "--config.data.grpo.generation_batch_size=16",
-    "--config.data.grpo.per_device_batch_size=1", "--config.grpo.steps_per_generation=2",
-    "--config.data.grpo.max_completion_length=32", "--config.grpo.rollout_keys=prompt",
+    "--config.grpo.max_steps=2", "--config.grpo.generation_batch_size=16",
+    "--config.grpo.per_device_batch_size=1", "--config.grpo.steps_per_generation=2",
+    "--config.grpo.max_completion_length=32", "--config.grpo.rollout_keys=prompt",
 ]
 
 

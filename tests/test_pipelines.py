@@ -56,7 +56,7 @@ def test_bucket_length():
 
 
 def test_collator_pads_to_smallest_bucket_on_the_right():
-    col = PL.BucketCollator((4, 8, 16), PL.default_token_fields(PAD), config_field="data.sft.buckets")
+    col = PL.BucketCollator((4, 8, 16), PL.default_token_fields(PAD), config_field="sft.buckets")
     exs = [fake_tokenize({"qid": "a", "query": "xx"}), fake_tokenize({"qid": "b", "query": "xxxxx"})]
     b = col(exs)  # lengths 5 and 8 → bucket 8
     assert b["input_ids"].shape == (2, 8) and b["position_ids"].shape == (2, 3, 8)
@@ -72,10 +72,10 @@ def test_collator_pads_to_smallest_bucket_on_the_right():
 
 
 def test_collator_overflow_names_row_and_config_field():
-    col = PL.BucketCollator((4, 8), PL.default_token_fields(PAD), config_field="data.sft.buckets")
+    col = PL.BucketCollator((4, 8), PL.default_token_fields(PAD), config_field="sft.buckets")
     long = {"qid": "long_one", "input_ids": np.zeros(9, np.int32), "attention_mask": np.ones(9, np.int32)}
     with pytest.raises(PL.BucketOverflowError,
-                       match=r"qid='long_one'.*length 9 > largest bucket 8.*data\.sft\.buckets"):
+                       match=r"qid='long_one'.*length 9 > largest bucket 8.*sft\.buckets"):
         col([fake_tokenize({"qid": "ok", "query": ""}) | {}, long])
 
 
@@ -220,7 +220,7 @@ def test_worker_processes_give_the_same_batches():
 def test_pipelines_over_a_prepared_dataset(tmp_path):
     tiny = write_tiny_dataset(tmp_path)
     P = tiny["paths"]
-    col = PL.BucketCollator((8, 16), PL.default_token_fields(PAD), config_field="data.sft.buckets")
+    col = PL.BucketCollator((8, 16), PL.default_token_fields(PAD), config_field="sft.buckets")
     ds, spec, counts = PL.sft_dataset(P, map_fn=fake_tokenize, batch_size=2, collate_fn=col, process_index=0,
                                       process_count=1)
     assert counts["items_kept"] == 6 and len(ds) == 3
@@ -246,8 +246,7 @@ def test_data_config_defaults_drive_the_pipelines(tmp_path):
     sys.path.insert(0, str(Path(__file__).parents[1]))
     from configs.base import get_config
 
-    full = get_config()
-    c = full.data  # the data section; evaluation and seeds live in their own sections of the base config
+    full = c = get_config()  # each stage's data fields live in its section (sft, grpo); evaluation's in eval
     assert full.eval.seed == 42 and c.sft.negative_pool_size == 24 and tuple(full.eval.topk) == (1, 5, 10, 100)
     assert full.eval.max_turn == 2 and c.grpo.num_generations == 8 and c.grpo.hard_negative_topk == 24
     # every bucket list is valid and ends at the original's maximum length

@@ -40,14 +40,14 @@ def _cmd(mode, data_root, out):
                          "--config.demo.stage0.checkpoint.every_steps=1", "--config.demo.stage0.checkpoint.keep=10"]
     common.append("--config.demo.stage0.enabled=False")  # the random engine: these runs test the policy stages
     if mode == "sft":
-        return common + [f"--config.sft.max_steps={STEPS}", "--config.data.sft.per_device_batch_size=2",
+        return common + [f"--config.sft.max_steps={STEPS}", "--config.sft.per_device_batch_size=2",
                          "--config.sft.refine_token_count=2",
                          "--config.sft.checkpoint.every_fraction=0", "--config.sft.checkpoint.every_steps=1",
                          "--config.sft.checkpoint.keep=10"]
     # GRPO from the demo's policy: 1 prompt x 8 samples of 32 tokens per step, 2 micro-batches, 2 latents
-    return common + [f"--config.grpo.max_steps={STEPS}", "--config.data.grpo.generation_batch_size=8",
-                     "--config.data.grpo.per_device_batch_size=4", "--config.grpo.steps_per_generation=2",
-                     "--config.data.grpo.max_completion_length=32", "--config.eval.refine_token_count=2",
+    return common + [f"--config.grpo.max_steps={STEPS}", "--config.grpo.generation_batch_size=8",
+                     "--config.grpo.per_device_batch_size=4", "--config.grpo.steps_per_generation=2",
+                     "--config.grpo.max_completion_length=32", "--config.eval.refine_token_count=2",
                      "--config.sft.refine_token_count=2", "--config.grpo.checkpoint.every_fraction=0",
                      "--config.grpo.checkpoint.every_steps=1", "--config.grpo.checkpoint.keep=10"]
 
@@ -141,10 +141,10 @@ def test_sigkill_then_resume_gives_identical_losses(tmp_path, mode):
     assert _tb_steps(os.path.join(b, mode, "tensorboard")) == list(range(1, STEPS + 1))
     if mode == "sft":   # other settings on resume: named in a warning; another batch size cannot resume
         cmd = _cmd(mode, data_root, b) + ["--config.sft.learning_rate=1e-4",
-                                          "--config.data.sft.per_device_batch_size=1"]
+                                          "--config.sft.per_device_batch_size=1"]
         r = subprocess.run(cmd, cwd=ROOT, env=_env(cache), capture_output=True, text=True, timeout=600)
         assert r.returncode == 2, r.stderr[-3000:]
-        assert "sft.learning_rate" in r.stderr and "data.sft.per_device_batch_size 2 -> 1" in r.stderr
+        assert "sft.learning_rate" in r.stderr and "sft.per_device_batch_size 2 -> 1" in r.stderr
         last = r.stderr.rstrip().splitlines()[-1]
         assert last.startswith("error: ") and "cannot resume" in last and "Traceback" not in r.stderr, last
 

@@ -40,9 +40,22 @@ MODE_HELP = {
 # the settings most runs change, shown by --help with their values in the chosen config
 MAIN_KEYS = ("mode", "dataset", "data_root", "split", "checkpoint", "output_dir", "model.dtype", "demo.enabled",
              "eval.max_samples", "eval.max_turn", "sft.learning_rate", "sft.max_steps", "sft.num_epochs",
-             "data.sft.per_device_batch_size", "grpo.init_checkpoint", "grpo.learning_rate", "grpo.max_steps",
-             "grpo.loss_type", "data.grpo.generation_batch_size", "data.grpo.per_device_batch_size")
+             "sft.per_device_batch_size", "grpo.init_checkpoint", "grpo.learning_rate", "grpo.max_steps",
+             "grpo.loss_type", "grpo.generation_batch_size", "grpo.per_device_batch_size")
 _VERBOSE = False
+# config keys that moved (issue 24: each stage's settings under that stage): old prefix -> new prefix
+MOVED = {"data.sft.": "sft.", "data.grpo.hard_negative_topk": "grpo.hard_negative_topk",
+         **{f"data.grpo.{k}": f"data.build.grpo.{k}" for k in ("hard_negative_depth", "augment_match_to_balance",
+                                                              "target_match_ratio", "augment_seed",
+                                                              "drop_missing_video_npy")},
+         "data.grpo.": "grpo."}
+
+
+def moved_key(arg: str) -> str | None:
+    """The new name of a `--config.<key>=...` argument whose key moved (MOVED), else None."""
+    key = arg.split("=", 1)[0][len("--config."):] if arg.startswith("--config.") else ""
+    old = next((o for o in MOVED if key.startswith(o)), None)
+    return MOVED[old] + key[len(old):] if old else None
 
 
 def _config_file(argv) -> str | None:
@@ -101,7 +114,9 @@ def override_error(exc: BaseException, argv) -> errors.ConfigOverrideError:
         arg = next((a for a in argv if a.startswith("--config.") and key in a.split("=", 1)[0].split(".")), None)
         where = arg.split("=", 1)[0] if arg else "a --config override"
         hint = msg[len(key) + 2:].strip()
-        msg = f"{where}: the config has no field {key!r}{'; ' + hint if hint else ''}; see --help for the main keys"
+        new = moved_key(arg) if arg else None
+        fix = f"it moved: use --config.{new}" if new else "see --help for the main keys"
+        msg = f"{where}: the config has no field {key!r}{'; ' + hint if hint else ''}; {fix}"
     elif isinstance(exc, OSError) and "config" in msg:
         last = [ln.strip() for ln in _unquote(str(exc)).splitlines() if ln.strip()][-1]
         msg = f"--config={_config_file(argv) or DEFAULT_CONFIG} could not be loaded: {last}"

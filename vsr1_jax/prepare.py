@@ -33,7 +33,7 @@ from vsr1_jax.ckpt.read import load_converted, module_from_params
 from vsr1_jax.data.build import pipeline as PL
 from vsr1_jax.data.build import store as ST
 from vsr1_jax.data.paths import PreparedPaths
-from vsr1_jax.data.settings import BuildSettings, GRPOData
+from vsr1_jax.data.settings import BuildSettings, GRPORows
 from vsr1_jax.data.tiny_tokenizer import build_tiny_tokenizer
 from vsr1_jax.data.validate import validate_dataset
 from vsr1_jax.errors import SetupError
@@ -175,7 +175,7 @@ def run_build(config, *, embedder=None, teacher=None) -> dict[str, Any]:
     b = BuildSettings.from_config(config)   # the boundary: the build reads no config field after this
     paths = PreparedPaths(config.data_root, config.dataset)
     paths.dataset_dir.mkdir(parents=True, exist_ok=True)
-    ctx = PL.BuildContext(paths=paths, cfg=b, grpo=GRPOData.from_config(config),
+    ctx = PL.BuildContext(paths=paths, cfg=b, grpo=GRPORows.from_config(config),
                           embedder=(lambda: embedder) if embedder is not None else (lambda: make_embedder(config, b)),
                           teacher=(lambda: teacher) if teacher is not None else (lambda: make_teacher(config, b)))
     try:

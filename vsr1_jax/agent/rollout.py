@@ -108,9 +108,8 @@ class EpisodeConfig:
         if mode == "grpo":
             g = config.grpo
             # the GRPO prompt limit (grpo.md §3.1): a longer prompt would not fit the scoring batch's buckets
-            return cls(max_turn=g.max_turns, max_new_tokens=config.data.grpo.max_completion_length,
-                       max_prompt_length=config.data.grpo.max_prompt_length,
-                       prompt_limit_field="data.grpo.max_prompt_length",
+            return cls(max_turn=g.max_turns, max_new_tokens=g.max_completion_length,
+                       max_prompt_length=g.max_prompt_length, prompt_limit_field="grpo.max_prompt_length",
                        batch_size=g.rollout_batch_size, prompt_style="grpo", refine_matched=True,
                        vision_buckets=VisionBuckets(items=None, groups=tuple(g.vision_group_buckets),
                                                     patches=tuple(g.vision_patch_buckets)), **common)

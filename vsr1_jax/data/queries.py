@@ -300,7 +300,7 @@ def sft_records(paths: PreparedPaths, *, docid2row: Mapping[str, int] | None = N
     A record: index (position in the array), qid, query, messages, video_id (top-1 shown), pos_video_id,
     gold_label, pair_id, video_path, hard_negative_ids (from hard_negatives.json; the positive, duplicates and
     unknown ids removed) and, with docid2row, pos_row / video_row.
-    Dropped (counted): with `only_neg` (config.data.sft.only_neg; VS L126-129), the items whose gold label is not
+    Dropped (counted): with `only_neg` (config.sft.only_neg; VS L126-129), the items whose gold label is not
     "neg" (`only_neg_skipped`); items whose top-1 npy is missing (`video_file_missing`). Counted, kept: GT not in the
     corpus (`pos_doc_missing`: the InfoNCE term then has no positive, TRN L1336-1344). `dropped`: a list that
     receives one dict per dropped item (file, item, qid, reason, detail).

@@ -1,8 +1,8 @@
-"""The `config.data` sections as typed data (issue 24 item 1), each read once at the boundary: `SFTData`
-(`data.sft`) and `GRPOData` (`data.grpo`), which the training stages' settings hold (train/settings.py) and the
-build reads too, and `BuildSettings` (`data.build`), which the raw -> prepared build takes (prepare.run_build,
-data/build/pipeline.py) instead of the config. The defaults and their citations of the original are in
-configs/_data.py."""
+"""The data settings as typed data (issue 24 item 1), each read once at the boundary: `SFTData` (the batches,
+lengths and negatives of `config.sft`) and `GRPOData` (those of `config.grpo`), which the training stages' settings
+hold (train/settings.py), and `BuildSettings` (`config.data.build`, with `GRPORows`, the GRPO rows' builder), which
+the raw -> prepared build takes (prepare.run_build, data/build/pipeline.py) instead of the config. The defaults and
+their citations of the original are in configs/_train.py and configs/_data.py."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +12,7 @@ from vsr1_jax.config_files import read_section
 
 @dataclasses.dataclass(frozen=True)
 class SFTData:
-    """`config.data.sft` read once and checked (configs/_data.py cites each value)."""
+    """The data fields of `config.sft` read once and checked (configs/_train.py cites each value)."""
     per_device_batch_size: int
     gradient_accumulation_steps: int
     shuffle: bool
@@ -26,17 +26,16 @@ class SFTData:
 
     @classmethod
     def from_config(cls, config) -> "SFTData":
-        out = read_section(cls, config.data.sft)
+        out = read_section(cls, config.sft)
         if max(out.buckets) > out.model_max_length:
-            raise ValueError(f"config.data.sft.buckets {out.buckets} go past config.data.sft.model_max_length "
+            raise ValueError(f"config.sft.buckets {out.buckets} go past config.sft.model_max_length "
                              f"{out.model_max_length} (the original's training length): lower the buckets")
         return out
 
 
 @dataclasses.dataclass(frozen=True)
 class GRPOData:
-    """`config.data.grpo` read once and checked (configs/_data.py cites each value). The build reads the builder
-    fields (hard_negative_depth, augment_*, drop_missing_video_npy) from the same section."""
+    """The data fields of `config.grpo` read once and checked (configs/_train.py cites each value)."""
     num_generations: int
     per_device_batch_size: int
     generation_batch_size: int
@@ -45,18 +44,13 @@ class GRPOData:
     max_completion_length: int
     prompt_buckets: tuple[int, ...]
     hard_negative_topk: int
-    hard_negative_depth: int
-    augment_match_to_balance: bool
-    target_match_ratio: float
-    augment_seed: int
-    drop_missing_video_npy: bool
 
     @classmethod
     def from_config(cls, config) -> "GRPOData":
-        out = read_section(cls, config.data.grpo)
+        out = read_section(cls, config.grpo)
         if out.num_generations < 1 or out.generation_batch_size % out.num_generations:
-            raise ValueError(f"config.data.grpo.generation_batch_size {out.generation_batch_size} is not a multiple "
-                             f"of config.data.grpo.num_generations {out.num_generations}")
+            raise ValueError(f"config.grpo.generation_batch_size {out.generation_batch_size} is not a multiple "
+                             f"of config.grpo.num_generations {out.num_generations}")
         return out
 
     @property
@@ -65,6 +59,26 @@ class GRPOData:
         the last (a rolled-out prompt is never longer: the rollouts skip those)."""
         return tuple(sorted({b for b in self.prompt_buckets if b < self.max_prompt_length})) + (self.max_prompt_length,)
 
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPORows:
+    """`config.data.build.grpo`: the GRPO rows' builder (09_build_verified_search_minimal_top1, G §5), with the
+    hard negatives per row of `config.grpo.hard_negative_topk` (what the training reads back)."""
+    hard_negative_topk: int
+    hard_negative_depth: int
+    augment_match_to_balance: bool
+    target_match_ratio: float
+    augment_seed: int
+    drop_missing_video_npy: bool
+
+    @classmethod
+    def from_config(cls, config) -> "GRPORows":
+        b = config.data.build.grpo
+        return cls(hard_negative_topk=int(config.grpo.hard_negative_topk), hard_negative_depth=int(b.hard_negative_depth),
+                   augment_match_to_balance=bool(b.augment_match_to_balance),
+                   target_match_ratio=float(b.target_match_ratio), augment_seed=int(b.augment_seed),
+                   drop_missing_video_npy=bool(b.drop_missing_video_npy))
 
 
 @dataclasses.dataclass(frozen=True)

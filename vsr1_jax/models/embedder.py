@@ -5,7 +5,6 @@ Inputs are right-padded batches (text-only or with video), as the original's pro
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from vsr1_jax.models.qwen3_vl.model import Qwen3VL

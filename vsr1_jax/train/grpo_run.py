@@ -4,7 +4,7 @@ jitted update inside the generic loop (train/loop.py).
 
     python -m vsr1_jax.main --config=configs/<dataset>.py --config.mode=grpo --config.checkpoint=<Stage-1 model>
 
-One generation round = P prompts x G samples (`config.data.grpo.generation_batch_size` rows; P = rows / G): the
+One generation round = P prompts x G samples (`config.grpo.generation_batch_size` rows; P = rows / G): the
 first turn shows the pre-computed top-1 video of `train.minimal_top1.jsonl` (what the original trains); with
 `config.grpo.max_turns > 1` the engine runs the paper's loop (refine -> re-retrieve over the train corpus -> verify
 and ground again) and every turn's sampled tokens are scored with the trajectory's advantage. A round is scored as
@@ -164,7 +164,7 @@ class GRPOTask:
         return q_orig, pos, nv
 
     def _drop_skipped(self, recs, trajs):
-        """The round without the prompts the engine skipped (a prompt longer than config.data.grpo.max_prompt_length:
+        """The round without the prompts the engine skipped (a prompt longer than config.grpo.max_prompt_length:
         the whole group has no turn), each named in skipped.jsonl; (recs, trajs, how many were dropped)."""
         G = self.G
         keep = [i for i in range(len(recs)) if all(t.turns for t in trajs[i * G:(i + 1) * G])]
@@ -175,7 +175,7 @@ class GRPOTask:
         if not keep:
             raise ValueError(f"no prompt of GRPO round {self.round} could be rolled out on process "
                              f"{jax.process_index()} (reasons: {sorted({t.stop_reason for t in trajs})}); raise "
-                             "config.data.grpo.max_prompt_length or lower the GRPO pixel budget (config.video.grpo)")
+                             "config.grpo.max_prompt_length or lower the GRPO pixel budget (config.video.grpo)")
         return [recs[i] for i in keep], [t for i in keep for t in trajs[i * G:(i + 1) * G]], len(recs) - len(keep)
 
     def _device(self, batch):

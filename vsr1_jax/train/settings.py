@@ -65,7 +65,7 @@ class StageSettings:
 
 @dataclasses.dataclass(frozen=True)
 class SFTSettings(StageSettings):
-    """Everything Stage 1 (train/sft_run.py) reads, from `config.sft`, `config.data.sft`, `config.video.sft` and the
+    """Everything Stage 1 (train/sft_run.py) reads, from `config.sft`, `config.video.sft` and the
     query-embedder / prompt fields of `config.eval` / `config.prompts` / `config.video`."""
     data: SFTData
     timestamps_mode: str
@@ -112,7 +112,7 @@ ROLLOUT_KEYS = ("batch", "prompt")
 
 @dataclasses.dataclass(frozen=True)
 class GRPOSettings(StageSettings):
-    """Everything Stage 2 (train/grpo_run.py) reads, from `config.grpo`, `config.data.grpo`, `config.video.grpo`,
+    """Everything Stage 2 (train/grpo_run.py) reads, from `config.grpo`, `config.video.grpo`,
     the rollouts' episode settings (`EpisodeConfig.from_config(config, "grpo")`) and, for max_turns > 1, the
     retrieval engine of `config.eval.retrieval`."""
     data: GRPOData

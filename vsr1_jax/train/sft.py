@@ -9,7 +9,7 @@ re-forwards under causal attention), then the frozen embedder on the query text 
 spliced in. Gradients flow through the rollout and the embedder splice into the policy and the refine modules.
 
 Loss granularity follows the original's per-device micro-batch (1 row by default): rows are grouped by
-`config.data.sft.per_device_batch_size`; each group's LM loss is the mean over its label tokens and its InfoNCE loss
+`config.sft.per_device_batch_size`; each group's LM loss is the mean over its label tokens and its InfoNCE loss
 the mean over its rows that have a term (0 if none), and the step loss is the mean over groups (DDP's gradient
 average).
 """

@@ -145,7 +145,7 @@ class SFTCollate:
         valid = np.asarray(["skip" not in e for e in examples])
         n = len(rows)
         label_pos = [np.flatnonzero(e["loss_mask"][1:]) + 1 for e in rows]   # HF shifts the labels by one
-        T = _bucket([len(e["input_ids"]) for e in rows], self.buckets, rows, "config.data.sft.buckets", "tokens")
+        T = _bucket([len(e["input_ids"]) for e in rows], self.buckets, rows, "config.sft.buckets", "tokens")
         La = _bucket([max(len(p), 1) for p in label_pos], self.label_buckets, rows, "config.sft.label_buckets",
                      "assistant tokens")
         T, La = max(T, bucket_length(m_tok, self.buckets)), max(La, bucket_length(m_lab, self.label_buckets))

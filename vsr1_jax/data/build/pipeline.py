@@ -68,8 +68,9 @@ class BuildError(UserError, RuntimeError):
 @dataclasses.dataclass
 class BuildContext:
     """paths: the dataset folder; cfg: `config.data.build` (a ConfigDict or anything with those attributes);
-    grpo: `config.data.grpo`; embedder / teacher: zero-argument callables returning the models (called on first
-    use); log: one-line messages."""
+    grpo: the GRPO rows' builder (`GRPORows`: `config.data.build.grpo` + `config.grpo.hard_negative_topk`);
+    embedder / teacher: zero-argument callables returning the models (called on first use); log: one-line
+    messages."""
 
     paths: PreparedPaths
     cfg: Any
