@@ -67,7 +67,7 @@ def run(args, report: C.Report) -> None:
     report["task_build_s"] = time.perf_counter() - t
     report.code(GRPOTask.next_batch, GRPOTask.step, EpisodeEngine.run, Sampler.generate, grpo_lib.make_score_fn,
                 grpo_lib.make_train_step)
-    eng = task.engine
+    eng = task.rollouts.engine
     report.update(decode_loop=eng.sampler.loop, decode_attn=eng.opts.decode_attn_impl, attn=eng.opts.attn_impl,
                   samples=task.G, prompts_per_step=task.prompts_per_round, new_tokens=args.new_tokens,
                   micro_batches=task.A, rows_per_micro=task.m, steps=[])
@@ -126,7 +126,7 @@ def first_prompt(task: GRPOTask, config):
     r = recs[0]
     traj = Trajectory(query=dict(index=0, qid=r["qid"], query=r["query"], gt_doc_id=r["gt_video"], gt_start=0.0,
                                  gt_end=1.0, duration=None), sample=0, qvec=np.zeros(1, np.float32), orig_rank=-1)
-    ids, vin = task.engine._prompt(traj, r["retrieved_video"])
+    ids, vin = task.rollouts.engine._prompt(traj, r["retrieved_video"])
     return Turn(turn=1, doc_id=r["retrieved_video"], rank=-1, prompt_ids=np.asarray(ids, np.int32), video=vin,
                 sampled_ids=np.zeros(0, np.int32), logprobs=np.zeros(0, np.float32), text="", answer="unknown",
                 span=None, has_refine=False)

@@ -1,6 +1,8 @@
-"""Stage-2 GRPO run (grpo.md): rollouts with the agent's own episode engine and the policy's current weights, the six
-rewards, group advantages, reference (and, for num_iterations > 1, old) log-probs once per generation, and the
-jitted update inside the generic loop (train/loop.py).
+"""Stage-2 GRPO run (grpo.md): rollouts with the agent's own episode engine and the policy's current weights
+(`RolloutProducer`, train/grpo_rollouts.py), the six rewards and group advantages (`round_rewards`), the scoring
+batch with reference (and, for num_iterations > 1, old) log-probs once per generation, and the jitted update inside
+the generic loop (train/loop.py), which times and counts the generation phase (`next_batch`) apart from the update
+(`step`).
 
     python -m vsr1_jax.main --config=configs/<dataset>.py --config.mode=grpo --config.checkpoint=<Stage-1 model>
 
@@ -13,6 +15,7 @@ and ground again) and every turn's sampled tokens are scored with the trajectory
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -24,18 +27,16 @@ import numpy as np
 from flax import nnx
 
 from vsr1_jax import distributed, loading, runinfo, sharding
-from vsr1_jax.agent.evaluate import video_source_for
-from vsr1_jax.agent.rollout import EpisodeEngine, Trajectory
+from vsr1_jax.agent.rollout import Trajectory
 from vsr1_jax.ckpt.hf_export import export_train_state
 from vsr1_jax.ckpt.read import CHECKPOINT_KINDS, Models
 from vsr1_jax.data.paths import PreparedDataError, PreparedPaths
-from vsr1_jax.data.pipelines import build_dataset, make_iterator
 from vsr1_jax.data.queries import grpo_records, load_corpus, load_queries
 from vsr1_jax.processing.parsing import parse_answer_reward
-from vsr1_jax.retrieval.topk import make_retriever
 from vsr1_jax.train import grpo, loop, optim
 from vsr1_jax.train import rewards as R
 from vsr1_jax.train import state as state_lib
+from vsr1_jax.train.grpo_rollouts import RolloutProducer
 from vsr1_jax.train.scoring import scoring_batch, scoring_sizes
 from vsr1_jax.train.settings import GRPOSettings
 
@@ -57,6 +58,31 @@ def reward_samples(trajs: list[Trajectory], records: list[dict], group: int, vec
                                   has_refine=last.has_refine, q_final=last.q_next, q_orig=q_orig, pos_vec=pos,
                                   neg_vecs=negs))
     return out
+
+
+def reward_vectors(corpus, queries, rec: dict, traj: Trajectory):
+    """(q_orig, pos_vec, neg_vecs) of one trajectory for the refine-quality reward (TR:3838-3846, TR:3977-3991):
+    the stored query vector, the GT video's vector, and the row's hard negatives plus every turn's retrieved video
+    other than the GT."""
+    hit = queries.lookup(rec["query"])
+    q_orig = None if hit is None else queries.matrix[hit[0]]
+    row = corpus.docid2row.get(rec["gt_video"])
+    pos = None if row is None else corpus.matrix[row]
+    negs = list(dict.fromkeys(rec["hard_negative_ids"]))
+    for t in traj.turns:
+        for doc in (t.doc_id, t.next_doc_id):
+            if doc and doc != rec["gt_video"] and doc not in negs and doc in corpus.docid2row:
+                negs.append(doc)
+    nv = corpus.matrix[[corpus.docid2row[x] for x in negs]] if negs else None
+    return q_orig, pos, nv
+
+
+def round_rewards(trajs: list[Trajectory], records: list[dict], group: int, vectors, weights: R.RewardWeights):
+    """The reward/advantage piece of a round: each sample's six rewards and total (grpo.md §4) and the group
+    advantages (§3.2); (scores by name, advantages, per-group zero-std flags)."""
+    scores = R.score_samples(reward_samples(trajs, records, group, vectors), weights)
+    adv, zero_std = grpo.group_advantages(scores["total"], group)
+    return scores, adv, zero_std
 
 
 class GRPOTask:
@@ -94,14 +120,7 @@ class GRPOTask:
         self.corpus, self.queries = corpus, queries
         self.G = d.num_generations
         self.prompts_per_round = d.generation_batch_size // self.G   # of the whole job (all processes)
-        # every process reads the round's prompt records (small dicts) and rolls out its own share of them
-        ds, spec = build_dataset(kept, batch_size=self.prompts_per_round, seed=g.seed, shuffle=True,
-                                 num_epochs=d.num_epochs, process_index=0, process_count=1)
-        self.iterator = make_iterator(ds, spec, read_threads=g.loader.read_threads,
-                                      prefetch_buffer_size=g.loader.prefetch_buffer_size)
         self.mu = g.num_iterations
-        self.rounds = len(ds)
-        self.total_steps = self.rounds * self.mu if not g.max_steps else min(self.rounds * self.mu, g.max_steps)
         self.m = d.per_device_batch_size * sharding.batch_divisor(mesh)
         self.A = g.steps_per_generation * g.max_turns
         P = jax.process_count()
@@ -128,92 +147,34 @@ class GRPOTask:
                                                       mesh)
         self.ref_params = jax.tree.map(jnp.copy, self.state.params)   # the frozen Stage-1 reference
         self.models = models
-        retriever = make_retriever(g.retrieval_engine, corpus.matrix, corpus.docid2row) if g.max_turns > 1 \
-            else None
-        # the train step donates the state, whose frozen head shares buffers with models.head: the engine keeps
-        # its own copy of the (frozen) SQR head; the policy weights are passed in every round
-        head = nnx.merge(*jax.tree.map(jnp.copy, nnx.split(models.head)))
-        # several processes: each rolls out its prompts alone, on process-local copies of the weights
-        head, embedder = distributed.local_module(head), distributed.local_module(models.embedder)
-        self.engine = EpisodeEngine(models.policy, head, embedder, models.tokenizer,
-                                    models.embed_tokenizer, video_source_for(paths, split), g.video, g.episode,
-                                    g.rollout_run, retriever=retriever, mesh=sharding.local_mesh(mesh))
-        self.sp = self.engine.sampling_params(g.temperature)
+        self.rollouts = RolloutProducer(settings, models, kept, corpus=corpus, queries=queries, mesh=mesh,
+                                        skipped=self.skipped)
+        self.rounds = self.rollouts.rounds
+        self.total_steps = self.rounds * self.mu if not g.max_steps else min(self.rounds * self.mu, g.max_steps)
         self.weights, self.lc = g.rewards, g.loss
         self._train = grpo.make_train_step(self.graphdefs, opt.tx, self.opts, self.lc, opt.schedules)
         self._score = grpo.make_score_fn(self.graphdefs, self.opts, self.lc)
         self._jit_train = self._jit_score = None
-        self.key = jax.random.key(g.seed)
         self.round = 0
         self._pending = None      # (batch, host metrics, iterations left) of the current generation round
         log.info("GRPO: %d prompts, %d rounds of %d x %d, %d optimizer steps", len(kept), self.rounds,
                  self.prompts_per_round, self.G, self.total_steps)
 
-    # ---- helpers -------------------------------------------------------------------------------------------------
-    def _vectors(self, rec, traj):
-        hit = self.queries.lookup(rec["query"])
-        q_orig = None if hit is None else self.queries.matrix[hit[0]]
-        row = self.corpus.docid2row.get(rec["gt_video"])
-        pos = None if row is None else self.corpus.matrix[row]
-        negs = list(dict.fromkeys(rec["hard_negative_ids"]))
-        for t in traj.turns:   # every turn's retrieved video other than the GT is a negative too (TR:3977-3991)
-            for doc in (t.doc_id, t.next_doc_id):
-                if doc and doc != rec["gt_video"] and doc not in negs and doc in self.corpus.docid2row:
-                    negs.append(doc)
-        nv = self.corpus.matrix[[self.corpus.docid2row[x] for x in negs]] if negs else None
-        return q_orig, pos, nv
-
-    def _drop_skipped(self, recs, trajs):
-        """The round without the prompts the engine skipped (a prompt longer than config.grpo.max_prompt_length:
-        the whole group has no turn), each named in skipped.jsonl; (recs, trajs, how many were dropped)."""
-        G = self.G
-        keep = [i for i in range(len(recs)) if all(t.turns for t in trajs[i * G:(i + 1) * G])]
-        for i in sorted(set(range(len(recs))) - set(keep)):
-            r = recs[i]
-            self.skipped.append(dict(file=str(self.paths.grpo_rows), problem_id=int(r["problem_id"]), qid=r["qid"],
-                                     reason=trajs[i * G].stop_reason, detail=f"round {self.round}: not rolled out"))
-        if not keep:
-            raise ValueError(f"no prompt of GRPO round {self.round} could be rolled out on process "
-                             f"{jax.process_index()} (reasons: {sorted({t.stop_reason for t in trajs})}); raise "
-                             "config.grpo.max_prompt_length or lower the GRPO pixel budget (config.video.grpo)")
-        return [recs[i] for i in keep], [t for i in keep for t in trajs[i * G:(i + 1) * G]], len(recs) - len(keep)
-
+    # ---- the generation phase ---------------------------------------------------------------------------------
     def _device(self, batch):
         return sharding.global_batch(self.mesh, batch, self.m, self.rows[0], self.merge)
-
-    def _keys(self, n_local: int, first: int):
-        """Sampling keys of this round: one key (`rollout_keys="batch"`, the engine folds in a batch counter; several
-        processes fold in their index) or one key per prompt from its place in the round ("prompt": rollouts that
-        do not depend on batching or on the process count)."""
-        key = jax.random.fold_in(self.key, self.round)
-        if self.settings.rollout_keys == "prompt":
-            return dict(query_keys=[jax.random.fold_in(key, first + i) for i in range(n_local)])
-        if jax.process_count() > 1:
-            key = jax.random.fold_in(key, jax.process_index())
-        return dict(key=key)
 
     def _generate(self, state):
         """One generation round: rollouts -> rewards -> advantages -> scored batch (+ reference / old log-probs).
         Several processes: each rolls out its share of the round's prompts; bucket shapes, weight normalisation and
         the logged means are agreed over all of them."""
-        recs = next(self.iterator)
-        lo, hi = distributed.split_evenly(recs, "prompts of a round")
-        recs = recs[lo:hi]
-        t0 = time.perf_counter()
         policy, _ = self.graphdefs.modules(state.params, state.frozen)
-        queries = [dict(index=int(r["problem_id"]), qid=r["qid"], query=r["query"], gt_doc_id=r["gt_video"],
-                        gt_start=float(r["gt_time"][0]), gt_end=float(r["gt_time"][1]), duration=None)
-                   for r in recs]
-        qvecs = np.stack([self.queries.matrix[self.queries.lookup(r["query"])[0]] for r in recs])
-        gen0 = self.engine.stats["generated_tokens"]
-        trajs = self.engine.run(queries, qvecs, self.sp, group=self.G, first_docs=[r["retrieved_video"] for r in recs],
-                                params=distributed.local_tree(nnx.state(policy)), **self._keys(len(recs), lo))
-        recs, trajs, too_long = self._drop_skipped(recs, trajs)
-        rollout_s = time.perf_counter() - t0
+        rnd = self.rollouts.produce(nnx.state(policy), self.round)
+        recs, trajs = rnd.records, rnd.trajectories
         t1 = time.perf_counter()
-        samples = reward_samples(trajs, recs, self.G, self._vectors)
-        scores = R.score_samples(samples, self.weights)
-        adv, zero_std = grpo.group_advantages(scores["total"], self.G)
+        scores, adv, zero_std = round_rewards(trajs, recs, self.G,
+                                              functools.partial(reward_vectors, self.corpus, self.queries),
+                                              self.weights)
         g = self.settings
         seq = np.asarray([i for i, t in enumerate(trajs) for _ in t.turns])
         cm = np.zeros((len(seq), self.data.max_completion_length), bool)
@@ -226,12 +187,12 @@ class GRPOTask:
                     truncated=[t.truncated for tr in trajs for t in tr.turns],
                     refine=[tr.turns[-1].has_refine for tr in trajs],
                     answered=[a in ("matched", "not_matched") for a in answers],
-                    turns=[len(tr.turns) for tr in trajs], rollout_s=rollout_s, too_long=too_long,
-                    tokens=self.engine.stats["generated_tokens"] - gen0)
+                    turns=[len(tr.turns) for tr in trajs], rollout_s=rnd.seconds, too_long=rnd.too_long,
+                    tokens=rnd.tokens)
         rewards_s = time.perf_counter() - t1
         parts = distributed.allgather_objects(mine)
         t1 = time.perf_counter()
-        batch = scoring_batch(trajs, adv, cfg=policy.cfg, pad_id=self.engine.ids.pad, micro_batches=self.A,
+        batch = scoring_batch(trajs, adv, cfg=policy.cfg, pad_id=self.rollouts.engine.ids.pad, micro_batches=self.A,
                               rows_per_micro=self.m_local,
                               prompt_buckets=self.data.scoring_prompt_buckets,
                               completion_length=self.data.max_completion_length,
@@ -304,11 +265,11 @@ class GRPOTask:
         return self._pending is None or self._pending[2] == 0
 
     def host_state(self) -> dict:
-        return {"data": self.iterator.get_state(), "round": self.round}
+        return {"data": self.rollouts.host_state(), "round": self.round}
 
     def load_host_state(self, state: dict) -> None:
         if "data" in state:
-            self.iterator.set_state(state["data"])
+            self.rollouts.load_host_state(state["data"])
         self.round = int(state.get("round", 0))
 
 
@@ -350,4 +311,4 @@ def main_grpo(config) -> dict:
     return summary
 
 
-__all__ = ["GRPOTask", "main_grpo", "reward_samples", "run_grpo"]
+__all__ = ["GRPOTask", "main_grpo", "reward_samples", "reward_vectors", "round_rewards", "run_grpo"]
