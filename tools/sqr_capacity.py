@@ -16,8 +16,10 @@ tokens, `models.sqr.splice_layout`; the frozen embedder pools the last position)
      which of them differ, `synthetic_text.checked_values`): additive in the attribute values, so it cannot memorise
      a query; whether it lifts the test split says if any refinement conditioned on the policy's reading can;
   E. latents from a linear map of the top-1 video vector alone (what is needed to move the query away from the
-     rejected video, as Rocchio's negative feedback does in embedding space).
-For B to E it prints the test split's R@1 of the refined query on every row and SQR-only (the refined query only
+     rejected video, as Rocchio's negative feedback does in embedding space);
+  F. E's map trained to reproduce Rocchio's query itself (cosine to normalise(q - 0.25 v_top1) on the wrong rows)
+     instead of InfoNCE: can the splice carry the refinement that would transfer, when it is told what it is?
+For B to F it prints the test split's R@1 of the refined query on every row and SQR-only (the refined query only
 where the top-1 is wrong) beside the original R@1.
 """
 import argparse
@@ -44,6 +46,7 @@ from vsr1_jax.models.qwen3_vl.run_options import RunOptions  # noqa: E402
 from vsr1_jax.processing import chat  # noqa: E402
 
 TAU = 0.1   # the original's InfoNCE temperature (sqr_and_sft.md §5)
+ROCCHIO = 0.25   # F's target: q - 0.25 v_top1 (Rocchio's negative feedback; README "The demo")
 
 
 def main(argv=None):
@@ -53,7 +56,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--train-rows", choices=("all", "wrong"), default="all",
                     help="B to E train on every train row or on the wrong-top-1 rows only")
-    ap.add_argument("--variants", default="ABCDE", help="which of A, B, C, D, E to run")
+    ap.add_argument("--variants", default="ABCDE", help="which of A, B, C, D, E, F to run")
     ap.add_argument("--negatives", choices=("corpus", "hard"), default="corpus",
                     help="B to E's InfoNCE over the whole train corpus, or over each row's GT and its 24 hard "
                          "negatives (the top non-GT videos of the original query, as the original's SFT)")
@@ -137,8 +140,10 @@ def main(argv=None):
     fresh = dict(s=jnp.ones((D,)), b=jnp.zeros((D,)), W=jnp.asarray(S._partial_identity(D, He, jnp.float32)[0]),
                  c=jnp.zeros((He,)))
 
-    def train_and_test(name, params, latents):
-        rows_tr = np.flatnonzero(tr["top1"] != tr["gt"]) if args.train_rows == "wrong" else np.arange(tr["n"])
+    def train_and_test(name, params, latents, target=None):
+        """target: None = InfoNCE (the original's objective); "rocchio" = cosine to Rocchio's refined query."""
+        wrong_only = args.train_rows == "wrong" or target == "rocchio"
+        rows_tr = np.flatnonzero(tr["top1"] != tr["gt"]) if wrong_only else np.arange(tr["n"])
         opt = optax.adam(3e-3)
         st, Vtr, rng = opt.init(params), jnp.asarray(tr["V"]), np.random.default_rng(0)
 
@@ -146,6 +151,10 @@ def main(argv=None):
         def step(p, st, lay, q, v, f, gt, cand):
             def loss_fn(p):
                 qf = q_from_slots(append(p["app"], latents(p, q, v, f)), *lay)
+                if target == "rocchio":
+                    r = q - ROCCHIO * v
+                    r = r / jnp.linalg.norm(r, axis=-1, keepdims=True)
+                    return 1.0 - jnp.mean(jnp.sum(qf * r, -1))
                 if args.negatives == "corpus":
                     return infonce(qf, Vtr, gt)
                 logits = jnp.einsum("bd,bkd->bk", qf, Vtr[cand]) / TAU   # the GT is candidate 0
@@ -168,8 +177,12 @@ def main(argv=None):
                                      ).argmax(1) == s["gt"]
                     right = s["top1"] == s["gt"]
                     out[nm] = (hit.mean(), (hit | right).mean(), right.mean())
+                    if target == "rocchio":   # the target itself, for comparison
+                        r = s["Q"] - ROCCHIO * s["V"][s["top1"]]
+                        out[nm] += (((r @ s["V"].T).argmax(1) == s["gt"]) | right).mean(),
+                extra = " / Rocchio's SQR-only" if target == "rocchio" else ""
                 print(json.dumps({"refinement": name, "step": i, "loss": round(float(loss), 3),
-                                  **{f"{nm} R@1 refined (every row) / SQR-only / original":
+                                  **{f"{nm} R@1 refined (every row) / SQR-only / original{extra}":
                                      " / ".join(f"{x:.3f}" for x in v) for nm, v in out.items()},
                                   "s": round(time.time() - t0)}))
 
@@ -199,6 +212,11 @@ def main(argv=None):
                        dict(app=fresh, W=0.01 * jax.random.normal(jax.random.key(4), (De, n_lat * D)),
                             b=jnp.zeros(n_lat * D)),
                        lambda p, q, v, f: (v @ p["W"] + p["b"]).reshape(v.shape[0], n_lat, D))
+    if "F" in args.variants:
+        train_and_test("F: linear(top-1 video vector) -> Rocchio's query",
+                       dict(app=fresh, W=0.01 * jax.random.normal(jax.random.key(5), (De, n_lat * D)),
+                            b=jnp.zeros(n_lat * D)),
+                       lambda p, q, v, f: (v @ p["W"] + p["b"]).reshape(v.shape[0], n_lat, D), target="rocchio")
 
 
 if __name__ == "__main__":
