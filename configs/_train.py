@@ -24,7 +24,7 @@ def get_sft_config() -> ml_collections.ConfigDict:
     c.per_device_batch_size = 1       # VS L52-54 (S §8)
     c.gradient_accumulation_steps = 1  # VS L52-54 (S §8)
     c.shuffle = True                  # HF Trainer's default random sampler, seeded by seed 42 (S §8)
-    c.only_neg = False                # both matched and not-matched items; True = only the "neg" ones (VS L126-129; S §8)
+    c.only_neg = False                # matched and not-matched items; True = only the "neg" ones (VS L126-129; S §8)
     # collator truncation in training (VS L44; S §6.2). The port pads to `buckets` and a longer row is an error, not
     # cut (no item of the original's data comes near: ~7k tokens); the buckets must stay within this length (checked)
     c.model_max_length = 46384
@@ -113,6 +113,7 @@ def get_grpo_config() -> ml_collections.ConfigDict:
     #   steps and devices (TR:5669-5672); "token_mean" (not the original's): one mean over every completion token of
     #   the generation batch, independent of the micro-batching (differs from "bnpo" when micro-batches' token counts
     #   differ)
+    c.refine_token_count = 8          # the rollouts' latent rollout depth: REFINE_ROLLOUT_DEPTH=8 (S2:33-34; G §2.2)
     c.max_turns = 1                   # 1 = what the original trains; > 1 = the paper's full agent loop (option)
     c.rollout_batch_size = 8          # rows generated together
     # sampling keys of the rollouts: "batch" = one key per generation batch (a counter folded in; several processes

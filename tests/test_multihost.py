@@ -48,7 +48,7 @@ COMMON = [
     # the process count), 2 micro-batches of 8 rows
     "--config.grpo.max_steps=2", "--config.grpo.generation_batch_size=16",
     "--config.grpo.per_device_batch_size=1", "--config.grpo.steps_per_generation=2",
-    "--config.grpo.max_completion_length=32", "--config.grpo.rollout_keys=prompt",
+    "--config.grpo.max_completion_length=32", "--config.grpo.rollout_keys=prompt", "--config.grpo.refine_token_count=2",
 ]
 
 

@@ -47,7 +47,7 @@ def _cmd(mode, data_root, out):
     # GRPO from the demo's policy: 1 prompt x 8 samples of 32 tokens per step, 2 micro-batches, 2 latents
     return common + [f"--config.grpo.max_steps={STEPS}", "--config.grpo.generation_batch_size=8",
                      "--config.grpo.per_device_batch_size=4", "--config.grpo.steps_per_generation=2",
-                     "--config.grpo.max_completion_length=32", "--config.eval.refine_token_count=2",
+                     "--config.grpo.max_completion_length=32", "--config.grpo.refine_token_count=2",
                      "--config.sft.refine_token_count=2", "--config.grpo.checkpoint.every_fraction=0",
                      "--config.grpo.checkpoint.every_steps=1", "--config.grpo.checkpoint.keep=10"]
 

@@ -95,7 +95,6 @@ class EpisodeConfig:
         check_supported(config.eval, "eval")
         common = dict(embedder_max_length=config.eval.query_embedder_max_length,
                       instruction=config.eval.query_embedder_input_prefix, refine_token=config.eval.refine_token,
-                      num_latents=config.eval.refine_token_count,
                       outer_vision_tokens=config.prompts.outer_vision_tokens,
                       timestamps_mode=config.video.timestamps_mode, length_bucket=config.agent.length_bucket)
         if mode == "eval":
@@ -103,12 +102,13 @@ class EpisodeConfig:
             # unchanged; detail rows carry it as sqr_probe_rank)
             probe = bool(config.demo.enabled and config.demo.get("sqr_probe", False))
             return cls(max_turn=config.eval.max_turn, max_new_tokens=config.eval.max_new_tokens,
+                       num_latents=config.eval.refine_token_count,
                        max_prompt_length=config.eval.model_max_length, prompt_limit_field="eval.model_max_length",
                        batch_size=config.agent.batch_size, prompt_style="eval", refine_matched=probe, **common)
         if mode == "grpo":
             g = config.grpo
             # the GRPO prompt limit (grpo.md §3.1): a longer prompt would not fit the scoring batch's buckets
-            return cls(max_turn=g.max_turns, max_new_tokens=g.max_completion_length,
+            return cls(max_turn=g.max_turns, max_new_tokens=g.max_completion_length, num_latents=g.refine_token_count,
                        max_prompt_length=g.max_prompt_length, prompt_limit_field="grpo.max_prompt_length",
                        batch_size=g.rollout_batch_size, prompt_style="grpo", refine_matched=True,
                        vision_buckets=VisionBuckets(items=None, groups=tuple(g.vision_group_buckets),
