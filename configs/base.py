@@ -36,7 +36,7 @@ def get_config() -> ml_collections.ConfigDict:
     # single-position decode steps: "xla", "pallas" (flash-decoding kernel, vsr1_jax/kernels/decode_attention.py) or
     # "auto" = pallas on NVIDIA GPUs, xla elsewhere (the agent runs unsharded; see RunOptions.decode_attn_impl)
     c.model.decode_attn_impl = "auto"
-    # the decoder layers of single-position decode steps: "xla" or "fused" (five Pallas kernels per layer,
+    # the decoder layers of single-position decode steps: "xla" or "fused" (five Pallas kernels + a merge per layer,
     # vsr1_jax/kernels/fused_decode.py; one NVIDIA GPU only, XLA elsewhere: RunOptions' decode_layer_path). "xla"
     # until the GPU measurement through the production decode (benchmarks/decode.py --decode-layer xla,fused) decides
     c.model.decode_layer_impl = "xla"

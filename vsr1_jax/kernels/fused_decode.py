@@ -1,5 +1,5 @@
-"""One Qwen3-VL decoder layer of a single-position decode step as five (or six) Pallas kernels (Triton backend on
-GPUs, the Pallas interpreter elsewhere): issue 25, item 1.
+"""One Qwen3-VL decoder layer of a single-position decode step as five (or six) Pallas kernels and one XLA fusion
+(Triton backend on GPUs, the Pallas interpreter elsewhere): issue 25, item 1.
 
 XLA compiles one decode layer into ~18 kernels at batch 1 (7 GEMMs each behind a pad kernel that keeps one row a
 GEMM, norms, q/k norms, rope, residual adds and cache writes as separate small fusions). Here (B = batch rows, small;
@@ -21,9 +21,10 @@ stores, no padded operand exists in memory; the weights of every GEMM are read e
                        per-row lengths (blocks past a row's length are not read) and an optional additive bias
                        [B, S] (the production `valid` mask). Reads q, the layer's K and V cache rows once; writes
                        unnormalised partials o [splits, B, Hq, hd], running max m and sum l [splits, B, Hq] (fp32).
-  (c) `vsr1_oproj`     grid (D / o_n). Merges the attention partials of each head (the split-S combine) in its
-                       prologue, then o-proj + residual: reads the partials, the o kernel's o_n columns, x; writes
-                       h = x + o @ Wo [B, D].
+  (c1) merge          one XLA fusion (`merge_partials`): the split-S combine of the partials, once, into the
+                       attention output [B, Hq x hd] in the activation dtype.
+  (c2) `vsr1_oproj`    grid (D / o_n). o-proj + residual (`matmul_residual`, the kernel of (d2)): reads the
+                       attention output, the o kernel's o_n columns, x; writes h = x + att @ Wo [B, D].
   (d1) `vsr1_gate_up`  grid (I / mlp_n). Post-attention RMSNorm of h (the norm needs the whole row, which no o-proj
                        program has, so it is applied here, recomputed per program from h: B x D values from L2),
                        gate and up projections, SiLU(gate) * up: reads h, post_norm, mlp_n columns of the gate and
@@ -32,8 +33,7 @@ stores, no padded operand exists in memory; the weights of every GEMM are read e
                        h; writes the layer output [B, D].
 
 Per-step traffic beyond the weights and the layer's KV cache rows: the partials (a few hundred kB at batch 8),
-activations of B x {D, I} read from L2 by every program of the next kernel, and in (c) each program re-reads the
-attention partials (splits x B x Hq x hd x 4 bytes) to merge them: keep `attn_splits` small at larger batch.
+activations of B x {D, I} read from L2 by every program of the next kernel.
 
 Numerics follow the XLA model path (`models/qwen3_vl/text.py`, `layers.py`): RMSNorm in fp32 cast to the
 activation dtype, then multiplied by the weight in that dtype; every projection accumulates in fp32 and rounds to
@@ -89,7 +89,8 @@ class Blocks(NamedTuple):
     qkv_splits: int = 1       # programs per head over D in (a); > 1 adds the finish kernel (a2)
     attn_block_k: int = 64    # cache slots per step of (b)
     attn_splits: int = 0      # S splits of (b); 0 = enough programs for ~2 per SM of an H100
-    o_n: int = 32             # output columns per program of (c)
+    o_n: int = 32             # output columns per program of (c2)
+    o_k: int = 128            # attention-output rows per dot in (c2)
     mlp_n: int = 64           # intermediate columns per program of (d1)
     mlp_k: int = 128          # D rows per dot in (d1)
     down_n: int = 32          # output columns per program of (d2)
@@ -353,41 +354,17 @@ def merge_partials(o, m, l, dtype):
     return ((o * corr[..., None]).sum(0) / (l * corr).sum(0)[..., None]).astype(dtype)
 
 
-# ---- (c) merge + o-proj + residual ---------------------------------------------------------------------------
-def _oproj_kernel(wl_ref, o_ref, m_ref, l_ref, x_ref, w_ref, h_ref, *, B, Bm, Hq, hd, n_splits, bn, dt):
-    col = pl.program_id(0) * bn
-    wl = wl_ref[0]
-    rmask = jnp.arange(Bm) < B
-
-    def body(hh, acc):
-        js = [jnp.int32(j) for j in range(n_splits)]
-        ms = [plgpu.load(m_ref.at[j, pl.ds(0, Bm), hh], mask=rmask, other=NEG) for j in js]
-        m_all = functools.reduce(jnp.maximum, ms)
-        num = jnp.zeros((Bm, hd), F32)
-        den = jnp.zeros((Bm,), F32)
-        for m_j, j in zip(ms, js):
-            c = jnp.exp(m_j - m_all)
-            den = den + c * plgpu.load(l_ref.at[j, pl.ds(0, Bm), hh], mask=rmask, other=1.0)
-            num = num + c[:, None] * plgpu.load(o_ref.at[j, pl.ds(0, Bm), hh, :], mask=rmask[:, None], other=0.0)
-        att = (num / den[:, None]).astype(dt)                                # the attention output, in dt
-        w = plgpu.load(w_ref.at[wl, pl.ds(hh * hd, hd), pl.ds(col, bn)]).astype(dt)
-        return acc + plgpu.dot(att, w)
-
-    acc = jax.lax.fori_loop(0, Hq, body, jnp.zeros((Bm, bn), F32))
-    x = plgpu.load(x_ref.at[pl.ds(0, Bm), pl.ds(col, bn)], mask=rmask[:, None], other=0.0).astype(F32)
-    plgpu.store(h_ref.at[pl.ds(0, Bm), pl.ds(col, bn)], (x + _r(acc, dt)).astype(dt), mask=rmask[:, None])
-
-
+# ---- (c) merge, then o-proj + residual -------------------------------------------------------------------------
 def oproj_residual(o, m, l, x, p, *, wlayer, blocks=Blocks(), interpret=False):
-    """Kernel (c): x + merge(o, m, l) @ Wo. x [B, D]; partials from `attention_partials`. -> h [B, D]."""
-    B, D = x.shape
-    n_splits, _, Hq, hd = o.shape
-    bn = _fit(blocks.o_n, D)
-    return pl.pallas_call(
-        functools.partial(_oproj_kernel, B=B, Bm=_rows(B), Hq=Hq, hd=hd, n_splits=n_splits, bn=bn, dt=x.dtype),
-        grid=(D // bn,), out_shape=jax.ShapeDtypeStruct((B, D), x.dtype), compiler_params=_params(blocks),
-        interpret=interpret, name="vsr1_oproj",
-    )(jnp.asarray(wlayer, jnp.int32).reshape(1), o, m, l, x, p["o_kernel"])
+    """Kernels (c1) + (c2): x + merge(o, m, l) @ Wo. x [B, D]; partials from `attention_partials`. -> h [B, D].
+    The split-S combine runs once (`merge_partials`, one small XLA fusion: it reads the partials and writes the
+    [B, Hq x hd] attention output in the activation dtype), then the projection is `matmul_residual`. (Merging in
+    the o-proj kernel's prologue made every one of its D / o_n programs merge all Hq heads again: 85-147 us per
+    layer for 8.4 MB of weights on the H100, fused_decode_sweep_h100_2026-12-07.json.)"""
+    B = x.shape[0]
+    att = merge_partials(o, m, l, x.dtype).reshape(B, -1)
+    return matmul_residual(att, x, p["o_kernel"], wlayer=wlayer, bn=blocks.o_n, bk=blocks.o_k, blocks=blocks,
+                           interpret=interpret, name="vsr1_oproj")
 
 
 # ---- (d) post-norm + gate/up + SiLU, then down + residual --------------------------------------------------------
@@ -423,7 +400,7 @@ def gate_up_silu(h, p, *, wlayer, eps, blocks=Blocks(), interpret=False):
     )(jnp.asarray(wlayer, jnp.int32).reshape(1), h, p["post_norm"], p["gate_kernel"], p["up_kernel"])
 
 
-def _down_kernel(wl_ref, a_ref, h_ref, w_ref, out_ref, *, B, Bm, I, bn, bk, dt):
+def _matmul_residual_kernel(wl_ref, a_ref, h_ref, w_ref, out_ref, *, B, Bm, I, bn, bk, dt):
     col = pl.program_id(0) * bn
     wl = wl_ref[0]
     rmask = jnp.arange(Bm) < B
@@ -438,16 +415,23 @@ def _down_kernel(wl_ref, a_ref, h_ref, w_ref, out_ref, *, B, Bm, I, bn, bk, dt):
     plgpu.store(out_ref.at[pl.ds(0, Bm), pl.ds(col, bn)], (h + _r(acc, dt)).astype(dt), mask=rmask[:, None])
 
 
+def matmul_residual(a, h, w, *, wlayer, bn: int, bk: int, blocks=Blocks(), interpret=False, name="vsr1_matmul"):
+    """h + a @ w[wlayer]: a [B, I] (activation dtype), h [B, D], w [Lw, I, D] read once, bn output columns per
+    program, bk rows per dot. The down projection (d2) and the o-projection (c2). -> [B, D]."""
+    B, D = h.shape
+    I = a.shape[-1]
+    bn, bk = _fit(bn, D), _fit(bk, I)
+    return pl.pallas_call(
+        functools.partial(_matmul_residual_kernel, B=B, Bm=_rows(B), I=I, bn=bn, bk=bk, dt=h.dtype),
+        grid=(D // bn,), out_shape=jax.ShapeDtypeStruct((B, D), h.dtype), compiler_params=_params(blocks),
+        interpret=interpret, name=name,
+    )(jnp.asarray(wlayer, jnp.int32).reshape(1), a, h, w)
+
+
 def down_residual(act, h, p, *, wlayer, blocks=Blocks(), interpret=False):
     """Kernel (d2): h + act @ Wd. -> [B, D]."""
-    B, D = h.shape
-    I = act.shape[-1]
-    bn, bk = _fit(blocks.down_n, D), _fit(blocks.down_k, I)
-    return pl.pallas_call(
-        functools.partial(_down_kernel, B=B, Bm=_rows(B), I=I, bn=bn, bk=bk, dt=h.dtype),
-        grid=(D // bn,), out_shape=jax.ShapeDtypeStruct((B, D), h.dtype), compiler_params=_params(blocks),
-        interpret=interpret, name="vsr1_down",
-    )(jnp.asarray(wlayer, jnp.int32).reshape(1), act, h, p["down_kernel"])
+    return matmul_residual(act, h, p["down_kernel"], wlayer=wlayer, bn=blocks.down_n, bk=blocks.down_k,
+                           blocks=blocks, interpret=interpret, name="vsr1_down")
 
 
 # ---- the layer ----------------------------------------------------------------------------------------------
@@ -465,7 +449,7 @@ def stacked(params, layer):
 
 def fused_decoder_layer_decode(params, hidden, cache_k, cache_v, pos, cos, sin, cfg, *, layer=0, lengths=None,
                                bias=None, blocks: Blocks = Blocks(), interpret: bool = False):
-    """One decoder layer for one new position per row, as kernels (a)[, (a2)], (b), (c), (d1), (d2).
+    """One decoder layer for one new position per row, as kernels (a)[, (a2)], (b), (c1), (c2), (d1), (d2).
 
     params: the layer's weights under `TextModel._LAYER_KEYS` names, either one layer's ([D], [D, N], ...) or the
     stacked arrays ([L, D], [L, D, N], ...: layer `layer` is read in place). hidden [B, D] or [B, 1, D] (the

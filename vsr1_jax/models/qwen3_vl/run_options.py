@@ -41,8 +41,8 @@ class RunOptions:
     # through the Pallas interpreter (correct, slow: for tests).
     decode_attn_impl: str = "xla"
     # the decoder layers of single-position steps: "xla" (`text.decoder_layer`: ~18 XLA kernels per layer) or
-    # "fused" (five Pallas kernels per layer, vsr1_jax/kernels/fused_decode.py, issue 25 item 1) where
-    # `decode_layer_path` allows it (one NVIDIA GPU, unrolled decode steps; XLA elsewhere). "fused_interpret": the
+    # "fused" (five Pallas kernels + one XLA fusion per layer, vsr1_jax/kernels/fused_decode.py, issue 25 item 1)
+    # where `decode_layer_path` allows it (one NVIDIA GPU, unrolled decode steps; XLA elsewhere). "fused_interpret": the
     # same kernels through the Pallas interpreter on any backend (tests: correct, slow).
     decode_layer_impl: str = "xla"
     remat: str = "none"             # "none" | "full" | "dots" (decoder layers)

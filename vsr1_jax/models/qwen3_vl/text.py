@@ -199,10 +199,11 @@ def decoder_layer(p: dict, h, cache: LayerCache | None, inputs: AttnInputs, *, c
 def fused_decode_layers(layers: dict, h, cache: KVCache, inputs: AttnInputs, cos, sin, *, cfg: TextConfig,
                         visual: Visual | None, interpret: bool):
     """Every decoder layer of a single-position step with the stacked cache as the fused Pallas kernels
-    (`kernels.fused_decode.fused_decoder_layer_decode`, five per layer), unrolled: what the scan of `decoder_layer`
-    computes, where `run_options.decode_layer_path` chooses it. layers: the stacked [L, ...] weights (each kernel reads
-    its layer in place: no per-layer slice is materialised); h [B, 1, D]; inputs.bias [B, S]: the step's mask;
-    cos/sin [B, hd] float32 rotary rows of the step (shared by all layers). Every row writes slot `inputs.start`.
+    (`kernels.fused_decode.fused_decoder_layer_decode`, five Pallas kernels and one XLA fusion per layer), unrolled:
+    what the scan of `decoder_layer` computes, where `run_options.decode_layer_path` chooses it. layers: the stacked
+    [L, ...] weights (each kernel reads its layer in place: no per-layer slice is materialised); h [B, 1, D];
+    inputs.bias [B, S]: the step's mask; cos/sin [B, hd] float32 rotary rows of the step (shared by all layers).
+    Every row writes slot `inputs.start`.
     -> (h [B, 1, D], k cache, v cache) (the caches updated in place where the caller donates them)."""
     slot = jnp.full((h.shape[0],), inputs.start, jnp.int32)
     kc, vc = cache.k, cache.v
