@@ -14,11 +14,11 @@ any single depth >= the model's) times the full stack directly. `stack_ms_measur
 For each batch size: random bf16 decoder weights (a TextModel, as the production path), a cache of prompt + 128
 slots (prompt slots valid, row b with 37 * (b % 3) left-pad slots masked), the step writing at slot `prompt`.
   * errors (at the deepest depth timed): the production decoder with the fused layers (`TextModel.__call__` with
-    decode_layer_impl "fused": `text.fused_decode_layers`, five kernels per layer) and with the XLA layers and the
-    flash-decoding attention (decode_attn_impl "pallas"), and the XLA reference stack (layers of
-    `fused_ref.decoder_layer_decode_ref`), against `TextModel.__call__` with the XLA layers and attention -- output
-    and written cache rows, max abs and max abs relative to the reference's largest magnitude -- and one layer of
-    `fused_decoder_layer_decode` against `fused_ref.decoder_layer_decode_ref`;
+    decode_layer_impl "fused": `text.fused_decode_layers`, five Pallas kernels and one XLA fusion per layer) and
+    with the XLA layers and the flash-decoding attention (decode_attn_impl "pallas"), and the XLA reference stack
+    (layers of `fused_ref.decoder_layer_decode_ref`), against `TextModel.__call__` with the XLA layers and attention
+    -- output and written cache rows, max abs and max abs relative to the reference's largest magnitude -- and one
+    layer of `fused_decoder_layer_decode` against `fused_ref.decoder_layer_decode_ref`;
   * times (jit, warm-up, median of --iters calls each waited for with block_until_ready, cache donated), each
     variant compiled once per depth: the fused decoder, the model's decoder (both attention impls), the XLA
     reference stack;
@@ -27,7 +27,10 @@ slots (prompt slots valid, row b with 37 * (b % 3) left-pad slots masked), the s
     bytes it must read (its weights; for attention the K/V rows up to the length) / time; the whole stack's bytes
     (weights + cache rows read, at full depth) / time against the HBM read bandwidth measured in the same process
     (benchmarks.common.read_bandwidth);
-  * --sweep: each kernel's time for a few block settings (Blocks fields) and the best found.
+  * --sweep: each kernel's time for a few block settings (Blocks fields) and the best found;
+  * --trace DIR: the fused decoder at the deepest depth under the profiler (10 calls); each Pallas kernel's median
+    duration per launch from the trace (`profiling.kernel_times`), launches per step and bandwidth: the per-kernel
+    figures without the noise of timing by difference.
 Writes one JSON to --out and prints it. Works with jax 0.10.x and 0.11.x (no version-specific API). Off GPUs (a smoke
 run: `JAX_PLATFORMS=cpu python tools/fused_decode_check.py --preset tiny --depths 1,2 --batches 2 --prompt 16
 --iters 2 --out /tmp/x.json`) the kernels run through the Pallas interpreter.
@@ -57,6 +60,7 @@ from vsr1_jax.models.qwen3_vl.config import get_preset  # noqa: E402
 from vsr1_jax.models.qwen3_vl.run_options import decode_layer_path  # noqa: E402
 from vsr1_jax.models.qwen3_vl.text import KVCache, TextModel  # noqa: E402
 
+TRACE_STEPS = 10
 INTERPRET = jax.default_backend() != "gpu"   # off GPUs (a smoke run of this script) the kernels are interpreted
 FUSED_IMPL = "fused_interpret" if INTERPRET else "fused"   # RunOptions.decode_layer_impl of the fused decoder
 
@@ -142,8 +146,53 @@ def variants(cfg, model, cache, B, fused_ok):
     return out, params
 
 
-def run_depth(cfg, B, prompt, iters, fused_ok, check):
-    """Times (seconds) of every variant at cfg's depth, each compiled once; with check, their errors too."""
+KERNEL_NAMES = ("vsr1_qkv", "vsr1_qkv_partial", "vsr1_qkv_finish", "vsr1_attention", "vsr1_oproj", "vsr1_gate_up",
+                "vsr1_down")
+
+
+def traced_kernels(fn, kc, vc, x, pos, cfg, B, prompt, steps, trace_dir, bw):
+    """The fused decoder `fn` run `steps` times under the profiler; from the trace, each Pallas kernel's median
+    duration per launch, its launches per step and the bytes it must read per launch (weights; attention: the K/V
+    rows up to the length) / that duration. The rest of the step (the merge fusion, cos/sin, the bias) is "other"."""
+    import glob
+
+    from vsr1_jax.profiling import kernel_times
+    L, K, hd = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
+    lb = _layer_bytes(cfg)
+    nbytes = {"vsr1_qkv": sum(lb[k] for k in ("input_norm", "q_kernel", "k_kernel", "v_kernel", "q_norm", "k_norm")),
+              "vsr1_attention": 2 * K * hd * 2 * B * (prompt + 1), "vsr1_oproj": lb["o_kernel"],
+              "vsr1_gate_up": lb["post_norm"] + lb["gate_kernel"] + lb["up_kernel"], "vsr1_down": lb["down_kernel"]}
+    nbytes["vsr1_qkv_partial"] = nbytes["vsr1_qkv"]
+    kv = (kc, vc)
+    kv = jax.block_until_ready(fn(*kv, x, pos))[:2]     # warm (compiled already)
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(steps):
+            kv = jax.block_until_ready(fn(*kv, x, pos))[:2]
+    files = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))
+    if not files:
+        return {"error": f"no perfetto trace under {trace_dir}"}
+    t = kernel_times(files[-1], KERNEL_NAMES)
+    out = {"trace": files[-1], "steps": steps, "layers": L}
+    for name in KERNEL_NAMES:
+        r = t[name]
+        if not r["count"]:
+            continue
+        row = {"launches_per_step": r["count"] / steps, "median_us": r["median_us"],
+               "us_per_step": r["total_us"] / steps}
+        if name in nbytes and r["median_us"]:
+            row["bytes_per_launch"] = nbytes[name]
+            row["TBps"] = nbytes[name] / (r["median_us"] * 1e-6) / 1e12
+            if bw:
+                row["fraction_of_read_bw"] = nbytes[name] / (r["median_us"] * 1e-6) / bw
+        out[name] = row
+    out["other"] = {"launches_per_step": t["other"]["count"] / steps, "us_per_step": t["other"]["total_us"] / steps,
+                    "top_us_per_step": {k: v / steps for k, v in t["other"]["top_us"].items()}}
+    return out
+
+
+def run_depth(cfg, B, prompt, iters, fused_ok, check, trace_dir=None, bw=None):
+    """Times (seconds) of every variant at cfg's depth, each compiled once; with check, their errors too; with
+    trace_dir (and the fused path), the fused decoder's kernels from a profiler trace (`traced_kernels`)."""
     n = cfg.num_hidden_layers
     log(f"batch {B}, {n} layers: building the random bf16 decoder and a {prompt + 128}-slot cache")
     model, cache, x, next_pos = depth_inputs(cfg, B, prompt)
@@ -158,6 +207,10 @@ def run_depth(cfg, B, prompt, iters, fused_ok, check):
             outs[name] = (nk[:, :, :, prompt], nv[:, :, :, prompt], h)   # the written slot of every layer/row/head
         log(f"batch {B}, {n} layers: {name}: timing {iters} calls")
         times[name] = _median_donated(lambda kc, vc, fn=fn: fn(kc, vc, x, next_pos), nk, nv, iters, copy=False)
+        if name == "fused" and trace_dir:
+            log(f"batch {B}, {n} layers: fused: profiler trace of {TRACE_STEPS} calls")
+            res["traced_kernels"] = traced_kernels(fn, jnp.copy(cache.k), jnp.copy(cache.v), x, next_pos, cfg, B,
+                                                   prompt, TRACE_STEPS, f"{trace_dir}/b{B}_d{n}", bw)
     if check:
         ref = outs["model_xla"]
         res["errors_vs_model_xla"] = {
@@ -183,7 +236,7 @@ def run_depth(cfg, B, prompt, iters, fused_ok, check):
     return res, times, (params, cache, x, next_pos)
 
 
-def run_batch(cfg, B, prompt, iters, depths, sweep, bw):
+def run_batch(cfg, B, prompt, iters, depths, sweep, bw, trace_dir=None):
     L, K, hd = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
     fused_path, why = decode_layer_path(FUSED_IMPL, cfg, T=1, stacked_cache=True, devices=1)
     fused_ok = fused_path != "xla"
@@ -196,7 +249,8 @@ def run_batch(cfg, B, prompt, iters, depths, sweep, bw):
     measured, kern, held = {}, {}, {}
     for n in depths:
         cn = dataclasses.replace(cfg, num_hidden_layers=n)
-        r, times, (params, cache, x, pos) = run_depth(cn, B, prompt, iters, fused_ok, check=n == max(depths))
+        r, times, (params, cache, x, pos) = run_depth(cn, B, prompt, iters, fused_ok, check=n == max(depths),
+                                                      trace_dir=trace_dir if n == max(depths) else None, bw=bw)
         res.update(r)
         measured[n] = times
         log(f"batch {B}, {n} layers: stack ms {({k: round(t * 1e3, 3) for k, t in times.items()})}; per-kernel next")
@@ -216,7 +270,7 @@ def run_batch(cfg, B, prompt, iters, depths, sweep, bw):
     if fused_ok:
         res["kernels"] = kernel_figures(kern, depths, bw)
     if sweep and fused_ok:
-        res["sweep"] = run_sweep(held, B, prompt, iters, bw)
+        res["sweep"] = run_sweep(held, B, prompt, iters, bw, trace_dir=trace_dir)
     return res
 
 
@@ -243,9 +297,29 @@ def kernel_figures(kern, depths, bw):
     return out
 
 
-def per_kernel(cfg, params, kc, vc, x, pos, B, prompt, iters, blocks, only=None):
+def _traced_launch_s(jf, params, kc, vc, iters, names, trace_dir):
+    """Median seconds per launch of the Pallas kernels `names` (summed: a kernel and its finish kernel) in a
+    profiler trace of `iters` calls of jf(kc, vc, params) (warmed first)."""
+    import glob
+
+    from vsr1_jax.profiling import kernel_times
+    kv = jax.block_until_ready(jf(jnp.copy(kc), jnp.copy(vc), params))[:2]
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(iters):
+            kv = jax.block_until_ready(jf(*kv, params))[:2]
+    files = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))
+    if not files:
+        raise RuntimeError(f"no perfetto trace under {trace_dir}")
+    t = kernel_times(files[-1], KERNEL_NAMES)
+    meds = [t[n]["median_us"] for n in names if t[n]["count"]]
+    if not meds:
+        raise RuntimeError(f"none of {names} in the trace {files[-1]}")
+    return sum(meds) * 1e-6
+
+
+def per_kernel(cfg, params, kc, vc, x, pos, B, prompt, iters, blocks, only=None, trace_dir=None):
     """Each kernel alone over cfg's L layers in one jit (unrolled). -> {kernel: (seconds for the L launches, bytes
-    it must read per launch)}."""
+    it must read per launch)}; with trace_dir: {kernel: (seconds per launch from a profiler trace, bytes)}."""
     L, K, hd, Hq = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.num_attention_heads
     eps = cfg.rms_norm_eps
     nb = lambda *ks: sum(int(np.prod(params[k].shape[1:])) * params[k].dtype.itemsize for k in ks)  # noqa: E731
@@ -295,7 +369,12 @@ def per_kernel(cfg, params, kc, vc, x, pos, B, prompt, iters, blocks, only=None)
         if only and not name.startswith(only):
             continue
         jf = jax.jit(fn, donate_argnums=(0, 1))   # the weights an argument (see variants)
-        out[name] = (_median_donated(lambda kc, vc, jf=jf: jf(kc, vc, params), kc, vc, iters), nbytes)
+        if trace_dir:
+            pallas = {"qkv": ("vsr1_qkv",), "qkv_partial+finish": ("vsr1_qkv_partial", "vsr1_qkv_finish")}.get(
+                name, (f"vsr1_{name}",))
+            out[name] = (_traced_launch_s(jf, params, kc, vc, iters, pallas, f"{trace_dir}/{name}"), nbytes)
+        else:
+            out[name] = (_median_donated(lambda kc, vc, jf=jf: jf(kc, vc, params), kc, vc, iters), nbytes)
     return out
 
 
@@ -313,13 +392,16 @@ def _median_donated(f, kc, vc, iters, warmup=3, copy=True):
     return statistics.median(ts)
 
 
-def run_sweep(held, B, prompt, iters, bw):
-    """held: {depth: (cfg, params, k cache, v cache, x, positions)} of the timed depths."""
+def run_sweep(held, B, prompt, iters, bw, trace_dir=None):
+    """held: {depth: (cfg, params, k cache, v cache, x, positions)} of the timed depths. With trace_dir each
+    candidate's kernel is timed from a profiler trace at the deepest depth (median per launch), not by the slope
+    between the depths."""
     depths = sorted(held)
     base = F.Blocks()
     grid = {"qkv": [base._replace(qkv_splits=s, num_warps=w) for s in (1, 2, 4) for w in (4, 8)],
             "attention": [base._replace(attn_splits=n, attn_block_k=k) for n in (0, 4, 16) for k in (32, 64, 128)],
-            "oproj": [base._replace(o_n=n, num_warps=w) for n in (16, 32, 64) for w in (4, 8)],
+            "oproj": [base._replace(o_n=n, o_k=k, num_warps=w) for n in (16, 32, 64) for k in (128, 256)
+                      for w in (4, 8)],
             "gate_up": [base._replace(mlp_n=n, mlp_k=k, num_warps=w) for n in (32, 64, 128) for k in (64, 128)
                         for w in (4, 8)],
             "down": [base._replace(down_n=n, down_k=k, num_warps=w) for n in (16, 32, 64) for k in (128, 256)
@@ -327,8 +409,17 @@ def run_sweep(held, B, prompt, iters, bw):
     out = {}
     for name, cands in grid.items():
         rows = []
-        for blk in cands:
+        for c, blk in enumerate(cands):
             try:
+                if trace_dir:
+                    (t, nbytes), = per_kernel(*held[depths[-1]], B, prompt, 10, blk, only=name,
+                                              trace_dir=f"{trace_dir}/sweep_b{B}_{name}_{c}").values()
+                    fig = {"us_per_layer": t * 1e6, "bytes_per_layer": nbytes, "TBps": nbytes / t / 1e12,
+                           "timed_by": "trace"}
+                    if bw:
+                        fig["fraction_of_read_bw"] = nbytes / t / bw
+                    rows.append({"blocks": blk._asdict(), **fig})
+                    continue
                 kern = {n: per_kernel(*held[n], B, prompt, max(10, iters // 3), blk, only=name) for n in depths}
                 rows.append({"blocks": blk._asdict(), **next(iter(kernel_figures(kern, depths, bw).values()))})
             except Exception as e:  # noqa: BLE001 -- a block setting Triton refuses is a result, not a failure
@@ -350,6 +441,8 @@ def main(argv=None):
                     help="decoder depths timed (one or two, comma list): the full stack's figures are extrapolated "
                          "linearly from them; a single depth >= the model's layers times the full stack")
     ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--trace", default=None, help="a folder: also profile the fused decoder at the deepest depth "
+                                                  "and report each kernel's duration from the trace")
     args = ap.parse_args(argv)
     cfg = get_preset(args.preset).text
     L = cfg.num_hidden_layers
@@ -358,9 +451,10 @@ def main(argv=None):
         raise SystemExit(f"--depths {args.depths!r}: one or two positive depths")
     bw = read_bandwidth() if jax.default_backend() == "gpu" else None
     report = {"device": device_info(), "preset": args.preset, "read_bandwidth_Bps": bw, "blocks": F.Blocks()._asdict(),
-              "kernels_per_layer": 5, "depths_timed": depths, "batches": []}
+              "kernels_per_layer": 6, "depths_timed": depths, "batches": []}
     for B in map(int, args.batches.split(",")):
-        report["batches"].append(run_batch(cfg, B, args.prompt, args.iters, depths, args.sweep, bw))
+        report["batches"].append(run_batch(cfg, B, args.prompt, args.iters, depths, args.sweep, bw,
+                                           trace_dir=args.trace))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=1))
         print(json.dumps(report["batches"][-1]), flush=True)

@@ -2,7 +2,9 @@
 writes): per GPU stream, the kernels launched, the time they kept the GPU busy, the idle gaps between them, and the
 kernels that took the most time, grouped by a coarse kind (gemm, attention, fusion, copy, ...).
 
-The bench (`--trace`) and tools/decode_diag.py call `summarize`; tools/trace_summary.py is its command line."""
+The bench (`--trace`) and tools/decode_diag.py call `summarize`; tools/trace_summary.py is its command line.
+`kernel_times` gives the durations of named kernels (tools/fused_decode_check.py --trace: each Pallas kernel of the
+fused decode layer as the GPU ran it, without timing-by-difference noise)."""
 import collections
 import gzip
 import json
@@ -27,9 +29,13 @@ def kind(name: str) -> str:
     return "other"
 
 
-def summarize(path: str, steps: int = 1, top: int = 15) -> dict:
+def _load(path: str):
     with gzip.open(path, "rt") if path.endswith(".gz") else open(path) as fh:
-        tr = json.load(fh)
+        return json.load(fh)
+
+
+def _gpu_lines(tr) -> dict:
+    """{line name: [(ts, dur, name)]} of every GPU line of a trace."""
     ev = tr["traceEvents"] if isinstance(tr, dict) else tr
     pname, tname = {}, {}
     for e in ev:
@@ -43,11 +49,46 @@ def summarize(path: str, steps: int = 1, top: int = 15) -> dict:
         if e.get("ph") == "X" and e.get("pid") in gpu:
             t = tname.get((e["pid"], e.get("tid")), str(e.get("tid")))
             lines[t].append((float(e["ts"]), float(e.get("dur", 0.0)), e.get("name", "?")))
-    # kernels sit on "Stream #N" lines; the derived "XLA Ops"/"XLA Modules"/"Steps" lines repeat them at op level
+    return lines
+
+
+def _stream_kernels(lines: dict) -> dict:
+    """The kernel lines of `_gpu_lines`: the "Stream #N" lines (the derived "XLA Ops" / "XLA Modules" / "Steps"
+    lines repeat them at op level and are left out)."""
     streams = {t: ks for t, ks in lines.items() if t.lower().startswith("stream")}
     if not streams:
         streams = {t: ks for t, ks in lines.items()
                    if not any(w in t.lower() for w in ("xla", "ops", "modules", "steps", "launch"))}
+    return streams
+
+
+def kernel_times(path: str, names) -> dict:
+    """Durations of the kernels whose name contains one of `names` (the longest matching name wins, so
+    "vsr1_qkv_finish" is not counted as "vsr1_qkv"), over every GPU stream: {name: {"count", "total_us",
+    "median_us"}}, plus "other": the kernels matching none (their count, total and the five largest by total)."""
+    order = sorted(names, key=len, reverse=True)
+    durs = collections.defaultdict(list)
+    other = collections.Counter()
+    for ks in _stream_kernels(_gpu_lines(_load(path))).values():
+        for _, d, n in ks:
+            hit = next((x for x in order if x in n), None)
+            if hit is None:
+                other[n] += d
+                durs[None].append(d)
+            else:
+                durs[hit].append(d)
+    out = {}
+    for x in names:
+        ds = sorted(durs.get(x, []))
+        out[x] = {"count": len(ds), "total_us": sum(ds), "median_us": ds[len(ds) // 2] if ds else None}
+    out["other"] = {"count": len(durs[None]), "total_us": sum(durs[None]),
+                    "top_us": {n[:120]: v for n, v in other.most_common(5)}}
+    return out
+
+
+def summarize(path: str, steps: int = 1, top: int = 15) -> dict:
+    lines = _gpu_lines(_load(path))
+    streams = _stream_kernels(lines)
     out = {"trace": path, "steps": steps, "gpu_lines": sorted(lines), "streams": {}}
     for t, ks in sorted(streams.items(), key=lambda kv: -len(kv[1])):
         ks.sort()
