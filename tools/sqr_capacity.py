@@ -19,6 +19,10 @@ tokens, `models.sqr.splice_layout`; the frozen embedder pools the last position)
      rejected video, as Rocchio's negative feedback does in embedding space);
   F. E's map trained to reproduce Rocchio's query itself (cosine to normalise(q - 0.25 v_top1) on the wrong rows)
      instead of InfoNCE: can the splice carry the refinement that would transfer, when it is told what it is?
+  G. no training, an oracle in the engine's own input space: the 8 slots hold the embedder's token embeddings of
+     words (the query's words that differ from the top-1 video's, i.e. emphasis on what the rejected video got
+     wrong; all five query words; the top-1's differing words), against zeros: does the engine respond to a
+     refinement a reader could write?
 For B to F it prints the test split's R@1 of the refined query on every row and SQR-only (the refined query only
 where the top-1 is wrong) beside the original R@1.
 """
@@ -56,7 +60,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--train-rows", choices=("all", "wrong"), default="all",
                     help="B to E train on every train row or on the wrong-top-1 rows only")
-    ap.add_argument("--variants", default="ABCDE", help="which of A, B, C, D, E, F to run")
+    ap.add_argument("--variants", default="ABCDE", help="which of A to G to run")
     ap.add_argument("--negatives", choices=("corpus", "hard"), default="corpus",
                     help="B to E's InfoNCE over the whole train corpus, or over each row's GT and its 24 hard "
                          "negatives (the top non-GT videos of the original query, as the original's SFT)")
@@ -132,6 +136,31 @@ def main(argv=None):
 
     if "A" in args.variants:
         capacity(np.flatnonzero(te["top1"] != te["gt"]))
+
+    def words(s, pick):   # G: slots = token embeddings of words, cycled to fill the 8 slots
+        E = np.asarray(models.embedder.text.embed[...], np.float32)
+        A = np.zeros((s["n"], n_lat, He), np.float32)
+        for r, (seen, asked) in enumerate(s["checks"]):
+            ids = [i for w in pick(seen, asked) for i in
+                   models.embed_tokenizer.encode(" " + w, add_special_tokens=False)]
+            if ids:
+                A[r] = E[(ids * n_lat)[:n_lat]]
+        hit = np.asarray(q_from_slots(jnp.asarray(A), *layout(s, np.arange(s["n"]))) @ s["V"].T).argmax(1) == s["gt"]
+        right = s["top1"] == s["gt"]
+        return hit.mean(), (hit | right).mean(), right.mean()
+
+    if "G" in args.variants:
+        for label, pick in (("zeros", lambda seen, asked: []),
+                            ("the query's words that differ from the top-1's",
+                             lambda seen, asked: [a for a, b in zip(asked, seen) if a != b]),
+                            ("the query's five words", lambda seen, asked: list(asked)),
+                            ("the top-1's differing words", lambda seen, asked: [b for a, b in zip(asked, seen)
+                                                                                 if a != b])):
+            out = {nm: words(s, pick) for nm, s in (("train", tr), ("test", te))}
+            what = label if label == "zeros" else f"token embeddings of {label}"
+            print(json.dumps({"refinement": f"G: slots = {what}",
+                              **{f"{nm} R@1 refined (every row) / SQR-only / original":
+                                 " / ".join(f"{x:.3f}" for x in v) for nm, v in out.items()}}))
 
     # B, C and D: through a fresh append projector, trained on the train split
     def append(p, Z):   # SQRHead.append_input with these parameters
