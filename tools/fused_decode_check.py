@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import functools
 import dataclasses
+import glob
 import json
 import statistics
 import sys
@@ -58,6 +59,7 @@ from vsr1_jax.kernels import fused_decode as F  # noqa: E402
 from vsr1_jax.models.qwen3_vl import fused_ref as R  # noqa: E402
 from vsr1_jax.models.qwen3_vl.config import get_preset  # noqa: E402
 from vsr1_jax.models.qwen3_vl.run_options import decode_layer_path  # noqa: E402
+from vsr1_jax.profiling import kernel_times  # noqa: E402
 from vsr1_jax.models.qwen3_vl.text import KVCache, TextModel  # noqa: E402
 
 TRACE_STEPS = 10
@@ -146,44 +148,54 @@ def variants(cfg, model, cache, B, fused_ok):
     return out, params
 
 
-KERNEL_NAMES = ("vsr1_qkv", "vsr1_qkv_partial", "vsr1_qkv_finish", "vsr1_attention", "vsr1_oproj", "vsr1_gate_up",
-                "vsr1_down")
+# per_kernel's kernels -> the Pallas kernel names they launch (a split QKV launches a partial and a finish kernel)
+PALLAS = {"qkv": ("vsr1_qkv",), "qkv_partial+finish": ("vsr1_qkv_partial", "vsr1_qkv_finish"),
+          "attention": ("vsr1_attention",), "oproj": ("vsr1_oproj",), "gate_up": ("vsr1_gate_up",),
+          "down": ("vsr1_down",)}
+KERNEL_NAMES = tuple(n for names in PALLAS.values() for n in names)
+
+
+def _kernel_bytes(cfg, B, prompt) -> dict:
+    """Bytes each of per_kernel's kernels must read per launch: its layer's weights (bf16); attention: the layer's
+    K and V rows up to the length."""
+    lb = _layer_bytes(cfg)
+    qkv = sum(lb[k] for k in ("input_norm", "q_kernel", "k_kernel", "v_kernel", "q_norm", "k_norm"))
+    return {"qkv": qkv, "qkv_partial+finish": qkv,
+            "attention": 2 * cfg.num_key_value_heads * cfg.head_dim * 2 * B * (prompt + 1),
+            "oproj": lb["o_kernel"], "gate_up": lb["post_norm"] + lb["gate_kernel"] + lb["up_kernel"],
+            "down": lb["down_kernel"]}
+
+
+def _profiled(call, kv, steps, trace_dir):
+    """call(k cache, v cache) -> (k cache, v cache, ...) run once to warm, then `steps` times under the profiler
+    (caches donated from call to call); -> (profiling.kernel_times of KERNEL_NAMES, trace path)."""
+    kv = jax.block_until_ready(call(*kv))[:2]
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+        for _ in range(steps):
+            kv = jax.block_until_ready(call(*kv))[:2]
+    files = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))
+    if not files:
+        raise RuntimeError(f"no perfetto trace under {trace_dir}")
+    return kernel_times(files[-1], KERNEL_NAMES), files[-1]
 
 
 def traced_kernels(fn, kc, vc, x, pos, cfg, B, prompt, steps, trace_dir, bw):
-    """The fused decoder `fn` run `steps` times under the profiler; from the trace, each Pallas kernel's median
-    duration per launch, its launches per step and the bytes it must read per launch (weights; attention: the K/V
-    rows up to the length) / that duration. The rest of the step (the merge fusion, cos/sin, the bias) is "other"."""
-    import glob
-
-    from vsr1_jax.profiling import kernel_times
-    L, K, hd = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
-    lb = _layer_bytes(cfg)
-    nbytes = {"vsr1_qkv": sum(lb[k] for k in ("input_norm", "q_kernel", "k_kernel", "v_kernel", "q_norm", "k_norm")),
-              "vsr1_attention": 2 * K * hd * 2 * B * (prompt + 1), "vsr1_oproj": lb["o_kernel"],
-              "vsr1_gate_up": lb["post_norm"] + lb["gate_kernel"] + lb["up_kernel"], "vsr1_down": lb["down_kernel"]}
-    nbytes["vsr1_qkv_partial"] = nbytes["vsr1_qkv"]
-    kv = (kc, vc)
-    kv = jax.block_until_ready(fn(*kv, x, pos))[:2]     # warm (compiled already)
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        for _ in range(steps):
-            kv = jax.block_until_ready(fn(*kv, x, pos))[:2]
-    files = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))
-    if not files:
-        return {"error": f"no perfetto trace under {trace_dir}"}
-    t = kernel_times(files[-1], KERNEL_NAMES)
-    out = {"trace": files[-1], "steps": steps, "layers": L}
-    for name in KERNEL_NAMES:
-        r = t[name]
-        if not r["count"]:
+    """The fused decoder `fn` run `steps` times under the profiler; from the trace, per kernel of per_kernel's
+    names: the median duration per launch (a split QKV: partial + finish), launches per step and the bytes it must
+    read per launch / that duration. The rest of the step (the merge fusion, cos/sin, the bias) is "other"."""
+    t, path = _profiled(lambda kc, vc: fn(kc, vc, x, pos), (kc, vc), steps, trace_dir)
+    nbytes = _kernel_bytes(cfg, B, prompt)
+    out = {"trace": path, "steps": steps, "layers": cfg.num_hidden_layers}
+    for name, pallas in PALLAS.items():
+        rows = [t[n] for n in pallas if t[n]["count"]]
+        if not rows:
             continue
-        row = {"launches_per_step": r["count"] / steps, "median_us": r["median_us"],
-               "us_per_step": r["total_us"] / steps}
-        if name in nbytes and r["median_us"]:
-            row["bytes_per_launch"] = nbytes[name]
-            row["TBps"] = nbytes[name] / (r["median_us"] * 1e-6) / 1e12
-            if bw:
-                row["fraction_of_read_bw"] = nbytes[name] / (r["median_us"] * 1e-6) / bw
+        med = sum(r["median_us"] for r in rows)
+        row = {"launches_per_step": rows[0]["count"] / steps, "median_us": med,
+               "us_per_step": sum(r["total_us"] for r in rows) / steps, "bytes_per_launch": nbytes[name],
+               "TBps": nbytes[name] / (med * 1e-6) / 1e12}
+        if bw:
+            row["fraction_of_read_bw"] = nbytes[name] / (med * 1e-6) / bw
         out[name] = row
     out["other"] = {"launches_per_step": t["other"]["count"] / steps, "us_per_step": t["other"]["total_us"] / steps,
                     "top_us_per_step": {k: v / steps for k, v in t["other"]["top_us"].items()}}
@@ -297,32 +309,11 @@ def kernel_figures(kern, depths, bw):
     return out
 
 
-def _traced_launch_s(jf, params, kc, vc, iters, names, trace_dir):
-    """Median seconds per launch of the Pallas kernels `names` (summed: a kernel and its finish kernel) in a
-    profiler trace of `iters` calls of jf(kc, vc, params) (warmed first)."""
-    import glob
-
-    from vsr1_jax.profiling import kernel_times
-    kv = jax.block_until_ready(jf(jnp.copy(kc), jnp.copy(vc), params))[:2]
-    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-        for _ in range(iters):
-            kv = jax.block_until_ready(jf(*kv, params))[:2]
-    files = sorted(glob.glob(f"{trace_dir}/**/*.trace.json.gz", recursive=True))
-    if not files:
-        raise RuntimeError(f"no perfetto trace under {trace_dir}")
-    t = kernel_times(files[-1], KERNEL_NAMES)
-    meds = [t[n]["median_us"] for n in names if t[n]["count"]]
-    if not meds:
-        raise RuntimeError(f"none of {names} in the trace {files[-1]}")
-    return sum(meds) * 1e-6
-
-
 def per_kernel(cfg, params, kc, vc, x, pos, B, prompt, iters, blocks, only=None, trace_dir=None):
     """Each kernel alone over cfg's L layers in one jit (unrolled). -> {kernel: (seconds for the L launches, bytes
     it must read per launch)}; with trace_dir: {kernel: (seconds per launch from a profiler trace, bytes)}."""
-    L, K, hd, Hq = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, cfg.num_attention_heads
+    L, hd, Hq = cfg.num_hidden_layers, cfg.head_dim, cfg.num_attention_heads
     eps = cfg.rms_norm_eps
-    nb = lambda *ks: sum(int(np.prod(params[k].shape[1:])) * params[k].dtype.itemsize for k in ks)  # noqa: E731
     slot = jnp.full((B,), prompt, jnp.int32)
     lengths = slot + 1
     cos, sin = R.decode_cos_sin(pos, cfg)
@@ -330,7 +321,6 @@ def per_kernel(cfg, params, kc, vc, x, pos, B, prompt, iters, blocks, only=None,
     o, m, l = jax.jit(lambda: F.attention_partials(q, kc, vc, lengths, layer=0, blocks=blocks,
                                                           interpret=INTERPRET))()
     act = jnp.ones((B, cfg.intermediate_size), x.dtype) * 0.01
-    kv_layer = 2 * K * hd * 2 * B * (prompt + 1)
 
     def qkv(kc, vc, params):
         acc = jnp.zeros((B, Hq, hd), jnp.float32)
@@ -350,31 +340,31 @@ def per_kernel(cfg, params, kc, vc, x, pos, B, prompt, iters, blocks, only=None,
 
     kernels = {
         "qkv" if blocks.qkv_splits == 1 else "qkv_partial+finish":
-            (qkv, nb("input_norm", "q_kernel", "k_kernel", "v_kernel", "q_norm", "k_norm")),
-        "attention": (loop(lambda li, kc, vc, params: F.attention_partials(q, kc, vc, lengths, layer=li, blocks=blocks,
-                                                                            interpret=INTERPRET)[0]),
-                      kv_layer),
-        "oproj": (loop(lambda li, kc, vc, params: F.oproj_residual(o, m, l, x, params, wlayer=li, blocks=blocks,
-                                                                  interpret=INTERPRET)),
-                  nb("o_kernel")),
-        "gate_up": (loop(lambda li, kc, vc, params: F.gate_up_silu(x, params, wlayer=li, eps=eps, blocks=blocks,
-                                                                  interpret=INTERPRET)),
-                    nb("post_norm", "gate_kernel", "up_kernel")),
-        "down": (loop(lambda li, kc, vc, params: F.down_residual(act, x, params, wlayer=li, blocks=blocks,
+            qkv,
+        "attention": loop(lambda li, kc, vc, params: F.attention_partials(q, kc, vc, lengths, layer=li, blocks=blocks,
+                                                                           interpret=INTERPRET)[0]),
+        "oproj": loop(lambda li, kc, vc, params: F.oproj_residual(o, m, l, x, params, wlayer=li, blocks=blocks,
                                                                  interpret=INTERPRET)),
-                 nb("down_kernel")),
+        "gate_up": loop(lambda li, kc, vc, params: F.gate_up_silu(x, params, wlayer=li, eps=eps, blocks=blocks,
+                                                                 interpret=INTERPRET)),
+        "down": loop(lambda li, kc, vc, params: F.down_residual(act, x, params, wlayer=li, blocks=blocks,
+                                                                interpret=INTERPRET)),
     }
+    nbytes = _kernel_bytes(cfg, B, prompt)
     out = {}
-    for name, (fn, nbytes) in kernels.items():
+    for name, fn in kernels.items():
         if only and not name.startswith(only):
             continue
         jf = jax.jit(fn, donate_argnums=(0, 1))   # the weights an argument (see variants)
+        call = lambda kc, vc, jf=jf: jf(kc, vc, params)  # noqa: E731
         if trace_dir:
-            pallas = {"qkv": ("vsr1_qkv",), "qkv_partial+finish": ("vsr1_qkv_partial", "vsr1_qkv_finish")}.get(
-                name, (f"vsr1_{name}",))
-            out[name] = (_traced_launch_s(jf, params, kc, vc, iters, pallas, f"{trace_dir}/{name}"), nbytes)
+            t, path = _profiled(call, (jnp.copy(kc), jnp.copy(vc)), iters, f"{trace_dir}/{name}")
+            meds = [t[n]["median_us"] for n in PALLAS[name] if t[n]["count"]]
+            if not meds:
+                raise RuntimeError(f"none of {PALLAS[name]} in the trace {path}")
+            out[name] = (sum(meds) * 1e-6, nbytes[name])
         else:
-            out[name] = (_median_donated(lambda kc, vc, jf=jf: jf(kc, vc, params), kc, vc, iters), nbytes)
+            out[name] = (_median_donated(call, kc, vc, iters), nbytes[name])
     return out
 
 
