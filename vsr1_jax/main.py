@@ -43,8 +43,9 @@ MAIN_KEYS = ("mode", "dataset", "data_root", "split", "checkpoint", "output_dir"
              "sft.per_device_batch_size", "grpo.init_checkpoint", "grpo.learning_rate", "grpo.max_steps",
              "grpo.loss_type", "grpo.generation_batch_size", "grpo.per_device_batch_size")
 _VERBOSE = False
-# config keys that moved (issue 24: each stage's settings under that stage): old prefix -> new prefix
-MOVED = {"data.sft.": "sft.", "data.grpo.hard_negative_topk": "grpo.hard_negative_topk",
+# config keys that moved (issue 24: each stage's settings under that stage): old prefix -> new prefix (the longest
+# matching prefix wins)
+MOVED = {"data.sft.": "sft.",
          **{f"data.grpo.{k}": f"data.build.grpo.{k}" for k in ("hard_negative_depth", "augment_match_to_balance",
                                                               "target_match_ratio", "augment_seed",
                                                               "drop_missing_video_npy")},
@@ -54,7 +55,7 @@ MOVED = {"data.sft.": "sft.", "data.grpo.hard_negative_topk": "grpo.hard_negativ
 def moved_key(arg: str) -> str | None:
     """The new name of a `--config.<key>=...` argument whose key moved (MOVED), else None."""
     key = arg.split("=", 1)[0][len("--config."):] if arg.startswith("--config.") else ""
-    old = next((o for o in MOVED if key.startswith(o)), None)
+    old = max((o for o in MOVED if key.startswith(o)), key=len, default=None)
     return MOVED[old] + key[len(old):] if old else None
 
 

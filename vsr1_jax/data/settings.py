@@ -54,6 +54,11 @@ class GRPOData:
         return out
 
     @property
+    def prompts_per_round(self) -> int:
+        """Prompts of one generation round, of the whole job (all processes): generation_batch_size / G."""
+        return self.generation_batch_size // self.num_generations
+
+    @property
     def scoring_prompt_buckets(self) -> tuple[int, ...]:
         """The prompt lengths the scoring batch compiles for: `prompt_buckets` up to `max_prompt_length`, which is
         the last (a rolled-out prompt is never longer: the rollouts skip those)."""
@@ -74,11 +79,7 @@ class GRPORows:
 
     @classmethod
     def from_config(cls, config) -> "GRPORows":
-        b = config.data.build.grpo
-        return cls(hard_negative_topk=int(config.grpo.hard_negative_topk), hard_negative_depth=int(b.hard_negative_depth),
-                   augment_match_to_balance=bool(b.augment_match_to_balance),
-                   target_match_ratio=float(b.target_match_ratio), augment_seed=int(b.augment_seed),
-                   drop_missing_video_npy=bool(b.drop_missing_video_npy))
+        return read_section(cls, {**config.data.build.grpo, "hard_negative_topk": config.grpo.hard_negative_topk})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,8 +48,7 @@ class RolloutProducer:
         self.settings, self.queries, self.skipped = settings, queries, skipped
         self.paths = PreparedPaths(g.prepared.data_root, g.prepared.dataset)
         self.G = d.num_generations
-        self.prompts_per_round = d.generation_batch_size // self.G   # of the whole job (all processes)
-        ds, spec = build_dataset(records, batch_size=self.prompts_per_round, seed=g.seed, shuffle=True,
+        ds, spec = build_dataset(records, batch_size=d.prompts_per_round, seed=g.seed, shuffle=True,
                                  num_epochs=d.num_epochs, process_index=0, process_count=1)
         self.rounds = len(ds)
         self.iterator = make_iterator(ds, spec, read_threads=g.loader.read_threads,

@@ -119,7 +119,7 @@ class GRPOTask:
             raise PreparedDataError(f"{paths.grpo_rows}: no usable GRPO rows ({self.stats})")
         self.corpus, self.queries = corpus, queries
         self.G = d.num_generations
-        self.prompts_per_round = d.generation_batch_size // self.G   # of the whole job (all processes)
+        self.prompts_per_round = d.prompts_per_round   # of the whole job (all processes)
         self.mu = g.num_iterations
         self.m = d.per_device_batch_size * sharding.batch_divisor(mesh)
         self.A = g.steps_per_generation * g.max_turns
