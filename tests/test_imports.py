@@ -65,7 +65,8 @@ def test_relative_import_cycle(tmp_path):
 @pytest.mark.parametrize("src, text, message", [
     ("processing/p.py", "from vsr1_jax.data import files\n", "processing (layer 0) imports data (layer 2)"),
     ("models/m.py", "from vsr1_jax.processing import video\n", "models may import only: buckets, errors, kernels"),
-    ("data/d.py", "from vsr1_jax.retrieval import index\n", "data may import only: buckets, config_files, errors, processing"),
+    ("data/d.py", "from vsr1_jax.retrieval import index\n",
+     "data may import only: buckets, config_files, errors, processing"),
     ("agent/e.py", "from vsr1_jax.train import grpo\n", "agent (layer 5) imports train (layer 6)"),
     ("distributed.py", "from vsr1_jax.train import grpo\n", "distributed (layer 0) imports train (layer 6)"),
 ])

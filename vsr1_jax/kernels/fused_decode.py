@@ -348,7 +348,7 @@ def attention_partials(q, cache_k, cache_v, lengths, *, layer, bias=None, blocks
 
 
 def merge_partials(o, m, l, dtype):
-    """Plain-JAX combine of `attention_partials` (for tests; kernel (c) does this in its prologue). [B, Hq, hd]."""
+    """Plain-JAX combine of `attention_partials` over its S-splits (step (c1): one XLA fusion). [B, Hq, hd]."""
     m_all = m.max(axis=0)
     corr = jnp.exp(m - m_all[None])
     return ((o * corr[..., None]).sum(0) / (l * corr).sum(0)[..., None]).astype(dtype)

@@ -9,9 +9,10 @@ tuples excluded; the test split is never read) the policy is trained with the ca
 video and `PROMPT`) and an assistant turn that says what the video shows (`synthetic_text.caption`: background,
 each moving shape's colour, shape, direction, lane and seconds, the still distractor). The examples and batches are
 Stage 1's (`sft_batches.SFTExamples` / `SFTCollate`, the policy's `config.video.sft` preprocessing and chat
-template), the trainable leaves Stage 1's policy leaves (text model and vision mergers), the loss Stage 1's LM term. Its output, the whole
-policy's parameters (`demo_models.caption_dir`: `<stage0 dir>/caption`), is what `demo_models.demo_models` builds the
-policy from; Stage 1 starts there. Not part of the original (whose policy comes pretrained).
+template), the trainable leaves Stage 1's policy leaves (text model and vision mergers), the loss Stage 1's LM term.
+Its output, the whole policy's parameters (`demo_models.caption_dir`: `<stage0 dir>/caption`), is what
+`demo_models.demo_models` builds the policy from; Stage 1 starts there. Not part of the original (whose policy comes
+pretrained).
 
 Batch s is a pure function of (seed, s) (the videos are rendered per batch), so a killed run resumes bit for bit
 through the generic loop (checkpoints, metrics.jsonl, TensorBoard under `<stage0 dir>/caption_run`). Every
@@ -108,12 +109,13 @@ class CaptionTask(loop.SteppedTask):
         tok, policy = models.tokenizer, models.policy
         self.tokenizer = tok
         self.examples = sft_batches.SFTExamples(tok, tok, policy.cfg, config.video.sft,
-                                        timestamps_mode=config.video.timestamps_mode,
-                                        outer_vision_tokens=config.prompts.outer_vision_tokens)
+                                                timestamps_mode=config.video.timestamps_mode,
+                                                outer_vision_tokens=config.prompts.outer_vision_tokens)
         # one shape for every batch (one compile): the world's longest video and a caption bucket that holds the
         # longest caption (the rows are checked against them)
         self.collate = sft_batches.SFTCollate(policy.cfg, special_ids(tok, config.eval.refine_token).pad, 1,
-                                      (int(c.max_tokens),), (int(c.max_caption_tokens),), None, None, num_latents=1)
+                                              (int(c.max_tokens),), (int(c.max_caption_tokens),), None, None,
+                                              num_latents=1)
         self.mesh = sharding.mesh_for(config.mesh.to_dict())
         self.opts = opts = RunOptions.from_config(config.model, remat="none")
         sched = optim.linear_decay(float(c.learning_rate), self.total_steps, int(c.warmup_steps))

@@ -56,15 +56,16 @@ class SFTTask:
         self.ids = special_ids(tok, c.refine_token)
         meta_path = paths.video_npy_meta(split)
         examples = sft_batches.SFTExamples(tok, models.embed_tokenizer, models.policy.cfg, c.video,
-                                   video_meta=read_video_meta(meta_path) if meta_path.exists() else None,
-                                   timestamps_mode=c.timestamps_mode, outer_vision_tokens=c.outer_vision_tokens,
-                                   instruction=c.embedder_instruction, embedder_max_length=c.embedder_max_length,
-                                   refine_token=c.refine_token)
+                                           video_meta=read_video_meta(meta_path) if meta_path.exists() else None,
+                                           timestamps_mode=c.timestamps_mode,
+                                           outer_vision_tokens=c.outer_vision_tokens,
+                                           instruction=c.embedder_instruction,
+                                           embedder_max_length=c.embedder_max_length, refine_token=c.refine_token)
         self.B = d.per_device_batch_size * sharding.batch_divisor(mesh)
         self.A = d.gradient_accumulation_steps
         collate = sft_batches.SFTCollate(models.policy.cfg, self.ids.pad, self.A, d.buckets, c.label_buckets,
-                                 c.vision_group_buckets or None, c.vision_patch_buckets or None,
-                                 num_latents=c.loss.num_latents, embedder_max_length=c.embedder_max_length)
+                                         c.vision_group_buckets or None, c.vision_patch_buckets or None,
+                                         num_latents=c.loss.num_latents, embedder_max_length=c.embedder_max_length)
         # multi-host: this process reads the rows its devices hold ([lo, hi) of each global micro-batch of B rows,
         # the block layout of data/pipelines.py), so the global batches are those of a single process
         lo, hi = sharding.process_rows(mesh, self.B)
